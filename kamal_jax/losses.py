@@ -1,0 +1,58 @@
+"""Distillation losses as pure functions of arrays. Per-sample outputs; callers reduce."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from kamal_jax.ambiguity import as_categorical
+
+
+def resize_like(x: jax.Array, height: int, width: int) -> jax.Array:
+    """Resizes an NHWC map to (height, width); identity when the size already matches."""
+    if x.shape[1:3] == (height, width):
+        return x
+    return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method='linear')
+
+
+def feature_mse(student: jax.Array, teacher: jax.Array) -> jax.Array:
+    """Per-sample mean squared error of two NHWC maps (teacher resized to the student's grid)."""
+    teacher = resize_like(teacher, student.shape[1], student.shape[2])
+    diff = student.astype(jnp.float32) - teacher.astype(jnp.float32)
+    return jnp.mean(jnp.square(diff), axis=(1, 2, 3))
+
+
+def logit_mse(student: jax.Array, teacher: jax.Array) -> jax.Array:
+    """Per-sample mean squared error of raw logits, as the paper's code matches them."""
+    diff = as_categorical(student).astype(jnp.float32) - as_categorical(teacher).astype(jnp.float32)
+    return jnp.mean(jnp.square(diff), axis=-1)
+
+
+def soft_kl(student: jax.Array, teacher: jax.Array, *, temperature: float = 1.0) -> jax.Array:
+    """Per-sample KL(teacher || student) of tempered softmaxes, scaled by T^2 (Hinton et al.)."""
+    t = jax.nn.log_softmax(as_categorical(teacher).astype(jnp.float32) / temperature, axis=-1)
+    s = jax.nn.log_softmax(as_categorical(student).astype(jnp.float32) / temperature, axis=-1)
+    return jnp.sum(jnp.exp(t) * (t - s), axis=-1) * temperature ** 2
+
+
+def logit_loss(student: jax.Array, teacher: jax.Array, *, kind: str = 'mse',
+               temperature: float = 1.0) -> jax.Array:
+    if kind == 'mse':
+        return logit_mse(student, teacher)
+    if kind == 'kl':
+        return soft_kl(student, teacher, temperature=temperature)
+    raise ValueError(f"logit_loss must be 'mse' or 'kl', got {kind!r}.")
+
+
+def weight_norm_penalty(kernel: jax.Array) -> jax.Array:
+    """Mean over output filters of (||w||^2 - 1)^2; keeps teacher-side bridges from collapsing.
+
+    `kernel` is a 1x1 conv kernel, (..., in, out); biases are not included.
+    """
+    kernel = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
+    return jnp.mean(jnp.square(jnp.sum(jnp.square(kernel), axis=0) - 1.0))
+
+
+def select_per_sample(per_teacher: jax.Array, mask: jax.Array) -> jax.Array:
+    """Picks each sample's loss from its selected teacher: (teachers, batch) x (batch, teachers)."""
+    return jnp.sum(per_teacher.T * mask, axis=-1)
