@@ -1,0 +1,51 @@
+"""Accuracy of any net on every task that has labels in a split."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kamal_jax.ambiguity import as_categorical
+from kamal_jax.tasks import Task
+from kamal_jax.train.augment import to_unit
+from kamal_jax.train.nets import Net
+
+
+def task_targets(task: Task, labels: Mapping[str, np.ndarray],
+                 label_names: Mapping[str, list[str]]) -> np.ndarray:
+    """Index into `task.classes` per sample, -1 where the sample belongs to no class of the task."""
+    names = label_names[task.label_key]
+    lookup = np.array([task.classes.index(n) if n in task.classes else -1 for n in names])
+    return lookup[labels[task.label_key]]
+
+
+def predict(net: Net, variables: Any, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Task logits for all images, in fixed-size padded batches (one compilation)."""
+    fn = jax.jit(lambda v, x: {t: as_categorical(l) for t, l in net.apply_eval(v, to_unit(x))[0].items()})
+    outputs = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i:i + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+        out = jax.device_get(fn(variables, jnp.asarray(chunk)))
+        outputs.append({t: l[:batch_size - pad] for t, l in out.items()})
+    return {t: np.concatenate([o[t] for o in outputs]) for t in outputs[0]}
+
+
+def evaluate(net: Net, variables: Any, split: Any, tasks: Mapping[str, Task],
+             batch_size: int = 256) -> dict[str, float]:
+    """Top-1 accuracy per task, over the samples of the split that belong to the task's classes."""
+    logits = predict(net, variables, split.images, batch_size)
+    result = {}
+    for name, task in tasks.items():
+        if name not in logits or task.label_key not in split.labels:
+            continue
+        target = task_targets(task, split.labels, split.label_names)
+        valid = target >= 0
+        if valid.any():
+            result[name] = float(np.mean(np.argmax(logits[name][valid], -1) == target[valid]))
+    return result
