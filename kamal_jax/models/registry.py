@@ -7,7 +7,9 @@ from typing import Callable, Sequence
 
 import flax.linen as nn
 
+from kamal_jax.models import mobilenet_v2 as mobilenet_v2_lib
 from kamal_jax.models import resnet as resnet_lib
+from kamal_jax.models import vit as vit_lib
 from kamal_jax.models.heads import Classifier, MultiHeadNet
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
@@ -23,6 +25,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     'cifar_resnet20': functools.partial(resnet_lib.cifar_resnet, 20),
     'cifar_resnet32': functools.partial(resnet_lib.cifar_resnet, 32),
     'cifar_resnet56': functools.partial(resnet_lib.cifar_resnet, 56),
+    'mobilenet_v2': mobilenet_v2_lib.mobilenet_v2,
+    **{name: functools.partial(vit_lib.vit, name) for name in vit_lib.CONFIGS},
 }
 
 

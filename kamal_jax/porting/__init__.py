@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from kamal_jax import models
+from kamal_jax.porting import mobilenet_v2 as mobilenet_v2_rules
 from kamal_jax.porting import resnet as resnet_rules
+from kamal_jax.porting import vit as vit_rules
 from kamal_jax.porting.rules import PortingError, convert
 from kamal_jax.porting.state_dict import CheckpointFormatError, load_state_dict
 
@@ -31,6 +33,9 @@ class PortSpec:
 _RESNET = PortSpec(resnet_rules.RENAMES, resnet_rules.HEAD_KEY)
 SPECS: dict[str, PortSpec] = {name: _RESNET for name in models.BACKBONES
                               if name.startswith(('resnet', 'cifar_resnet'))}
+SPECS['mobilenet_v2'] = PortSpec(mobilenet_v2_rules.RENAMES, mobilenet_v2_rules.HEAD_KEY)
+SPECS.update({name: PortSpec(vit_rules.RENAMES, vit_rules.HEAD_KEY, vit_rules.LEAF_RULES)
+              for name in models.vit.CONFIGS})
 
 
 def register(arch: str, spec: PortSpec) -> None:
