@@ -1,0 +1,291 @@
+"""Whole-split, in-memory dataset loading on top of TFDS.
+
+    from kamal_jax.data.datasets import load
+    ds = load('kamal_digits', 'train')                       # ArraySplit
+    ds.images        # (N, H, W, C) uint8 numpy, NHWC
+    ds.labels        # {'label': int64 (N,)}
+    ds.label_names   # {'label': ['0', ..., '9']}
+
+`load` builds the dataset first if needed (`download_and_prepare` into `data_dir`, default
+`~/tensorflow_datasets`), reads the whole split with `tfds.as_numpy` and optionally resizes.
+
+Names:
+  * our builders, `BUILDERS` (name -> builder class, imported lazily on first access):
+    `kamal_digits` (no files needed), `kamal_cifar10`, `kamal_imagewoof`, `kamal_utkface`
+    (these three read archives from a manual dir, see `default_manual_dir`);
+  * any other name falls through to the TFDS catalogue (`tfds.builder(name)`), e.g. `cifar100`,
+    `stanford_dogs`, `celeb_a`; those download through TFDS as usual (needs network on first build).
+
+Labels are found generically from the dataset's features (nested dicts are walked, the leaf name is the
+label key unless two leaves share it, then the '/'-joined path is used); only scalar features count:
+  * every `ClassLabel` -> label key with its class names;
+  * a scalar bool tensor (e.g. celeb_a attributes) -> label key with names ['false', 'true'];
+  * a scalar integer tensor named in the builder's `NUMERIC_LABELS` (e.g. UTKFace `age`) -> numeric
+    label key with `label_names[key] == []`.
+Images: the top-level feature `image` if present, else the first top-level `Image` feature.
+
+Importing this module is cheap: TensorFlow / TFDS are imported inside the functions.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+__all__ = ['ArraySplit', 'BUILDERS', 'load', 'builder', 'default_manual_dir', 'DEFAULT_DATA_DIR']
+
+DEFAULT_DATA_DIR = '~/tensorflow_datasets'
+MANUAL_DIR_ENV = 'KAMAL_DATASETS_DIR'
+
+_BUILDER_PATHS = {
+    'kamal_digits': 'kamal_jax.data.builders.digits:KamalDigits',
+}
+
+
+class _LazyRegistry(Mapping):
+    """name -> builder class; the builder module (and with it TFDS) is imported on first access."""
+
+    def __init__(self, paths):
+        self._paths = dict(paths)
+        self._cache = {}
+
+    def __getitem__(self, name):
+        if name not in self._paths:
+            raise KeyError(name)
+        if name not in self._cache:
+            module, attr = self._paths[name].split(':')
+            self._cache[name] = getattr(importlib.import_module(module), attr)
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(self._paths)
+
+    def __len__(self):
+        return len(self._paths)
+
+    def __repr__(self):
+        return f'BUILDERS({sorted(self._paths)})'
+
+
+BUILDERS = _LazyRegistry(_BUILDER_PATHS)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySplit:
+    """One split of a dataset, fully in memory.
+
+    images: (N, H, W, C) uint8. labels: label key -> (N,) int64. label_names: label key -> class
+    names (index = label id); an empty list marks a numeric label (e.g. UTKFace `age`).
+    """
+    images: np.ndarray
+    labels: dict
+    label_names: dict
+    name: str
+    split: str
+
+    def __len__(self):
+        return int(self.images.shape[0])
+
+    def num_classes(self, key='label'):
+        return len(self.label_names[key])
+
+
+def default_manual_dir() -> Optional[Path]:
+    """The folder holding the dataset archives, or None if none is found.
+
+    Order: the `KAMAL_DATASETS_DIR` environment variable; `shared/datasets` inside the repository
+    checkout holding this package; `shared/datasets` beside that checkout (`../shared/datasets`).
+    """
+    env = os.environ.get(MANUAL_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    repo_root = Path(__file__).resolve().parents[2]
+    for cand in (repo_root / 'shared' / 'datasets', repo_root.parent / 'shared' / 'datasets'):
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def _unknown_name_error(name):
+    ours = ', '.join(sorted(BUILDERS))
+    return ValueError(f'Unknown dataset {name!r}. kamal_jax builders: {ours}; '
+                      f'any other name must be in the TFDS catalogue (tfds.list_builders()).')
+
+
+def builder(name: str, *, data_dir=None):
+    """Returns the (not yet prepared) TFDS builder for `name` (ours first, then the TFDS catalogue)."""
+    import tensorflow_datasets as tfds
+    data_dir = os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR))
+    if name in BUILDERS:
+        return BUILDERS[name](data_dir=data_dir)
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise _unknown_name_error(name) from e
+    except ValueError as e:  # Malformed names ('a/b:c:d') are ValueErrors in TFDS.
+        raise _unknown_name_error(name) from e
+
+
+def _check_manual_archive(b, manual_dir):
+    """Our archive builders declare `ARCHIVE`; fail early and clearly when it is missing."""
+    archive = getattr(type(b), 'ARCHIVE', None)
+    if archive is None:
+        return
+    if manual_dir is None:
+        raise FileNotFoundError(
+            f'{b.name} needs the archive {archive!r} in a manual dir, and none was found: pass '
+            f'load(..., manual_dir=<folder holding {archive}>) (or set ${MANUAL_DIR_ENV}).')
+    path = Path(manual_dir) / archive
+    if not path.is_file():
+        raise FileNotFoundError(
+            f'{b.name} needs the archive {archive!r} in manual_dir, but {str(path)!r} does not exist; '
+            f'pass load(..., manual_dir=<folder holding {archive}>) (or set ${MANUAL_DIR_ENV}).')
+
+
+def _is_prepared(b):
+    try:
+        return b.is_prepared()
+    except AttributeError:  # Older TFDS.
+        return os.path.isdir(b.data_dir) and bool(getattr(b.info, 'splits', None))
+
+
+def _walk_features(feature, path=()):
+    import tensorflow_datasets as tfds
+    if isinstance(feature, tfds.features.FeaturesDict):
+        for k, v in feature.items():
+            yield from _walk_features(v, path + (k,))
+    else:
+        yield path, feature
+
+
+def _label_specs(features, numeric=()):
+    """[(path, key, names)] of the scalar label-like features, see the module docstring."""
+    import tensorflow_datasets as tfds
+    found = []
+    for path, f in _walk_features(features):
+        if isinstance(f, tfds.features.ClassLabel):
+            found.append((path, list(f.names)))
+        elif type(f) is tfds.features.Tensor and tuple(f.shape) == ():
+            dt = np.dtype(f.np_dtype)
+            if dt == np.bool_:
+                found.append((path, ['false', 'true']))
+            elif np.issubdtype(dt, np.integer) and '/'.join(path) in numeric:
+                found.append((path, []))
+    leaves = [p[-1] for p, _ in found]
+    return [(p, p[-1] if leaves.count(p[-1]) == 1 else '/'.join(p), names) for p, names in found]
+
+
+def _image_key(features):
+    import tensorflow_datasets as tfds
+    if 'image' in features and isinstance(features['image'], tfds.features.Image):
+        return 'image'
+    for k, f in features.items():
+        if isinstance(f, tfds.features.Image):
+            return k
+    raise ValueError(f'No image feature among {list(features.keys())}')
+
+
+def _base_splits(split):
+    """'train[:10%]+test' -> ['train', 'test']."""
+    return [re.sub(r'\[.*\]$', '', s.strip()) for s in str(split).split('+')]
+
+
+def _resize(image, size, crop_to_aspect):
+    """Center-crops `image` to the aspect of `size` (if asked), then antialiased bilinear resize."""
+    import tensorflow as tf
+    th, tw = int(size[0]), int(size[1])
+    if crop_to_aspect:
+        shape = tf.shape(image)
+        h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
+        # Too tall: h * tw > w * th -> keep width, crop height; else keep height, crop width.
+        new_h = tf.where(h * tw > w * th, tf.round(w * th / tw), h)
+        new_w = tf.where(h * tw > w * th, w, tf.round(h * tw / th))
+        new_h, new_w = tf.cast(tf.maximum(new_h, 1), tf.int32), tf.cast(tf.maximum(new_w, 1), tf.int32)
+        off_h, off_w = (shape[0] - new_h) // 2, (shape[1] - new_w) // 2
+        image = image[off_h:off_h + new_h, off_w:off_w + new_w]
+    out = tf.image.resize(image, (th, tw), method='bilinear', antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
+
+
+def load(name: str, split: str, *, data_dir=None, manual_dir=None,
+         image_size: Optional[Sequence[int]] = None, crop_to_aspect: bool = True) -> ArraySplit:
+    """Builds (if needed) and reads one split of dataset `name` into memory.
+
+    name: one of `BUILDERS` or a TFDS catalogue name. split: a split name of that dataset (TFDS
+    slicing like 'train[:10%]' works too). data_dir: TFDS data dir (default ~/tensorflow_datasets).
+    manual_dir: folder with the archives for our archive builders (default `default_manual_dir()`);
+    passed to TFDS as `DownloadConfig(manual_dir=...)`. image_size: (h, w) to resize to, antialiased
+    bilinear; with `crop_to_aspect` (default) the image is first center-cropped to the target aspect
+    ratio, so nothing is distorted (a no-op for square images resized to a square). Variable-size
+    datasets (e.g. kamal_imagewoof) need `image_size`.
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    b = builder(name, data_dir=data_dir)
+    if manual_dir is None and getattr(type(b), 'ARCHIVE', None) is not None:
+        manual_dir = default_manual_dir()
+    if not _is_prepared(b):
+        _check_manual_archive(b, manual_dir)
+        cfg = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
+        b.download_and_prepare(download_config=cfg)
+
+    known = dict(b.info.splits)
+    for s in _base_splits(split):
+        if s not in known:
+            raise ValueError(f'{name} has no split {s!r} (requested {split!r}); splits: {sorted(known)}')
+        if known[s].num_examples == 0:
+            raise ValueError(f'Split {s!r} of {name} is empty')
+
+    features = b.info.features
+    img_key = _image_key(features)
+    specs = _label_specs(features, numeric=tuple(getattr(type(b), 'NUMERIC_LABELS', ())))
+
+    def to_arrays(ex):
+        img = ex[img_key]
+        if image_size is not None:
+            img = _resize(img, image_size, crop_to_aspect)
+        labs = {}
+        for path, key, _ in specs:
+            v = ex
+            for p in path:
+                v = v[p]
+            labs[key] = tf.cast(v, tf.int64)
+        return img, labs
+
+    ds = b.as_dataset(split=split, shuffle_files=False)
+    ds = ds.map(to_arrays, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    img_shape = ds.element_spec[0].shape
+    images, labels = [], {key: [] for _, key, _ in specs}
+    if img_shape.is_fully_defined():
+        for img, labs in tfds.as_numpy(ds.batch(1024)):
+            images.append(img)
+            for k, v in labs.items():
+                labels[k].append(v)
+        if not images:
+            raise ValueError(f'Split {split!r} of {name} is empty')
+        images = np.concatenate(images)
+        labels = {k: np.concatenate(v).astype(np.int64) for k, v in labels.items()}
+    else:
+        for img, labs in tfds.as_numpy(ds):
+            if images and img.shape != images[0].shape:
+                raise ValueError(
+                    f'{name} has images of different sizes ({images[0].shape} and {img.shape}); '
+                    f'pass image_size=(h, w) to load().')
+            images.append(img)
+            for k, v in labs.items():
+                labels[k].append(v)
+        if not images:
+            raise ValueError(f'Split {split!r} of {name} is empty')
+        images = np.stack(images)
+        labels = {k: np.asarray(v, np.int64) for k, v in labels.items()}
+    if images.dtype != np.uint8:
+        images = images.astype(np.uint8)
+    return ArraySplit(images=images, labels=labels,
+                      label_names={key: names for _, key, names in specs}, name=name, split=split)
