@@ -78,11 +78,10 @@ class Stage1:
             {'params': params['net'], 'batch_stats': batch_stats}, self.student.prepare(images),
             train=True, mutable=['batch_stats'])
         student_logits = logits[self.task]
-        feat_terms, logit_terms, entropies, teacher_logits = [], [], [], []
+        feat_terms, logit_terms, entropies = [], [], []
         for teacher in self.teachers:
             t_logits, t_feats = jax.lax.stop_gradient(teacher.apply_eval(frozen[teacher.name], images))
             t_logits = t_logits[self.task]
-            teacher_logits.append(t_logits)
             entropies.append(ambiguity.entropy(t_logits))
             bridges = params['bridges'][teacher.name]
             feat = 0.0
@@ -107,18 +106,13 @@ class Stage1:
             mask = ambiguity.selection_mask(selected, k)
         feat_loss = jnp.mean(losses.select_per_sample(jnp.stack(feat_terms), mask))
         logit_loss = jnp.mean(losses.select_per_sample(jnp.stack(logit_terms), mask))
-        wn = sum(losses.weight_norm_penalty(b['kernel'])
-                 for t in params['bridges'].values() for b in t['teacher'].values()) if self.pairs else 0.0
+        wn = sum((losses.weight_norm_penalty(b['kernel'])
+                  for t in params['bridges'].values() for b in t['teacher'].values()), jnp.zeros(()))
         w = self.weights
         loss = w.feature * feat_loss + w.logit * logit_loss + w.weight_norm * wn
         metrics = {'loss': loss, 'feature': feat_loss, 'logit': logit_loss, 'weight_norm': wn}
         for i, teacher in enumerate(self.teachers):
             metrics[f'selected/{teacher.name}'] = jnp.mean(mask[:, i])
-        if 'label' in batch:  # diagnostics only; never enters the loss
-            label = batch['label']
-            correct = jnp.stack([jnp.argmax(t, -1) == label for t in teacher_logits], axis=1)
-            valid = (label >= 0).astype(jnp.float32)
-            metrics['selected_correct'] = jnp.sum(jnp.sum(correct * mask, 1) * valid) / jnp.maximum(valid.sum(), 1)
         return loss, (updated['batch_stats'], metrics)
 
 

@@ -1,0 +1,66 @@
+"""The run summary: `summary.json` for tools and a Markdown table for people."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping
+
+from kamal_jax.tasks import Task
+
+ROLE_ORDER = {'teacher': 0, 'component': 1, 'baseline': 2, 'target': 3}
+
+
+def model_entry(role: str, arch: str, params: int, tasks, accuracy: Mapping[str, float],
+                **extra: Any) -> dict:
+    return {'role': role, 'arch': arch, 'params': int(params), 'tasks': list(tasks),
+            'accuracy': {t: float(a) for t, a in accuracy.items()}, **extra}
+
+
+def build(tasks: Mapping[str, Task], target_tasks, models: Mapping[str, dict],
+          wall_seconds: Mapping[str, float], **extra: Any) -> dict:
+    return {
+        'tasks': {t: {'kind': tasks[t].kind, 'classes': list(tasks[t].classes)} for t in target_tasks},
+        'models': dict(models),
+        'wall_seconds': {k: round(float(v), 2) for k, v in wall_seconds.items()},
+        **extra,
+    }
+
+
+def markdown(summary: Mapping[str, Any]) -> str:
+    """Teachers vs components vs target: per-task accuracy (%) and parameter counts."""
+    tasks = list(summary['tasks'])
+    header = '| model | role | arch | params | ' + ' | '.join(tasks) + ' |'
+    rows = [header, '|' + '---|' * 4 + '---:|' * len(tasks)]
+    entries = sorted(summary['models'].items(), key=lambda kv: ROLE_ORDER.get(kv[1]['role'], 9))
+    for name, m in entries:
+        cells = [f'{100 * m["accuracy"][t]:.1f}' if t in m['accuracy'] else '' for t in tasks]
+        rows.append(f'| {name} | {m["role"]} | {m["arch"]} | {m["params"]:,} | ' + ' | '.join(cells) + ' |')
+    lines = ['\n'.join(rows)]
+    target = [m for m in summary['models'].values() if m['role'] == 'target']
+    teachers = [m for m in summary['models'].values() if m['role'] == 'teacher']
+    if target and teachers:
+        verdicts = []
+        for t in tasks:
+            best = max((m['accuracy'][t] for m in teachers if t in m['accuracy']), default=None)
+            if best is not None and t in target[0]['accuracy']:
+                delta = 100 * (target[0]['accuracy'][t] - best)
+                verdicts.append(f'{t}: target {100 * target[0]["accuracy"][t]:.1f} vs best teacher '
+                                f'{100 * best:.1f} ({delta:+.1f} pts)')
+        comps = sum(m['params'] for m in summary['models'].values() if m['role'] == 'component')
+        if comps:
+            verdicts.append(f'target params / components together: {target[0]["params"] / comps:.2f}x')
+        lines.append('\n'.join(f'- {v}' for v in verdicts))
+    wall = summary.get('wall_seconds', {})
+    if wall:
+        lines.append('Wall time: ' + ', '.join(f'{k} {v:.0f}s' for k, v in wall.items()))
+    return '\n\n'.join(lines) + '\n'
+
+
+def write(workdir: str, summary: Mapping[str, Any]) -> str:
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    table = markdown(summary)
+    with open(os.path.join(workdir, 'summary.md'), 'w') as f:
+        f.write(table)
+    return table

@@ -1,0 +1,56 @@
+"""Train one student (component, target or baseline) with a given loss: state, jit, resume, loop."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kamal_jax.train import sharding
+from kamal_jax.train.checkpoint import Checkpointer
+from kamal_jax.train.loop import EpochBatches, fit
+from kamal_jax.train.nets import Net
+from kamal_jax.train.state import create_state, make_optimizer
+from kamal_jax.train.steps import make_train_step
+
+
+def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, cfg: Any,
+                  arrays: dict[str, np.ndarray], frozen: Any, mesh, seed: int,
+                  crop_padding: int = 0, flip: bool = False, ckpt_dir: str | None = None,
+                  log_every: int = 50, stop_after: int | None = None) -> tuple[dict, dict]:
+    """Returns the student's variables and the last logged metrics.
+
+    `cfg` carries epochs, batch_size and the optimiser fields; `stop_after` ends early at that
+    step (used to test that an interrupted run resumes to the same result).
+    """
+    sharding.check_batch_size(cfg.batch_size, mesh, f'{name}.batch_size')
+    batches = EpochBatches(arrays, cfg.batch_size, seed)
+    total = int(cfg.epochs) * batches.steps_per_epoch
+    if total <= 0:
+        raise ValueError(f'{name}: epochs = {cfg.epochs} gives no training steps.')
+    tx = make_optimizer(cfg, total)
+    rng = jax.random.key(seed)
+    h, w, c = arrays['image'].shape[1:]
+    sample = jnp.zeros((1, *(student.input_size or (h, w)), c))
+    init = jax.jit(lambda r: create_state(r, student.module, sample, bridges, tx),
+                   out_shardings=sharding.replicated(mesh))
+    state = init(jax.random.fold_in(rng, 1))
+    checkpointer = None
+    if ckpt_dir:
+        checkpointer = Checkpointer(ckpt_dir, cfg.get('checkpoint_every', 500))
+        if checkpointer.latest_step() is not None:
+            state = checkpointer.restore(state)
+    step = sharding.jit_train_step(make_train_step(loss_fn, tx, crop_padding=crop_padding, flip=flip), mesh)
+    frozen = sharding.put_replicated(frozen, mesh)
+    try:
+        state, metrics = fit(name=name, step=step, state=state, frozen=frozen, batches=batches,
+                             num_steps=min(total, stop_after or total), rng=jax.random.fold_in(rng, 2),
+                             mesh=mesh, checkpointer=checkpointer, log_every=log_every)
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+    variables = {'params': state.params['net'], 'batch_stats': state.batch_stats}
+    return variables, metrics
+
