@@ -221,7 +221,7 @@ def torchvision_features(model: nn.Module, x: torch.Tensor):
     features = {}
     x = model.bn1(model.conv1(x))
     features['stem'] = x
-    x = model.maxpool(model.relu(x))
+    x = model.maxpool(F.relu(x))  # Not model.relu: it is in-place and would clobber the tap.
     for i in range(1, 5):
         layer = getattr(model, f'layer{i}', None)
         if layer is None:
