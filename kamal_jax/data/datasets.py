@@ -45,6 +45,9 @@ MANUAL_DIR_ENV = 'KAMAL_DATASETS_DIR'
 
 _BUILDER_PATHS = {
     'kamal_digits': 'kamal_jax.data.builders.digits:KamalDigits',
+    'kamal_cifar10': 'kamal_jax.data.builders.cifar10:KamalCifar10',
+    'kamal_imagewoof': 'kamal_jax.data.builders.imagewoof:KamalImagewoof',
+    'kamal_utkface': 'kamal_jax.data.builders.utkface:KamalUtkface',
 }
 
 

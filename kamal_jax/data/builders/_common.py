@@ -55,3 +55,45 @@ class KamalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise ValueError(
                 f'{self.name}: split {split!r} has {count} examples, expected {expected[split]} '
                 f'(wrong or truncated archive {self.ARCHIVE!r}?)')
+
+
+class ClassFolderArchiveBuilder(KamalBuilder, skip_registration=True):
+    """Reads `<PREFIX>/<split>/<class_dir>/<file>.jpg` members of `<manual_dir>/<ARCHIVE>` in place
+    (`dl_manager.iter_archive`, streamed, nothing unpacked); the JPEG bytes are stored unchanged.
+
+    Subclasses set ARCHIVE, PREFIX, SPLITS, CLASS_DIRS (directory names in label-id order),
+    CLASS_NAMES (label names, same order), IMAGE_SHAPE, EXPECTED_COUNTS and `_info`.
+    """
+
+    PREFIX = None
+    SPLITS = ()
+    CLASS_DIRS = ()
+    CLASS_NAMES = ()
+    IMAGE_SHAPE = (None, None, 3)
+
+    def _features(self):
+        return tfds.features.FeaturesDict({
+            'image': tfds.features.Image(shape=self.IMAGE_SHAPE, encoding_format='jpeg'),
+            'label': tfds.features.ClassLabel(names=list(self.CLASS_NAMES)),
+            'file_name': tfds.features.Text(),  # Member path inside the archive.
+        })
+
+    def _split_generators(self, dl_manager):
+        archive = self._archive_path(dl_manager)
+        return {split: self._generate_examples(dl_manager, archive, split) for split in self.SPLITS}
+
+    def _generate_examples(self, dl_manager, archive, split):
+        class_ids = {d: i for i, d in enumerate(self.CLASS_DIRS)}
+        count = 0
+        for name, fobj in dl_manager.iter_archive(archive):
+            parts = name.split('/')
+            if len(parts) != 4 or parts[0] != self.PREFIX or parts[1] not in self.SPLITS:
+                raise ValueError(f'{self.name}: unexpected member {name!r} in {self.ARCHIVE!r} '
+                                 f'(expected {self.PREFIX}/<split>/<class>/<file>.jpg)')
+            if parts[1] != split:
+                continue
+            if parts[2] not in class_ids:
+                raise ValueError(f'{self.name}: unknown class directory {parts[2]!r} in member {name!r}')
+            count += 1
+            yield name, {'image': fobj.read(), 'label': class_ids[parts[2]], 'file_name': name}
+        self._check_count(split, count)
