@@ -143,7 +143,8 @@ def test_cifar10_tiny_archive(tmp_path, no_count_check):
     rng = np.random.default_rng(0)
     manual = tmp_path / 'manual'
     manual.mkdir()
-    _write_tar_gz(manual / 'cifar10.tar.gz', _cifar_members(rng, 2))
+    members = dict(_cifar_members(rng, 2))
+    _write_tar_gz(manual / 'cifar10.tar.gz', sorted(members.items()))
     no_count_check('kamal_cifar10')
     tr = kd.load('kamal_cifar10', 'train', data_dir=tmp_path / 'data', manual_dir=manual)
     te = kd.load('kamal_cifar10', 'test', data_dir=tmp_path / 'data', manual_dir=manual)
@@ -155,6 +156,10 @@ def test_cifar10_tiny_archive(tmp_path, no_count_check):
     b = kd.builder('kamal_cifar10', data_dir=tmp_path / 'data')
     for ex in _read_split(b, 'test', ['label', 'file_name']):
         assert ex['file_name'].decode().split('/')[2] == tr.label_names['label'][ex['label']]
+    # Pixels are exactly Pillow's decoding of the stored JPEG bytes (same order as the TFDS records).
+    names = [ex['file_name'].decode() for ex in _read_split(b, 'train', ['file_name'])]
+    ref = np.stack([np.asarray(PIL_Image.open(io.BytesIO(members[n])).convert('RGB')) for n in names])
+    assert np.array_equal(tr.images, ref)
 
 
 def test_cifar10_count_check_fails_loudly(tmp_path):

@@ -7,7 +7,9 @@
     ds.label_names   # {'label': ['0', ..., '9']}
 
 `load` builds the dataset first if needed (`download_and_prepare` into `data_dir`, default
-`~/tensorflow_datasets`), reads the whole split with `tfds.as_numpy` and optionally resizes.
+`~/tensorflow_datasets`), reads the whole split with `tfds.as_numpy` and optionally resizes. uint8 images are decoded from
+the stored bytes with `tf.io.decode_jpeg(dct_method='INTEGER_ACCURATE')` (PNG: `decode_image`), which
+gives exactly Pillow's pixels; TF's default JPEG decoding differs by a few levels.
 
 Names:
   * our builders, `BUILDERS` (name -> builder class, imported lazily on first access):
@@ -216,6 +218,19 @@ def _resize(image, size, crop_to_aspect):
     return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
+def _decode_accurate(data, shape):
+    """Decodes image bytes like Pillow does: JPEG with the accurate integer IDCT (TF's default fast
+    IDCT differs from Pillow/libjpeg by up to ~5 levels and biases the red/blue channel means)."""
+    import tensorflow as tf
+    channels = int(shape[-1] or 0) if shape else 0
+    img = tf.cond(
+        tf.io.is_jpeg(data),
+        lambda: tf.io.decode_jpeg(data, channels=channels, dct_method='INTEGER_ACCURATE'),
+        lambda: tf.io.decode_image(data, channels=channels, expand_animations=False))
+    img.set_shape(tuple(shape) if shape else (None, None, None))
+    return img
+
+
 def load(name: str, split: str, *, data_dir=None, manual_dir=None,
          image_size: Optional[Sequence[int]] = None, crop_to_aspect: bool = True) -> ArraySplit:
     """Builds (if needed) and reads one split of dataset `name` into memory.
@@ -250,8 +265,15 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None,
     img_key = _image_key(features)
     specs = _label_specs(features, numeric=tuple(getattr(type(b), 'NUMERIC_LABELS', ())))
 
+    img_feature = features[img_key]
+    # uint8 images: decode the stored bytes ourselves (JPEG decoded exactly as Pillow/torchvision do).
+    own_decode = np.dtype(img_feature.np_dtype) == np.uint8
+    decoders = {img_key: tfds.decode.SkipDecoding()} if own_decode else None
+
     def to_arrays(ex):
         img = ex[img_key]
+        if own_decode:
+            img = _decode_accurate(img, img_feature.shape)
         if image_size is not None:
             img = _resize(img, image_size, crop_to_aspect)
         labs = {}
@@ -262,7 +284,7 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None,
             labs[key] = tf.cast(v, tf.int64)
         return img, labs
 
-    ds = b.as_dataset(split=split, shuffle_files=False)
+    ds = b.as_dataset(split=split, shuffle_files=False, decoders=decoders)
     ds = ds.map(to_arrays, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     img_shape = ds.element_spec[0].shape
     images, labels = [], {key: [] for _, key, _ in specs}
