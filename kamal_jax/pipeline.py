@@ -1,0 +1,260 @@
+"""The whole run: config -> teachers -> stage 1 (components) -> stage 2 (target) -> summary, export.
+
+Data flows one way; every check on the config happens before the first training step, and a
+rerun with the same workdir resumes each stage from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from kamal_jax import ambiguity, export, models, summary as summary_lib, workdir as workdir_lib
+from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices, plan_from_config
+from kamal_jax.teachers import load_teacher
+from kamal_jax.train import evaluate as eval_lib, sharding
+from kamal_jax.train.nets import Net
+from kamal_jax.train.state import count_params
+from kamal_jax.train.steps import LossWeights, Stage1, Stage2, make_pairs
+from kamal_jax.train.trainer import train_student
+
+log = logging.getLogger('kamal_jax')
+
+SELECTIONS = ('online', 'offline')
+STAGE1_MODES = ('select', 'random', 'average')
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _check_stage(cfg: Any, field: str) -> None:
+    if cfg.arch not in models.BACKBONES:
+        raise ConfigError(f'{field}.arch = {cfg.arch!r} is unknown; supported: '
+                          f'{", ".join(sorted(models.BACKBONES))}.')
+    for key in ('epochs', 'batch_size'):
+        if int(cfg[key]) <= 0:
+            raise ConfigError(f'{field}.{key} must be positive, got {cfg[key]}.')
+    if float(cfg.lr) <= 0:
+        raise ConfigError(f'{field}.lr must be positive, got {cfg.lr}.')
+
+
+def validate(config: Any, workdir: str = '') -> Plan:
+    """Everything that can be checked without touching data or weights."""
+    plan = plan_from_config(config, workdir)
+    _check_stage(config.stage1, 'stage1')
+    _check_stage(config.stage2, 'stage2')
+    if config.stage1.selection not in SELECTIONS:
+        raise ConfigError(f'stage1.selection must be one of {SELECTIONS}, got {config.stage1.selection!r}.')
+    if config.stage1.get('mode', 'select') not in STAGE1_MODES:
+        raise ConfigError(f'stage1.mode must be one of {STAGE1_MODES}, got {config.stage1.mode!r}.')
+    for teacher in plan.used_teachers:
+        if teacher.arch not in models.BACKBONES:
+            raise ConfigError(f'teachers.{teacher.name}.arch = {teacher.arch!r} is unknown; supported: '
+                              f'{", ".join(sorted(models.BACKBONES))}.')
+    zoo = config.get('zoo')
+    if zoo:  # teachers the run trains itself: their output width is known now
+        widths = {name: len(t.classes) for name, t in zoo.teachers.items()}
+        check_logit_slices(Plan(plan.tasks, tuple(t for t in plan.teachers if t.name in widths),
+                                plan.target_tasks), widths)
+    return plan
+
+
+# ----------------------------------------------------------------------------- data and teachers
+
+def load_split(config: Any, split: str):
+    from kamal_jax.data import datasets  # TensorFlow is imported only when data is read.
+    d = config.data
+    ds = datasets.load(d.name, split, data_dir=d.get('data_dir') or None,
+                       manual_dir=d.get('manual_dir') or None,
+                       image_size=tuple(d.image_size) if d.get('image_size') else None)
+    limit = int(d.get('train_limit' if split == d.train_split else 'eval_limit', 0) or 0)
+    if limit and limit < len(ds.images):
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(ds.images))[:limit])
+        ds = type(ds)(images=ds.images[keep], labels={k: v[keep] for k, v in ds.labels.items()},
+                      label_names=ds.label_names, name=ds.name, split=ds.split)
+    if len(ds.images) == 0:
+        field = 'data.train_split' if split == d.train_split else 'data.eval_split'
+        raise ConfigError(f'{field} = {split!r} of dataset {d.name!r} is empty.')
+    return ds
+
+
+def ensure_zoo_teachers(config: Any, plan: Plan, workdir: str) -> None:
+    """Trains the teachers a config makes itself (config.zoo), in a separate PyTorch process."""
+    missing = [t for t in plan.used_teachers if not os.path.isfile(t.checkpoint)]
+    zoo = config.get('zoo')
+    if not missing or not zoo:
+        return
+    out = os.path.join(workdir, 'zoo')
+    os.makedirs(out, exist_ok=True)
+    spec = os.path.join(out, 'zoo_config.json')
+    with open(spec, 'w') as f:
+        json.dump({'data': config.data.to_dict(), 'seed': config.seed, **zoo.to_dict()}, f, indent=2)
+    log.info('training %d teacher(s) in PyTorch: %s', len(missing), ', '.join(t.name for t in missing))
+    result = subprocess.run([sys.executable, '-m', 'kamal_jax.zoo', '--config_json', spec, '--out', out])
+    if result.returncode:
+        raise RuntimeError(f'teacher training failed (exit {result.returncode}); see the output above.')
+
+
+# ----------------------------------------------------------------------------- stages
+
+def student_net(name: str, cfg: Any, heads, data_cfg: Any) -> Net:
+    widths = tuple(cfg.get('widths') or ())
+    return Net(name, cfg.arch, models.multihead(cfg.arch, heads, widths or None),
+               tuple(data_cfg.mean), tuple(data_cfg.std), widths=widths)
+
+
+def offline_selection(task: str, teachers, frozen, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The reference recipe: least-ambiguous teacher per sample, once, on the un-augmented view."""
+    ent = np.stack([ambiguity.entropy(eval_lib.predict(t, frozen[t.name], images, batch_size)[task])
+                    for t in teachers])
+    return np.asarray(ambiguity.select_least_ambiguous(ent), np.int32)
+
+
+def selection_report(task: str, teachers, frozen, split, plan: Plan, batch_size: int) -> dict:
+    """On labelled held-out data: how often each teacher wins, and how often the winner is right."""
+    t = plan.tasks[task]
+    if t.label_key not in split.labels:
+        return {}
+    target = eval_lib.task_targets(t, split.labels, split.label_names)
+    valid = target >= 0
+    logits = [eval_lib.predict(n, frozen[n.name], split.images, batch_size)[task][valid] for n in teachers]
+    selected = np.asarray(ambiguity.select_least_ambiguous(np.stack([ambiguity.entropy(l) for l in logits])))
+    correct = np.stack([np.argmax(l, -1) == target[valid] for l in logits])
+    return {
+        'selected_fraction': {n.name: float(np.mean(selected == i)) for i, n in enumerate(teachers)},
+        'selected_teacher_accuracy': float(np.mean(correct[selected, np.arange(len(selected))])),
+        'oracle_accuracy': float(np.mean(correct.any(0))),
+    }
+
+
+def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
+    cfg = config.stage1
+    group = [teachers[t.name] for t in plan.group(task)]
+    student = student_net(f'component_{task}', cfg, [(task, plan.tasks[task].num_classes)], config.data)
+    overrides = cfg.get('tap_pairs') or {}
+    pairs = {t.name: (make_pairs(t, student, overrides.get(t.name)) if cfg.feature_weight else ())
+             for t in group}
+    stage = Stage1(task, student, tuple(group), pairs, LossWeights.from_config(cfg),
+                   selection=cfg.selection, mode=cfg.get('mode', 'select'))
+    arrays = {'image': train.images}
+    if cfg.selection == 'offline':
+        arrays['selected'] = offline_selection(task, group, frozen, train.images, config.eval_batch_size)
+    rng = jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(task.encode()) % (1 << 30))
+    variables, metrics = train_student(
+        name=f'stage1/{task}', student=student, loss_fn=stage.loss,
+        bridges=stage.init_bridges(rng, cfg.get('bridge_width_ratio', 0.5)), cfg=cfg, arrays=arrays,
+        frozen={t.name: frozen[t.name] for t in group}, mesh=mesh, seed=config.seed,
+        crop_padding=config.data.get('crop_padding', 0), flip=config.data.get('flip', False),
+        ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every)
+    return student, variables, metrics
+
+
+def run_stage2(plan, components, train, config, mesh, workdir):
+    cfg = config.stage2
+    target = student_net('target', cfg, [(t, plan.tasks[t].num_classes) for t in plan.target_tasks],
+                         config.data)
+    comps = tuple((task, components[task][0]) for task in plan.target_tasks)
+    overrides = cfg.get('tap_pairs') or {}
+    pairs = {c.name: (make_pairs(c, target, overrides.get(c.name)) if cfg.feature_weight else ())
+             for _, c in comps}
+    stage = Stage2(target, comps, pairs, LossWeights.from_config(cfg))
+    variables, metrics = train_student(
+        name='stage2', student=target, loss_fn=stage.loss,
+        bridges=stage.init_bridges(jax.random.fold_in(jax.random.key(config.seed), 2)), cfg=cfg,
+        arrays={'image': train.images}, frozen={c.name: components[t][1] for t, c in comps}, mesh=mesh,
+        seed=config.seed + 1, crop_padding=config.data.get('crop_padding', 0),
+        flip=config.data.get('flip', False), ckpt_dir=os.path.join(workdir, 'stage2'),
+        log_every=config.log_every)
+    return target, variables, metrics
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _log_to_file(workdir: str) -> None:
+    path = os.path.join(workdir, 'log.txt')
+    if not any(getattr(h, 'baseFilename', None) == path for h in log.handlers):
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter('%(asctime)s %(message)s'))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
+    """Runs both stages and returns the summary (also written to WORKDIR/summary.{json,md})."""
+    workdir = os.path.abspath(workdir)
+    plan = validate(config, workdir)
+    resumed = workdir_lib.prepare(workdir, config.to_dict(), overwrite=overwrite)
+    _log_to_file(workdir)
+    log.info('%s run in %s; target tasks: %s', 'resuming' if resumed else 'starting', workdir,
+             ', '.join(plan.target_tasks))
+    train = load_split(config, config.data.train_split)
+    held_out = load_split(config, config.data.eval_split)
+    check_data_labels(plan, held_out.label_names, config.data.eval_split)
+    image_size = tuple(train.images.shape[1:3])
+    ensure_zoo_teachers(config, plan, workdir)
+    mesh = sharding.make_mesh(config.get('num_devices', -1))
+    log.info('mesh: %d device(s) (%s); %d training images of %s, %d held out', mesh.size,
+             jax.devices()[0].platform, len(train.images), train.images.shape[1:], len(held_out.images))
+
+    teachers, frozen = {}, {}
+    for spec in plan.used_teachers:
+        teachers[spec.name], frozen[spec.name] = load_teacher(spec, os.path.join(workdir, 'teachers'),
+                                                              image_size)
+    check_logit_slices(plan, {n: t.module.num_classes for n, t in teachers.items()})
+    frozen = sharding.put_replicated(frozen, mesh)
+
+    entries, wall = {}, {}
+    bs = config.eval_batch_size
+    for name, net in teachers.items():
+        tasks = {t: plan.tasks[t] for t in net.heads if t in plan.target_tasks}
+        acc = eval_lib.evaluate(net, frozen[name], held_out, tasks, bs)
+        entries[name] = summary_lib.model_entry('teacher', net.arch, count_params(frozen[name]['params']),
+                                                tasks, acc)
+        log.info('teacher %s (%s): %s', name, net.arch, _fmt(acc))
+
+    t0 = time.perf_counter()
+    components = {}
+    for task in plan.target_tasks:
+        student, variables, metrics = run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir)
+        components[task] = (student, variables)
+        acc = eval_lib.evaluate(student, variables, held_out, {task: plan.tasks[task]}, bs)
+        report = selection_report(task, [teachers[t.name] for t in plan.group(task)], frozen, held_out,
+                                  plan, bs)
+        entries[student.name] = summary_lib.model_entry(
+            'component', student.arch, count_params(variables['params']), [task], acc,
+            selection=report, final_train_metrics=_floats(metrics))
+        log.info('component %s: %s; selection on held-out data: %s', task, _fmt(acc), report)
+    wall['stage1'] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    target, variables, metrics = run_stage2(plan, components, train, config, mesh, workdir)
+    acc = eval_lib.evaluate(target, variables, held_out, {t: plan.tasks[t] for t in plan.target_tasks}, bs)
+    entries['target'] = summary_lib.model_entry('target', target.arch, count_params(variables['params']),
+                                                plan.target_tasks, acc, final_train_metrics=_floats(metrics))
+    wall['stage2'] = time.perf_counter() - t0
+
+    export.save_student(os.path.join(workdir, 'export'), arch=target.arch, widths=target.widths,
+                        heads=target.module.heads, variables=variables, tasks=plan.tasks,
+                        mean=target.mean, std=target.std, image_size=image_size)
+    result = summary_lib.build(plan.tasks, plan.target_tasks, entries, wall,
+                               data={'name': config.data.name, 'train': len(train.images),
+                                     'eval': len(held_out.images)})
+    table = summary_lib.write(workdir, result)
+    log.info('summary (also in %s):\n%s', os.path.join(workdir, 'summary.md'), table)
+    return result
+
+
+def _fmt(acc: dict) -> str:
+    return ', '.join(f'{t} {100 * a:.1f}%' for t, a in acc.items())
+
+
+def _floats(metrics: dict) -> dict:
+    return {k: round(float(v), 5) for k, v in metrics.items()}

@@ -1,0 +1,36 @@
+"""Runs a kamal_jax config: teachers -> stage 1 -> stage 2 -> summary and exported student.
+
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart
+    python launch.py --config configs/quickstart.py --workdir runs/q --config.stage1.epochs=3
+
+All logic lives in `kamal_jax.pipeline`; this file only parses flags. Relaunching with the same
+workdir and config resumes from the last checkpoints.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summary and export.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete what the workdir holds and start afresh.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+    del argv
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S',
+                        stream=sys.stdout)
+    from kamal_jax import pipeline
+    from kamal_jax.tasks import ConfigError
+    from kamal_jax.workdir import WorkdirError
+    try:
+        pipeline.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    except (ConfigError, WorkdirError) as e:
+        sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    app.run(main)

@@ -1,0 +1,47 @@
+"""Small nets and stages shared by the tests (random weights, tiny images)."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from kamal_jax import models
+from kamal_jax.train.nets import Net
+from kamal_jax.train.steps import LossWeights, Stage1, make_pairs
+
+MEAN, STD = (0.5,) * 3, (0.5,) * 3
+
+
+def stage_config(**overrides):
+    cfg = dict(arch='cifar_resnet8', widths=(), epochs=2, batch_size=8, lr=1e-3, bridge_lr=1e-3,
+               schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0, logit_weight=1.0,
+               weight_norm=1.0, logit_loss='mse', temperature=1.0, checkpoint_every=2)
+    cfg.update(overrides)
+    return ml_collections.ConfigDict(cfg)
+
+
+def teacher(name, arch, num_classes, heads, seed, size=12, widths=None):
+    net = Net(name, arch, models.classifier(arch, num_classes, widths), MEAN, STD, heads=heads)
+    variables = net.module.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)))
+    return net, variables
+
+
+def uniform_teacher(name, arch, num_classes, heads, seed, size=12):
+    """Its classifier is zero: every sample gets uniform logits (maximal ambiguity)."""
+    net, variables = teacher(name, arch, num_classes, heads, seed, size)
+    fc = jax.tree.map(jnp.zeros_like, variables['params']['fc'])
+    variables = {**variables, 'params': {**variables['params'], 'fc': fc}}
+    return net, variables
+
+
+def student(task='a', n=5, arch='cifar_resnet8'):
+    return Net(f'component_{task}', arch, models.multihead(arch, [(task, n)]), MEAN, STD)
+
+
+def stage1(teachers, task='a', n=5, **kw):
+    s = student(task, n)
+    pairs = {t.name: make_pairs(t, s, None) for t in teachers}
+    return Stage1(task, s, tuple(teachers), pairs, LossWeights(), **kw)
+
+
+def images(n=16, size=12, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
