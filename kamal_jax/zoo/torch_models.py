@@ -141,45 +141,48 @@ _DEPTHS = {18: ((2, 2, 2, 2), 'basic'), 34: ((3, 4, 6, 3), 'basic'),
 
 
 def resnet(depth: int, num_classes: int, widths: Sequence[int] | None = None,
-           stem: str = 'imagenet') -> ResNet:
+           stem: str = 'imagenet', in_channels: int = 3) -> ResNet:
     """torchvision ResNet-18/34/50/101; `widths` = (stem, stage1, ..., stage4)."""
     sizes, block = _DEPTHS[depth]
     widths = tuple(widths or (64, 64, 128, 256, 512))
     if len(widths) != len(sizes) + 1:
         raise ValueError(f'ResNet-{depth} widths must be (stem, stage1, ..., stage{len(sizes)}), '
                          f'got {widths}.')
-    return ResNet(sizes, widths[1:], widths[0], block, stem, num_classes)
+    return ResNet(sizes, widths[1:], widths[0], block, stem, num_classes, in_channels)
 
 
-def cifar_resnet(depth: int, num_classes: int, widths: Sequence[int] | None = None) -> ResNet:
+def cifar_resnet(depth: int, num_classes: int, widths: Sequence[int] | None = None,
+                 in_channels: int = 3) -> ResNet:
     """He et al.'s CIFAR ResNet-(6n+2): stages of n basic blocks, 16/32/64 wide by default."""
     if (depth - 2) % 6:
         raise ValueError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, ...), got {depth}.')
     n = (depth - 2) // 6
     widths = tuple(widths or (16, 16, 32, 64))
-    return ResNet((n,) * (len(widths) - 1), widths[1:], widths[0], 'basic', 'cifar', num_classes)
+    return ResNet((n,) * (len(widths) - 1), widths[1:], widths[0], 'basic', 'cifar', num_classes,
+                  in_channels)
 
 
 ARCHS = {
-    'resnet18': lambda n, w: resnet(18, n, w),
-    'resnet34': lambda n, w: resnet(34, n, w),
-    'resnet50': lambda n, w: resnet(50, n, w),
-    'resnet18_small': lambda n, w: resnet(18, n, w, stem='cifar'),
-    'resnet34_small': lambda n, w: resnet(34, n, w, stem='cifar'),
-    'resnet50_small': lambda n, w: resnet(50, n, w, stem='cifar'),
-    'cifar_resnet8': lambda n, w: cifar_resnet(8, n, w),
-    'cifar_resnet14': lambda n, w: cifar_resnet(14, n, w),
-    'cifar_resnet20': lambda n, w: cifar_resnet(20, n, w),
-    'cifar_resnet32': lambda n, w: cifar_resnet(32, n, w),
-    'cifar_resnet56': lambda n, w: cifar_resnet(56, n, w),
+    'resnet18': lambda n, w, c: resnet(18, n, w, in_channels=c),
+    'resnet34': lambda n, w, c: resnet(34, n, w, in_channels=c),
+    'resnet50': lambda n, w, c: resnet(50, n, w, in_channels=c),
+    'resnet18_small': lambda n, w, c: resnet(18, n, w, 'cifar', c),
+    'resnet34_small': lambda n, w, c: resnet(34, n, w, 'cifar', c),
+    'resnet50_small': lambda n, w, c: resnet(50, n, w, 'cifar', c),
+    'cifar_resnet8': lambda n, w, c: cifar_resnet(8, n, w, c),
+    'cifar_resnet14': lambda n, w, c: cifar_resnet(14, n, w, c),
+    'cifar_resnet20': lambda n, w, c: cifar_resnet(20, n, w, c),
+    'cifar_resnet32': lambda n, w, c: cifar_resnet(32, n, w, c),
+    'cifar_resnet56': lambda n, w, c: cifar_resnet(56, n, w, c),
 }
 
 
-def build(arch: str, num_classes: int, widths: Sequence[int] | None = None) -> ResNet:
+def build(arch: str, num_classes: int, widths: Sequence[int] | None = None,
+          in_channels: int = 3) -> ResNet:
     """The PyTorch twin of `kamal_jax.models.classifier(arch, num_classes, widths)`."""
     if arch not in ARCHS:
         raise ValueError(f'unknown architecture {arch!r}; supported: {", ".join(sorted(ARCHS))}.')
-    return ARCHS[arch](int(num_classes), tuple(widths) if widths else None)
+    return ARCHS[arch](int(num_classes), tuple(widths) if widths else None, int(in_channels))
 
 
 # --- real torchvision ResNets -------------------------------------------------------------------

@@ -1,0 +1,463 @@
+"""Trains the teacher zoo: PyTorch ResNets, each on its own classes and its own part of the data.
+
+A zoo config (`config.zoo`, or the whole config when it has no `zoo` field) has
+
+    data:      name, train_split ('train'), eval_split ('test'), data_dir, manual_dir, image_size,
+               split_seed (0: seeds the permutation that `train_fraction`/`shard` cut up)
+    teachers:  name -> arch, widths (optional), classes (names of `label_key`'s classes, in the
+               teacher's output order), label_key ('label'), train_fraction (1.0), shard (0),
+               epochs, batch_size, lr, momentum (0.9), weight_decay (5e-4), seed, mean, std
+               (default: per-channel statistics of the teacher's training images), crop_padding
+               (4; 0 = no random crop), flip (True), input_size (optional (h, w) to resize to),
+               warmup_epochs (0), label_smoothing (0.0)
+
+Teacher `name` sees sample i of the training split only if its label is in `classes` and i falls
+in part `shard` of the split cut into parts of `train_fraction` after a permutation seeded with
+`split_seed`; equal fractions with different shards are therefore disjoint. Labels are remapped
+to the order of `classes`. Each teacher is written as `{out}/{name}.pth` (its `state_dict()`)
+and `{out}/{name}.json` (its card); a teacher whose two files exist is skipped.
+
+Inputs are RGB, `uint8 / 255` in [0, 1], then `(x - mean) / std`; PyTorch sees NCHW.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import torch  # Before anything that might import TensorFlow (the reverse order aborts).
+import torch.nn.functional as F
+import numpy as np
+
+from kamal_jax.zoo import torch_models
+
+CARD_VERSION = 1
+
+DEFAULTS = {
+    'widths': None,
+    'label_key': 'label',
+    'train_fraction': 1.0,
+    'shard': 0,
+    'epochs': 30,
+    'batch_size': 128,
+    'lr': 0.1,
+    'momentum': 0.9,
+    'weight_decay': 5e-4,
+    'nesterov': False,
+    'seed': 0,
+    'mean': None,
+    'std': None,
+    'crop_padding': 4,
+    'flip': True,
+    'input_size': None,
+    'warmup_epochs': 0,
+    'label_smoothing': 0.0,
+}
+DATA_DEFAULTS = {
+    'train_split': 'train',
+    'eval_split': 'test',
+    'data_dir': None,
+    'manual_dir': None,
+    'image_size': None,
+    'split_seed': 0,
+}
+
+
+class ZooConfigError(ValueError):
+    """A zoo config field is invalid; the message names the field."""
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping) or hasattr(cfg, 'get'):
+        try:
+            value = cfg.get(key, default)
+        except (AttributeError, KeyError):
+            value = default
+    else:
+        value = getattr(cfg, key, default)
+    return default if value is None and default is not None else value
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDict / tuples / numpy scalars -> JSON-friendly values."""
+    if hasattr(value, 'to_dict'):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def zoo_section(config: Any) -> Any:
+    """`config.zoo` if the config has one, else the config itself."""
+    zoo = _get(config, 'zoo')
+    return zoo if zoo is not None else config
+
+
+def teacher_settings(name: str, tc: Any) -> dict:
+    """The teacher's fields with defaults filled in; `augment.{crop_padding,flip}` also accepted."""
+    prefix = f'teachers.{name}'
+    s = {k: _get(tc, k, v) if v is not None else _get(tc, k) for k, v in DEFAULTS.items()}
+    augment = _get(tc, 'augment')
+    if augment is not None:
+        for k in ('crop_padding', 'flip'):
+            if _get(augment, k) is not None:
+                s[k] = _get(augment, k)
+    for k in ('arch', 'classes'):
+        s[k] = _get(tc, k)
+        if s[k] is None:
+            raise ZooConfigError(f'{prefix}.{k} is missing.')
+    if s['arch'] not in torch_models.ARCHS:
+        raise ZooConfigError(f'{prefix}.arch = {s["arch"]!r} is unknown; supported: '
+                             f'{", ".join(sorted(torch_models.ARCHS))}.')
+    s['classes'] = [str(c) for c in s['classes']]
+    if len(s['classes']) < 2 or len(set(s['classes'])) != len(s['classes']):
+        raise ZooConfigError(f'{prefix}.classes must list at least two distinct class names, got '
+                             f'{s["classes"]}.')
+    s['widths'] = [int(w) for w in s['widths']] if s['widths'] else None
+    frac, shard = float(s['train_fraction']), int(s['shard'])
+    if not 0 < frac <= 1:
+        raise ZooConfigError(f'{prefix}.train_fraction must be in (0, 1], got {frac}.')
+    if shard < 0 or (shard + 1) * frac > 1 + 1e-9:
+        raise ZooConfigError(f'{prefix}.shard = {shard} does not fit: with train_fraction {frac} '
+                             f'the shards are 0..{int(math.floor(1 / frac + 1e-9)) - 1}.')
+    s['train_fraction'], s['shard'] = frac, shard
+    for k in ('epochs', 'batch_size', 'seed', 'crop_padding', 'warmup_epochs'):
+        s[k] = int(s[k])
+    for k in ('lr', 'momentum', 'weight_decay', 'label_smoothing'):
+        s[k] = float(s[k])
+    s['flip'], s['nesterov'] = bool(s['flip']), bool(s['nesterov'])
+    if s['epochs'] < 1 or s['batch_size'] < 1:
+        raise ZooConfigError(f'{prefix}.epochs and {prefix}.batch_size must be positive.')
+    if s['input_size'] is not None:
+        size = [int(v) for v in (s['input_size'] if not isinstance(s['input_size'], int)
+                                 else (s['input_size'], s['input_size']))]
+        s['input_size'] = size
+    return s
+
+
+def load_data(data_cfg: Any) -> dict:
+    """{'train': split, 'eval': split} via `kamal_jax.data.datasets.load`."""
+    from kamal_jax.data import datasets  # TensorFlow is imported there lazily, after torch.
+    name = _get(data_cfg, 'name')
+    if not name:
+        raise ZooConfigError('data.name is missing.')
+    kwargs = {k: _get(data_cfg, k) for k in ('data_dir', 'manual_dir')}
+    size = _get(data_cfg, 'image_size')
+    if size is not None:
+        kwargs['image_size'] = (int(size), int(size)) if isinstance(size, int) else tuple(size)
+    train = _get(data_cfg, 'train_split', DATA_DEFAULTS['train_split'])
+    evals = _get(data_cfg, 'eval_split', DATA_DEFAULTS['eval_split'])
+    return {'train': datasets.load(name, train, **kwargs), 'eval': datasets.load(name, evals, **kwargs)}
+
+
+def _resolve_data(data: Any, data_cfg: Any) -> dict:
+    if data is None:
+        return load_data(data_cfg)
+    if isinstance(data, Mapping):
+        if 'train' not in data or 'eval' not in data:
+            raise ValueError(f"data must map 'train' and 'eval' to dataset splits, got {list(data)}.")
+        return dict(data)
+    if callable(data):  # split name -> split
+        return {'train': data(_get(data_cfg, 'train_split', 'train')),
+                'eval': data(_get(data_cfg, 'eval_split', 'test'))}
+    raise TypeError(f'data must be None, a mapping or a callable, got {type(data).__name__}.')
+
+
+def select(split: Any, s: dict, name: str, *, fraction: float = 1.0, shard: int = 0,
+           split_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of `split` this teacher sees (sorted) and their labels in the teacher's order."""
+    key = s['label_key']
+    if key not in split.labels:
+        raise ZooConfigError(f'teachers.{name}.label_key = {key!r} is not a label of the data; '
+                             f'labels: {sorted(split.labels)}.')
+    names = list(split.label_names.get(key, []))
+    if not names:
+        raise ZooConfigError(f'teachers.{name}.label_key = {key!r} is numeric; a teacher needs a '
+                             f'categorical label.')
+    unknown = [c for c in s['classes'] if c not in names]
+    if unknown:
+        raise ZooConfigError(f'teachers.{name}.classes names {unknown}, not classes of {key!r}: '
+                             f'{names}.')
+    n = len(split.labels[key])
+    idx = np.arange(n)
+    if fraction < 1.0:
+        perm = np.random.default_rng(split_seed).permutation(n)
+        lo, hi = int(round(shard * fraction * n)), int(round((shard + 1) * fraction * n))
+        idx = np.sort(perm[lo:hi])
+    remap = np.full(len(names), -1, np.int64)
+    remap[[names.index(c) for c in s['classes']]] = np.arange(len(s['classes']))
+    labels = np.asarray(split.labels[key], np.int64)[idx]
+    valid = (labels >= 0) & (labels < len(names))
+    labels = np.where(valid, remap[np.clip(labels, 0, len(names) - 1)], -1)
+    keep = labels >= 0
+    return idx[keep], labels[keep]
+
+
+def _resize(images: np.ndarray, size) -> np.ndarray:
+    if size is None or tuple(images.shape[1:3]) == tuple(size):
+        return images
+    out = []
+    for i in range(0, len(images), 1024):
+        x = torch.from_numpy(np.ascontiguousarray(images[i:i + 1024].transpose(0, 3, 1, 2))).float()
+        x = F.interpolate(x, size=tuple(size), mode='bilinear', antialias=True, align_corners=False)
+        out.append(x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def _augment(images: np.ndarray, rng: np.random.Generator, crop_padding: int, flip: bool):
+    """uint8 NHWC batch -> randomly translated (reflect padding) and flipped copy."""
+    b, h, w, _ = images.shape
+    if crop_padding:
+        p = crop_padding
+        padded = np.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode='reflect')
+        oy = rng.integers(0, 2 * p + 1, b)
+        ox = rng.integers(0, 2 * p + 1, b)
+        rows = oy[:, None] + np.arange(h)[None]
+        cols = ox[:, None] + np.arange(w)[None]
+        images = padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if flip:
+        do = rng.random(b) < 0.5
+        images = np.where(do[:, None, None, None], images[:, :, ::-1], images)
+    return images
+
+
+class _Normalise:
+    def __init__(self, mean, std):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.scale = (1.0 / (255.0 * torch.tensor(std, dtype=torch.float32))).view(1, -1, 1, 1)
+        self.mean = self.mean * 255.0
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        # Contiguous NCHW: this PyTorch CPU build corrupts memory in channels-last conv backward
+        # for some shapes (a permuted NHWC view is channels-last).
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()
+        return (x - self.mean) * self.scale
+
+
+def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, norm: _Normalise,
+             batch_size: int = 500) -> float | None:
+    if len(labels) == 0:
+        return None
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(labels), batch_size):
+            logits = model(norm(images[i:i + batch_size]))
+            correct += int((logits.argmax(1).numpy() == labels[i:i + batch_size]).sum())
+    return correct / len(labels)
+
+
+def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    if len(x) > 4_000_000:
+        x = x[np.random.default_rng(0).choice(len(x), 4_000_000, replace=False)]
+    return ([round(float(v), 4) for v in x.mean(0)],
+            [round(max(float(v), 1e-3), 4) for v in x.std(0)])
+
+
+def _write_atomic(path: str, writer: Callable[[str], None]) -> None:
+    tmp = f'{path}.tmp{os.getpid()}'
+    writer(tmp)
+    os.replace(tmp, path)
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
+                  log: Callable[[str], None] = print) -> dict:
+    """Trains one teacher and writes `{out_dir}/{name}.pth` and `.json`; returns the card."""
+    start = time.time()
+    split_seed = int(_get(data_cfg, 'split_seed', DATA_DEFAULTS['split_seed']))
+    train, evals = data['train'], data['eval']
+    tr_idx, tr_labels = select(train, s, name, fraction=s['train_fraction'], shard=s['shard'],
+                               split_seed=split_seed)
+    ev_idx, ev_labels = select(evals, s, name)
+    if len(tr_idx) == 0:
+        raise ZooConfigError(f'teachers.{name} has no training samples (classes {s["classes"]}, '
+                             f'shard {s["shard"]} of fraction {s["train_fraction"]}).')
+    tr_images = _resize(np.asarray(train.images)[tr_idx], s['input_size'])
+    ev_images = _resize(np.asarray(evals.images)[ev_idx], s['input_size'])
+    if tr_images.dtype != np.uint8:
+        raise TypeError(f'training images must be uint8 NHWC, got {tr_images.dtype}.')
+    channels = tr_images.shape[-1]
+    mean, std = s['mean'], s['std']
+    if mean is None or std is None:
+        stats = _channel_stats(tr_images)
+        mean = stats[0] if mean is None else mean
+        std = stats[1] if std is None else std
+    mean, std = [float(m) for m in mean], [float(v) for v in std]
+    if len(mean) != channels or len(std) != channels:
+        raise ZooConfigError(f'teachers.{name}.mean/std need {channels} values, got {mean}, {std}.')
+    norm = _Normalise(mean, std)
+
+    num_classes = len(s['classes'])
+    torch.manual_seed(s['seed'])
+    model = torch_models.build(s['arch'], num_classes, s['widths'], in_channels=channels)
+    decay, no_decay = [], []
+    for pname, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD([{'params': decay, 'weight_decay': s['weight_decay']},
+                           {'params': no_decay, 'weight_decay': 0.0}],
+                          lr=s['lr'], momentum=s['momentum'], nesterov=s['nesterov'])
+    n = len(tr_labels)
+    bs = min(s['batch_size'], n)
+    steps_per_epoch = max(1, n // bs)
+    total = steps_per_epoch * s['epochs']
+    warmup = steps_per_epoch * s['warmup_epochs']
+
+    def lr_at(step):
+        if step < warmup:
+            return s['lr'] * (step + 1) / warmup
+        t = (step - warmup) / max(1, total - warmup)
+        return 0.5 * s['lr'] * (1.0 + math.cos(math.pi * t))
+
+    rng = np.random.default_rng(s['seed'])
+    labels_t = torch.from_numpy(tr_labels)
+    log(f'[{name}] {s["arch"]} on {n} images of {num_classes} classes '
+        f'({tr_images.shape[1]}x{tr_images.shape[2]}), {s["epochs"]} epochs x {steps_per_epoch} '
+        f'steps of {bs}; eval on {len(ev_labels)} images')
+    step, loss_value = 0, float('nan')
+    for epoch in range(s['epochs']):
+        t0 = time.time()
+        model.train()
+        perm = rng.permutation(n)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for k in range(steps_per_epoch):
+            batch = perm[k * bs:(k + 1) * bs]
+            x = norm(_augment(tr_images[batch], rng, s['crop_padding'], s['flip']))
+            y = labels_t[batch]
+            for group in opt.param_groups:
+                group['lr'] = lr_at(step)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=s['label_smoothing'])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            loss_sum += loss.item() * len(batch)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(batch)
+        loss_value = loss_sum / seen
+        msg = (f'[{name}] epoch {epoch + 1}/{s["epochs"]}: loss {loss_value:.4f}, '
+               f'train acc {correct / seen:.4f}, lr {lr_at(step - 1):.4g}, {time.time() - t0:.1f}s')
+        if epoch == s['epochs'] - 1 or (epoch + 1) % max(1, s['epochs'] // 5) == 0:
+            acc = evaluate(model, ev_images, ev_labels, norm)
+            if acc is not None:
+                msg += f', eval acc {acc:.4f}'
+        log(msg)
+    accuracy = evaluate(model, ev_images, ev_labels, norm)
+
+    os.makedirs(out_dir, exist_ok=True)
+    pth = os.path.join(out_dir, f'{name}.pth')
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write_atomic(pth, lambda p: torch.save(state, p))
+    card = {
+        'card_version': CARD_VERSION,
+        'name': name,
+        'arch': s['arch'],
+        'widths': s['widths'],
+        'num_classes': num_classes,
+        'classes': s['classes'],
+        'label_key': s['label_key'],
+        'mean': mean,
+        'std': std,
+        'input_size': [int(tr_images.shape[1]), int(tr_images.shape[2])],
+        'input': 'RGB uint8 / 255 in [0, 1], then (x - mean) / std; PyTorch NCHW',
+        'checkpoint': f'{name}.pth',
+        'checkpoint_sha256': _sha256(pth),
+        'training_data': {
+            'dataset': _get(data_cfg, 'name', getattr(train, 'name', None)),
+            'split': _get(data_cfg, 'train_split', getattr(train, 'split', 'train')),
+            'train_fraction': s['train_fraction'],
+            'shard': s['shard'],
+            'split_seed': split_seed,
+            'num_samples': int(n),
+            'class_counts': [int(c) for c in np.bincount(tr_labels, minlength=num_classes)],
+            'description': (f'{n} images of {num_classes} classes {s["classes"]} '
+                            f'(label {s["label_key"]!r}) from shard {s["shard"]} '
+                            f'(fraction {s["train_fraction"]}, split_seed {split_seed}) of '
+                            f'{_get(data_cfg, "name", getattr(train, "name", "?"))}:'
+                            f'{_get(data_cfg, "train_split", getattr(train, "split", "train"))}'),
+        },
+        'training': {
+            'epochs': s['epochs'], 'batch_size': bs, 'steps': total, 'lr': s['lr'],
+            'schedule': 'cosine' + (f' with {s["warmup_epochs"]} warmup epochs'
+                                    if s['warmup_epochs'] else ''),
+            'momentum': s['momentum'], 'nesterov': s['nesterov'],
+            'weight_decay': s['weight_decay'], 'label_smoothing': s['label_smoothing'],
+            'seed': s['seed'],
+            'augment': {'crop_padding': s['crop_padding'], 'crop_pad_mode': 'reflect',
+                        'flip': s['flip']},
+            'final_train_loss': round(loss_value, 6),
+        },
+        'eval': {
+            'dataset': _get(data_cfg, 'name', getattr(evals, 'name', None)),
+            'split': _get(data_cfg, 'eval_split', getattr(evals, 'split', 'test')),
+            'num_samples': int(len(ev_labels)),
+            'accuracy': accuracy,
+        },
+        'eval_accuracy': accuracy,
+        'wall_seconds': round(time.time() - start, 2),
+        'torch_version': torch.__version__,
+    }
+    card = _plain(card)
+    _write_atomic(os.path.join(out_dir, f'{name}.json'),
+                  lambda p: open(p, 'w').write(json.dumps(card, indent=2)))
+    acc_text = 'n/a' if accuracy is None else f'{accuracy:.4f}'
+    log(f'[{name}] done in {card["wall_seconds"]:.1f}s: eval accuracy {acc_text} -> {pth}')
+    return card
+
+
+def train_zoo(zoo_config: Any, out_dir: str, data: Any = None, *, only=None,
+              log: Callable[[str], None] = print) -> dict:
+    """Trains every teacher of `zoo_config` (or of its `zoo` field) not yet in `out_dir`.
+
+    `data`: None (load `zoo.data` with `kamal_jax.data.datasets.load`), a mapping
+    {'train': split, 'eval': split}, or a callable split_name -> split. Splits have `.images`
+    (uint8 NHWC), `.labels` (key -> int array) and `.label_names` (key -> class names).
+    Returns {teacher name: card}, skipped teachers included (their card read from disk).
+    """
+    zoo = zoo_section(zoo_config)
+    teachers_cfg = _get(zoo, 'teachers')
+    if not teachers_cfg:
+        raise ZooConfigError('teachers is empty: declare at least one teacher.')
+    data_cfg = _get(zoo, 'data')
+    names = list(teachers_cfg.keys())
+    if only:
+        unknown = [t for t in only if t not in names]
+        if unknown:
+            raise ZooConfigError(f'unknown teachers {unknown}; the config declares {names}.')
+        names = [t for t in names if t in only]
+    settings = {t: teacher_settings(t, teachers_cfg[t]) for t in names}  # Validate all first.
+    torch.set_num_threads(os.cpu_count() or 1)
+    os.makedirs(out_dir, exist_ok=True)
+    cards, todo = {}, []
+    for t in names:
+        pth, card_path = (os.path.join(out_dir, f'{t}.{ext}') for ext in ('pth', 'json'))
+        if os.path.isfile(pth) and os.path.isfile(card_path):
+            log(f'[{t}] skipped: {pth} and {card_path} already exist')
+            with open(card_path) as f:
+                cards[t] = json.load(f)
+        else:
+            todo.append(t)
+    if todo:
+        resolved = _resolve_data(data, data_cfg)
+        for t in todo:
+            cards[t] = train_teacher(t, settings[t], resolved, data_cfg, out_dir, log)
+    return {t: cards[t] for t in names}
