@@ -21,7 +21,7 @@ HIGH = ['5', '6', '7', '8', '9']
 def _teacher(arch, classes, task, task_classes, shard):
     start = classes.index(task_classes[0])
     return dict(
-        zoo=dict(arch=arch, classes=classes, shard=shard, num_shards=2),
+        zoo=dict(arch=arch, classes=classes, train_fraction=0.5, shard=shard),
         decl=dict(arch=arch, checkpoint='{workdir}/zoo/%s.pth', mean=(0.3,) * 3, std=(0.4,) * 3,
                   heads={task: dict(kind='multiclass', classes=task_classes,
                                     logits=(start, start + len(task_classes)))}))
