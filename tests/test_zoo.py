@@ -71,6 +71,7 @@ def test_train_zoo_writes_checkpoints_and_cards(tmp_path, capsys):
     assert card['mean'] == [0.5, 0.5, 0.5] and card['std'] == [0.25, 0.25, 0.25]
     assert card['input_size'] == [16, 16]
     assert card['training_data']['shard'] == 0 and card['training_data']['train_fraction'] == 0.5
+    assert card['training_data']['split_seed'] == 3
     assert 0 < card['training_data']['num_samples'] <= 48
     assert 0.0 <= card['eval']['accuracy'] <= 1.0 and card['eval_accuracy'] == card['eval']['accuracy']
     eval_labels = _data()['eval'].labels['label']
@@ -166,3 +167,19 @@ def test_cli_trains_on_kamal_digits(tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert '[high] skipped' in proc.stdout and '[low]' not in proc.stdout
+
+    # The JSON form launch.py writes: data and seed at the top level, '' for default dirs.
+    spec = {'data': {'name': 'kamal_digits', 'data_dir': str(tmp_path / 'tfds'), 'manual_dir': '',
+                     'train_split': 'train', 'eval_split': 'test', 'image_size': [16, 16]},
+            'seed': 5,
+            'teachers': {'mid': {'arch': 'cifar_resnet8', 'widths': [8, 8, 8, 8],
+                                 'classes': ['4', '5'], 'train_fraction': 0.5, 'shard': 1,
+                                 'epochs': 1, 'batch_size': 64, 'lr': 0.05}}}
+    (tmp_path / 'zoo_config.json').write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, '-m', 'kamal_jax.zoo',
+                           f'--config_json={tmp_path / "zoo_config.json"}', f'--out={out}'],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mid = json.loads((out / 'mid.json').read_text())
+    assert mid['input_size'] == [16, 16] and mid['training']['seed'] == 5
+    assert mid['training_data']['split_seed'] == 5 and mid['training_data']['shard'] == 1

@@ -19,6 +19,8 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Zoo config file (conf
                                           lock_config=False)
 _OUT = flags.DEFINE_string('out', None, 'Output directory for NAME.pth and NAME.json '
                            '(default: the config\'s zoo.out_dir).')
+_CONFIG_JSON = flags.DEFINE_string('config_json', None, 'A zoo config as JSON (what launch.py writes '
+                                   'to WORKDIR/zoo/zoo_config.json); instead of --config.')
 _ONLY = flags.DEFINE_list('only', None, 'Train only these teachers (comma separated).')
 
 
@@ -27,8 +29,13 @@ def main(argv):
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     from kamal_jax.zoo import train
     config = _CONFIG.value
+    if _CONFIG_JSON.value:
+        import json
+        import ml_collections
+        with open(_CONFIG_JSON.value) as f:
+            config = ml_collections.ConfigDict(json.load(f))
     if config is None:
-        raise app.UsageError('--config is required.')
+        raise app.UsageError('--config (or --config_json) is required.')
     out = _OUT.value or train._get(train.zoo_section(config), 'out_dir')
     if not out:
         raise app.UsageError('--out is required (the config has no zoo.out_dir).')

@@ -3,7 +3,9 @@
 A zoo config (`config.zoo`, or the whole config when it has no `zoo` field) has
 
     data:      name, train_split ('train'), eval_split ('test'), data_dir, manual_dir, image_size,
-               split_seed (0: seeds the permutation that `train_fraction`/`shard` cut up)
+               split_seed (seeds the permutation that `train_fraction`/`shard` cut up; default:
+               the zoo's `split_seed`, else its `seed`, else 0)
+    seed:      optional; the default of `split_seed` and of every teacher's `seed`
     teachers:  name -> arch, widths (optional), classes (names of `label_key`'s classes, in the
                teacher's output order), label_key ('label'), train_fraction (1.0), shard (0),
                epochs, batch_size, lr, momentum (0.9), weight_decay (5e-4), seed, mean, std
@@ -103,10 +105,23 @@ def zoo_section(config: Any) -> Any:
     return zoo if zoo is not None else config
 
 
-def teacher_settings(name: str, tc: Any) -> dict:
-    """The teacher's fields with defaults filled in; `augment.{crop_padding,flip}` also accepted."""
+def split_seed_of(zoo: Any) -> int:
+    """`data.split_seed`, else the zoo's `split_seed`, else its `seed`, else 0."""
+    for value in (_get(_get(zoo, 'data'), 'split_seed'), _get(zoo, 'split_seed'), _get(zoo, 'seed')):
+        if value is not None:
+            return int(value)
+    return DATA_DEFAULTS['split_seed']
+
+
+def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
+    """The teacher's fields with defaults filled in; `augment.{crop_padding,flip}` also accepted.
+
+    A teacher's `seed` defaults to the zoo's `seed` (0 if none).
+    """
     prefix = f'teachers.{name}'
-    s = {k: _get(tc, k, v) if v is not None else _get(tc, k) for k, v in DEFAULTS.items()}
+    defaults = dict(DEFAULTS, seed=int(_get(zoo, 'seed', DEFAULTS['seed'])))
+    s = {k: _get(tc, k, v) if v is not None else _get(tc, k) for k, v in defaults.items()}
+    s['split_seed'] = split_seed_of(zoo)
     augment = _get(tc, 'augment')
     if augment is not None:
         for k in ('crop_padding', 'flip'):
@@ -151,9 +166,9 @@ def load_data(data_cfg: Any) -> dict:
     name = _get(data_cfg, 'name')
     if not name:
         raise ZooConfigError('data.name is missing.')
-    kwargs = {k: _get(data_cfg, k) for k in ('data_dir', 'manual_dir')}
+    kwargs = {k: _get(data_cfg, k) or None for k in ('data_dir', 'manual_dir')}  # '' = default
     size = _get(data_cfg, 'image_size')
-    if size is not None:
+    if size:
         kwargs['image_size'] = (int(size), int(size)) if isinstance(size, int) else tuple(size)
     train = _get(data_cfg, 'train_split', DATA_DEFAULTS['train_split'])
     evals = _get(data_cfg, 'eval_split', DATA_DEFAULTS['eval_split'])
@@ -283,7 +298,7 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
                   log: Callable[[str], None] = print) -> dict:
     """Trains one teacher and writes `{out_dir}/{name}.pth` and `.json`; returns the card."""
     start = time.time()
-    split_seed = int(_get(data_cfg, 'split_seed', DATA_DEFAULTS['split_seed']))
+    split_seed = s['split_seed']
     train, evals = data['train'], data['eval']
     tr_idx, tr_labels = select(train, s, name, fraction=s['train_fraction'], shard=s['shard'],
                                split_seed=split_seed)
@@ -444,7 +459,7 @@ def train_zoo(zoo_config: Any, out_dir: str, data: Any = None, *, only=None,
         if unknown:
             raise ZooConfigError(f'unknown teachers {unknown}; the config declares {names}.')
         names = [t for t in names if t in only]
-    settings = {t: teacher_settings(t, teachers_cfg[t]) for t in names}  # Validate all first.
+    settings = {t: teacher_settings(t, teachers_cfg[t], zoo) for t in names}  # Validate all first.
     torch.set_num_threads(os.cpu_count() or 1)
     os.makedirs(out_dir, exist_ok=True)
     cards, todo = {}, []
