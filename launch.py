@@ -7,7 +7,6 @@ All logic lives in `kamal_jax.pipeline`; this file only parses flags. Relaunchin
 workdir and config resumes from the last checkpoints.
 """
 
-import logging
 import sys
 
 from absl import app, flags
@@ -21,9 +20,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
     del argv
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S',
-                        stream=sys.stdout)
-    from kamal_jax import pipeline
+    from kamal_jax import logs, pipeline
+    logs.setup_console()
     from kamal_jax.tasks import ConfigError
     from kamal_jax.workdir import WorkdirError
     try:
