@@ -1,9 +1,9 @@
 """PyTorch ResNet -> Flax porting: numerical parity of logits and taps, and checkpoint errors."""
 
+import json
 import os
 import subprocess
 import sys
-import json
 
 import numpy as np
 import pytest
@@ -198,3 +198,17 @@ def test_porting_cli(tmp_path):
     assert jax.tree.structure(restored) == jax.tree.structure(ref)
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(ref)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_porting_cli_refuses_pickled_model(tmp_path):
+    path = str(tmp_path / 'whole.pth')
+    torch.save(torch_models.build('cifar_resnet8', NUM_CLASSES), path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run(
+        [sys.executable, '-m', 'kamal_jax.porting', '--arch', 'cifar_resnet8', '--checkpoint', path,
+         '--out', str(tmp_path / 'ported')],
+        capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert proc.returncode == 1
+    assert 'state_dict()' in proc.stderr and 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'ported' / 'variables.msgpack').exists()

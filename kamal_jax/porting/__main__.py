@@ -109,11 +109,11 @@ def main(argv=None) -> int:
         print(f'warning: the teacher card next to the checkpoint says arch {card["arch"]!r}, '
               f'porting as {args.arch!r}.', file=sys.stderr)
 
-    state_dict = porting.load_state_dict(args.checkpoint)
     input_shape = (1, args.resolution, args.resolution, 3)
     try:
+        state_dict = porting.load_state_dict(args.checkpoint)
         module, variables = porting.port(args.arch, state_dict, widths, input_shape)
-    except (porting.PortingError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # PortingError, CheckpointFormatError included.
         print(f'error: {e}', file=sys.stderr)
         return 1
     variables = jax.tree.map(np.asarray, variables)

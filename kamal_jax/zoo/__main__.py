@@ -8,6 +8,9 @@ plus its card `DIR/NAME.json`. Teachers already in DIR are skipped. See `kamal_j
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# OpenMP threads that sleep instead of spinning: on a small shared CPU (another process training
+# alongside) spinning threads made PyTorch steps ~6x slower. Read when torch loads, so set first.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import torch  # noqa: E402,F401  Before TensorFlow (imported by the data loader): the reverse aborts.
 import torchvision  # noqa: E402,F401
