@@ -35,7 +35,8 @@ TEACHERS = {
 }
 
 
-def get_config():
+def get_config(arg: str = ''):
+    """`configs/quickstart.py:tiny` shrinks every budget for a smoke run (under a minute of training)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(name='kamal_digits', data_dir='', manual_dir='', train_split='train',
@@ -68,4 +69,11 @@ def get_config():
     c.eval_batch_size = 256
     c.num_devices = -1
     c.log_every = 50
+    if arg == 'tiny':
+        for t in c.zoo.teachers.values():
+            t.epochs = 2
+        c.stage1.epochs = c.stage2.epochs = 2
+        c.log_every = 10
+    elif arg:
+        raise ValueError(f"configs/quickstart.py takes no argument or 'tiny', got {arg!r}.")
     return c

@@ -1,0 +1,112 @@
+"""The quickstart pipeline end to end on a tiny budget, resume, export round trip, bad configs."""
+import importlib.util
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import kamal_jax
+from kamal_jax import pipeline
+from kamal_jax.data import datasets
+from kamal_jax.tasks import ConfigError
+from kamal_jax.workdir import WorkdirError
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+
+
+def quickstart(arg='tiny', data_dir=None):
+    spec = importlib.util.spec_from_file_location('quickstart', os.path.join(ROOT, 'configs', 'quickstart.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg)
+    if data_dir:
+        config.data.data_dir = str(data_dir)
+    return config
+
+
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp('quickstart')
+    config = quickstart(data_dir=base / 'tfds')
+    workdir = str(base / 'run')
+    return config, workdir, pipeline.run(config, workdir)
+
+
+def test_summary_has_every_model_and_task(tiny_run):
+    config, workdir, summary = tiny_run
+    on_disk = json.load(open(os.path.join(workdir, 'summary.json')))
+    assert on_disk == json.loads(json.dumps(summary))
+    assert set(summary['tasks']) == {'digits_0to4', 'digits_5to9'}
+    assert summary['tasks']['digits_0to4'] == {'kind': 'multiclass', 'classes': ['0', '1', '2', '3', '4']}
+    roles = {name: m['role'] for name, m in summary['models'].items()}
+    assert sorted(roles.values()) == ['component', 'component', 'target'] + ['teacher'] * 4
+    target = summary['models']['target']
+    assert set(target['accuracy']) == {'digits_0to4', 'digits_5to9'}
+    # Even two epochs per stage beat chance (20%) by far on digits; a broken method would not.
+    assert min(target['accuracy'].values()) > 0.5
+    comps = sum(m['params'] for m in summary['models'].values() if m['role'] == 'component')
+    assert target['params'] < comps
+    for m in summary['models'].values():
+        assert m['params'] > 0 and all(0.0 <= a <= 1.0 for a in m['accuracy'].values())
+    assert summary['wall_seconds']['stage1'] > 0 and summary['wall_seconds']['stage2'] > 0
+    assert '| target | target |' in open(os.path.join(workdir, 'summary.md')).read()
+    sel = summary['models']['component_digits_0to4']['selection']['selected_fraction']
+    assert set(sel) == {'low_resnet8', 'low_resnet14'} and sum(sel.values()) == pytest.approx(1.0)
+
+
+def test_load_student_round_trip(tiny_run):
+    config, workdir, summary = tiny_run
+    student = kamal_jax.load_student(os.path.join(workdir, 'export'))
+    assert [h[0] for h in student.card['heads']] == ['digits_0to4', 'digits_5to9']
+    test = datasets.load('kamal_digits', 'test', data_dir=config.data.data_dir, image_size=(16, 16))
+    probs = student.predict(test.images.astype(np.float32) / 255.0)
+    names = test.label_names['label']
+    for task, info in student.card['tasks'].items():
+        labels = np.array([names[i] for i in test.labels['label']])
+        valid = np.isin(labels, info['classes'])
+        target = np.array([info['classes'].index(l) for l in labels[valid]])
+        acc = float(np.mean(np.argmax(probs[task][valid], -1) == target))
+        assert acc == pytest.approx(summary['models']['target']['accuracy'][task], abs=1e-6)
+
+
+def test_rerun_resumes_and_different_config_is_refused(tiny_run):
+    config, workdir, summary = tiny_run
+    again = pipeline.run(config, workdir)  # every stage is complete: nothing retrains
+    for name, m in summary['models'].items():
+        assert again['models'][name]['accuracy'] == pytest.approx(m['accuracy'])
+    changed = quickstart(data_dir=config.data.data_dir)
+    changed.stage2.lr = 0.5
+    with pytest.raises(WorkdirError, match=r'stage2\.lr'):
+        pipeline.run(changed, workdir)
+
+
+@pytest.mark.parametrize('mutate, field', [
+    (lambda c: setattr(c, 'target_tasks', ('digits_0to4', 'letters')), r"target_tasks names 'letters'"),
+    (lambda c: c.teachers.low_resnet8.heads.digits_0to4.update({'logits': (4, 9)}),
+     r'teachers\.low_resnet8\.heads\.digits_0to4\.logits = \[4, 9\) runs past'),
+    (lambda c: c.teachers.high_resnet8.heads.digits_5to9.update({'classes': ['5', '6', '7', '8', 'nine']}),
+     r'teachers\.high_resnet8\.heads\.digits_5to9 declares task'),
+    (lambda c: c.stage1.update({'arch': 'resnet7'}), r"stage1\.arch = 'resnet7' is unknown"),
+    (lambda c: c.stage1.update({'selection': 'sometimes'}), r'stage1\.selection'),
+])
+def test_bad_config_is_refused_before_work(tmp_path, mutate, field):
+    config = quickstart()
+    mutate(config)
+    with pytest.raises(ConfigError, match=field):
+        pipeline.run(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()  # refused before the workdir was touched
+
+
+def test_empty_split_and_foreign_workdir_are_refused(tmp_path):
+    config = quickstart(data_dir=tmp_path / 'tfds')
+    config.data.eval_split = 'test[:0]'
+    with pytest.raises((ConfigError, ValueError), match=r'test\[:0\]'):
+        pipeline.run(config, str(tmp_path / 'run'))
+    foreign = tmp_path / 'mine'
+    foreign.mkdir()
+    (foreign / 'notes.txt').write_text('keep me')
+    with pytest.raises(WorkdirError, match='--overwrite'):
+        pipeline.run(quickstart(data_dir=tmp_path / 'tfds'), str(foreign))
+    assert (foreign / 'notes.txt').read_text() == 'keep me'
