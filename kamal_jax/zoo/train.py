@@ -280,6 +280,10 @@ def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
             [round(max(float(v), 1e-3), 4) for v in x.std(0)])
 
 
+def _print(message: str) -> None:
+    print(message, flush=True)  # Progress shows up promptly when stdout is a pipe.
+
+
 def _write_atomic(path: str, writer: Callable[[str], None]) -> None:
     tmp = f'{path}.tmp{os.getpid()}'
     writer(tmp)
@@ -295,7 +299,7 @@ def _sha256(path: str) -> str:
 
 
 def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
-                  log: Callable[[str], None] = print) -> dict:
+                  log: Callable[[str], None] = _print) -> dict:
     """Trains one teacher and writes `{out_dir}/{name}.pth` and `.json`; returns the card."""
     start = time.time()
     split_seed = s['split_seed']
@@ -325,7 +329,7 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
     torch.manual_seed(s['seed'])
     model = torch_models.build(s['arch'], num_classes, s['widths'], in_channels=channels)
     decay, no_decay = [], []
-    for pname, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD([{'params': decay, 'weight_decay': s['weight_decay']},
                            {'params': no_decay, 'weight_decay': 0.0}],
@@ -432,15 +436,17 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
         'torch_version': torch.__version__,
     }
     card = _plain(card)
-    _write_atomic(os.path.join(out_dir, f'{name}.json'),
-                  lambda p: open(p, 'w').write(json.dumps(card, indent=2)))
+    def write_card(path):
+        with open(path, 'w') as f:
+            json.dump(card, f, indent=2)
+    _write_atomic(os.path.join(out_dir, f'{name}.json'), write_card)
     acc_text = 'n/a' if accuracy is None else f'{accuracy:.4f}'
     log(f'[{name}] done in {card["wall_seconds"]:.1f}s: eval accuracy {acc_text} -> {pth}')
     return card
 
 
 def train_zoo(zoo_config: Any, out_dir: str, data: Any = None, *, only=None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = _print) -> dict:
     """Trains every teacher of `zoo_config` (or of its `zoo` field) not yet in `out_dir`.
 
     `data`: None (load `zoo.data` with `kamal_jax.data.datasets.load`), a mapping
