@@ -1,0 +1,32 @@
+"""Step throughput: the paper's setting at 128 px (two ResNet-18 teachers, ResNet-18 component,
+target widths 72/72/144/288/576 with two heads), batch 32, random weights and images.
+
+    python -m kamal_jax.benchmarks.steps --config configs/bench_steps.py
+
+Reports images/s of the stage-1, stage-2 and plain supervised steps after warm-up, compile time
+apart. `configs/bench_steps.py:tiny` runs a 32 px smoke version.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = ''):
+    c = ml_collections.ConfigDict()
+    c.image_size = 128
+    c.batch_size = 32
+    c.teacher_arch = 'resnet18'
+    c.num_teachers = 2
+    c.teacher_classes = 7      # 5 of the task + 2 auxiliary, as the paper's source nets
+    c.task_classes = 5
+    c.component_arch = 'resnet18'
+    c.target_arch = 'resnet18'
+    c.target_widths = (72, 72, 144, 288, 576)
+    c.num_tasks = 2
+    c.warmup_steps = 2
+    c.timed_steps = 10
+    c.seed = 0
+    if arg == 'tiny':
+        c.image_size, c.batch_size, c.timed_steps = 32, 8, 2
+        c.teacher_arch = c.component_arch = c.target_arch = 'cifar_resnet8'
+        c.target_widths = (18, 18, 36, 72)
+    return c

@@ -1,0 +1,1 @@
+"""Benchmarks: step throughput (`steps`) and the paper's experiments (see docs/BENCHMARKS.md)."""

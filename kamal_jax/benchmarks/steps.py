@@ -1,0 +1,114 @@
+"""Images/s of the stage-1, stage-2 and supervised train steps (compile time reported apart).
+
+    python -m kamal_jax.benchmarks.steps --config configs/bench_steps.py [--json out.json]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from kamal_jax import models
+from kamal_jax.train import sharding
+from kamal_jax.train.nets import Net
+from kamal_jax.train.state import create_state, make_optimizer
+from kamal_jax.train.steps import LossWeights, Stage1, Stage2, Supervised, make_pairs, make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/bench_steps.py', 'Benchmark config.')
+_JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+OPT = ml_collections.ConfigDict(dict(lr=5e-4, bridge_lr=1e-3, schedule='constant'))
+
+
+def _time_step(step, state, frozen, batch, rng, warmup: int, timed: int, batch_size: int) -> dict:
+    t0 = time.perf_counter()
+    state, metrics = step(state, frozen, batch, rng)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - t0
+    for _ in range(max(0, warmup - 1)):
+        state, metrics = step(state, frozen, batch, rng)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(timed):
+        state, metrics = step(state, frozen, batch, rng)
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - t0
+    return {'images_per_s': timed * batch_size / elapsed, 'step_ms': 1000 * elapsed / timed,
+            'first_step_s': compile_s}
+
+
+def run(c) -> dict:
+    mesh = sharding.make_mesh()
+    size, bs = c.image_size, c.batch_size
+    rng = jax.random.key(c.seed)
+    x = jnp.zeros((1, size, size, 3))
+    images = np.random.default_rng(c.seed).integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
+    batch = sharding.put_batch({'image': images}, mesh)
+    tasks = [f'task{i}' for i in range(c.num_tasks)]
+
+    teachers, teacher_vars = [], {}
+    for k in range(c.num_teachers):
+        net = Net(f'teacher{k}', c.teacher_arch, models.classifier(c.teacher_arch, c.teacher_classes), MEAN,
+                  STD, heads={tasks[0]: (0, c.task_classes)})
+        teachers.append(net)
+        teacher_vars[net.name] = net.module.init(jax.random.fold_in(rng, k), x)
+    component = Net('component', c.component_arch,
+                    models.multihead(c.component_arch, [(tasks[0], c.task_classes)]), MEAN, STD)
+    target = Net('target', c.target_arch,
+                 models.multihead(c.target_arch, [(t, c.task_classes) for t in tasks], c.target_widths),
+                 MEAN, STD)
+    comps = tuple((t, Net(f'component_{t}', c.component_arch,
+                          models.multihead(c.component_arch, [(t, c.task_classes)]), MEAN, STD)) for t in tasks)
+    comp_vars = {n.name: n.module.init(jax.random.fold_in(rng, 10 + i), x) for i, (_, n) in enumerate(comps)}
+
+    stage1 = Stage1(tasks[0], component, tuple(teachers),
+                    {t.name: make_pairs(t, component, None) for t in teachers}, LossWeights())
+    stage2 = Stage2(target, comps, {n.name: make_pairs(n, target, None) for _, n in comps}, LossWeights())
+    supervised = Supervised(component, (tasks[0],))
+    labels = {'labels': {tasks[0]: np.random.default_rng(1).integers(0, c.task_classes, bs).astype(np.int32)}}
+
+    cases = {
+        'supervised': (supervised.loss, component, {}, {}, labels),
+        'stage1': (stage1.loss, component, stage1.init_bridges(rng), teacher_vars, {}),
+        'stage2': (stage2.loss, target, stage2.init_bridges(rng), comp_vars, {}),
+    }
+    results = {}
+    for name, (loss_fn, student, bridges, frozen, extra) in cases.items():
+        tx = make_optimizer(OPT, 1000)
+        state = jax.jit(lambda r: create_state(r, student.module, x, bridges, tx),
+                        out_shardings=sharding.replicated(mesh))(rng)
+        step = sharding.jit_train_step(make_train_step(loss_fn, tx, crop_padding=0), mesh)
+        b = dict(batch, **sharding.put_batch(extra, mesh)) if extra else batch
+        results[name] = _time_step(step, state, sharding.put_replicated(frozen, mesh), b, rng,
+                                   c.warmup_steps, c.timed_steps, bs)
+        print(f'{name:>10}: {results[name]["images_per_s"]:7.1f} img/s  '
+              f'({results[name]["step_ms"]:.0f} ms/step; first step incl. compile '
+              f'{results[name]["first_step_s"]:.1f}s)', flush=True)
+    return {
+        'config': c.to_dict(), 'results': results,
+        'device': f'{jax.devices()[0].platform} x{len(jax.devices())} ({jax.devices()[0].device_kind})',
+        'cpu_count': os.cpu_count(), 'machine': platform.machine(), 'jax': jax.__version__,
+        'xla_flags': os.environ.get('XLA_FLAGS', ''),
+    }
+
+
+def main(argv):
+    del argv
+    out = run(_CONFIG.value)
+    if _JSON.value:
+        with open(_JSON.value, 'w') as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == '__main__':
+    app.run(main)
