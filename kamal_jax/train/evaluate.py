@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping
 
 import jax
@@ -22,9 +23,14 @@ def task_targets(task: Task, labels: Mapping[str, np.ndarray],
     return lookup[labels[task.label_key]]
 
 
+@functools.lru_cache(maxsize=64)
+def _predict_fn(net: Net):
+    return jax.jit(lambda v, x: {t: as_categorical(l) for t, l in net.apply_eval(v, to_unit(x))[0].items()})
+
+
 def predict(net: Net, variables: Any, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Task logits for all images, in fixed-size padded batches (one compilation)."""
-    fn = jax.jit(lambda v, x: {t: as_categorical(l) for t, l in net.apply_eval(v, to_unit(x))[0].items()})
+    """Task logits for all images, in fixed-size padded batches (one compilation per net)."""
+    fn = _predict_fn(net)
     outputs = []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
