@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 
 def setup_console(level: int = logging.INFO) -> logging.Logger:
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # before TensorFlow is first imported
     from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
     log = logging.getLogger('kamal_jax')
