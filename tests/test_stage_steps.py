@@ -98,3 +98,20 @@ def test_stage2_logit_term_is_zero_when_target_equals_component():
     st2b = Stage2(target, (('a', comp),), {comp.name: pairs}, LossWeights())
     bridges = st2b.init_bridges(jax.random.key(1))
     assert set(bridges[comp.name]) == {'stem__stem', 'stage1__stage1', 'stage2__stage2', 'stage3__stage3'}
+
+
+def test_train_step_compiles_once():
+    import chex
+    t, t_vars = toy.teacher('t', 'cifar_resnet8', 5, {'a': (0, 5)}, seed=7)
+    st = toy.stage1([t])
+    params, stats = _params(st)
+    tx = state_lib.make_optimizer(toy.stage_config(), 10)
+    state = state_lib.TrainState(jnp.zeros((), jnp.int32), params, stats, tx.init(params))
+    mesh = sharding.make_mesh(1)
+    step = sharding.jit_train_step(chex.assert_max_traces(make_train_step(st.loss, tx), n=1), mesh)
+    state = sharding.put_replicated(state, mesh)
+    frozen = sharding.put_replicated({'t': t_vars}, mesh)
+    for i in range(3):  # new batches and rngs each step, same shapes: no retrace
+        batch = sharding.put_batch({'image': toy.images(8, seed=i)}, mesh)
+        state, _ = step(state, frozen, batch, jax.random.key(i))
+    assert int(state.step) == 3
