@@ -7,10 +7,14 @@ All logic lives in `kamal_jax.pipeline`; this file only parses flags. Relaunchin
 workdir and config resumes from the last checkpoints.
 """
 
+import os
 import sys
 
-from absl import app, flags
-from ml_collections import config_flags
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before anything imports TensorFlow.
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # TF only decodes images here; keep it quiet.
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summary and export.')

@@ -8,6 +8,7 @@ plus its card `DIR/NAME.json`. Teachers already in DIR are skipped. See `kamal_j
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 # OpenMP threads that sleep instead of spinning: on a small shared CPU (another process training
 # alongside) spinning threads made PyTorch steps ~6x slower. Read when torch loads, so set first.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
@@ -30,6 +31,8 @@ _ONLY = flags.DEFINE_list('only', None, 'Train only these teachers (comma separa
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # TFDS reports every split it reads at INFO.
     from kamal_jax.zoo import train
     config = _CONFIG.value
     if _CONFIG_JSON.value:
