@@ -61,6 +61,7 @@ def _check_parity(module, variables, torch_forward, resolutions, seed=1):
     ('resnet50', (32, 40)),
     ('resnet18_small', (32, 48)),
     ('cifar_resnet20', (32, 48)),
+    ('cifar_resnet56', (32, 40)),
 ])
 def test_port_matches_pytorch(arch, resolutions, tmp_path):
     torch.manual_seed(0)
@@ -77,7 +78,7 @@ def test_port_custom_widths(tmp_path):
     _check_parity(module, variables, model.forward_features, (32,))
 
 
-@pytest.mark.parametrize('arch', ['resnet18', 'resnet18_small'])
+@pytest.mark.parametrize('arch', ['resnet18', 'resnet34', 'resnet50', 'resnet18_small', 'resnet50_small'])
 def test_port_real_torchvision_resnet(arch, tmp_path):
     pytest.importorskip('torchvision')
     torch.manual_seed(0)
