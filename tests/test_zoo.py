@@ -183,3 +183,50 @@ def test_cli_trains_on_kamal_digits(tmp_path):
     mid = json.loads((out / 'mid.json').read_text())
     assert mid['input_size'] == [16, 16] and mid['training']['seed'] == 5
     assert mid['training_data']['split_seed'] == 5 and mid['training_data']['shard'] == 1
+
+
+def test_attribute_teacher_has_one_softmax_per_head(tmp_path):
+    """A teacher with two label keys: one fc, two slices, summed cross-entropies, card per head."""
+    heads = [('label', ['dog', 'cat', 'bird']), ('coarse', ['odd', 'even'])]
+    tc = {'arch': 'cifar_resnet8', 'widths': (8, 8, 16, 16), 'heads': heads, 'train_fraction': 0.5,
+          'shard': 1, 'epochs': 1, 'batch_size': 16, 'lr': 0.05, 'mean': (0.5,) * 3, 'std': (0.25,) * 3}
+    config = ConfigDict({'zoo': {'data': {'name': 'fake', 'split_seed': 3}, 'teachers': {'attr': tc}}})
+    card = zoo_train.train_zoo(config, str(tmp_path), _data())['attr']
+    assert card['num_classes'] == 5 and card['label_key'] is None
+    assert card['heads'] == {
+        'label': {'label_key': 'label', 'classes': ['dog', 'cat', 'bird'], 'logits': [0, 3]},
+        'coarse': {'label_key': 'coarse', 'classes': ['odd', 'even'], 'logits': [3, 5]}}
+    assert card['classes'] == ['label:dog', 'label:cat', 'label:bird', 'coarse:odd', 'coarse:even']
+    # 'coarse' labels every sample, so the teacher sees its whole shard and all of the eval split.
+    assert card['training_data']['num_samples'] == 48 and card['eval']['num_samples'] == 48
+    per_head = card['eval']['accuracy_per_head']
+    assert set(per_head) == {'label', 'coarse'} and all(0.0 <= a <= 1.0 for a in per_head.values())
+    assert card['eval']['accuracy'] == pytest.approx((per_head['label'] + per_head['coarse']) / 2)
+    assert sum(card['training_data']['class_counts']['coarse']) == 48
+    from kamal_jax import porting
+    module, _ = porting.port_file('cifar_resnet8', str(tmp_path / 'attr.pth'), widths=card['widths'],
+                                  input_shape=(1, 16, 16, 3))
+    assert module.num_classes == 5
+
+    # Labels per head: -1 where the sample has none of the head's classes; remapped otherwise.
+    s = zoo_train.teacher_settings('attr', tc)
+    split = _data()['eval']
+    idx, labels = zoo_train.select_heads(split, s, 'attr')
+    raw = split.labels['label'][idx]
+    expected = np.select([raw == 3, raw == 2, raw == 1], [0, 1, 2], -1)
+    np.testing.assert_array_equal(labels[:, 0], expected)
+    np.testing.assert_array_equal(labels[:, 1], np.where(raw % 2 == 1, 0, 1))
+
+    # The loss is the sum of the heads' cross-entropies, each over the samples it labels.
+    logits = torch.randn(4, 5)
+    y = torch.tensor([[0, 1], [-1, 0], [2, 1], [-1, 1]])
+    expected = (torch.nn.functional.cross_entropy(logits[[0, 2], :3], y[[0, 2], 0])
+                + torch.nn.functional.cross_entropy(logits[:, 3:], y[:, 1]))
+    got = zoo_train._heads_loss(logits, y, s['heads'], 0.0)
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+
+    with pytest.raises(zoo_train.ZooConfigError, match=r'teachers\.bad\.heads must be a list'):
+        zoo_train.teacher_settings('bad', dict(tc, heads={'label': ['dog', 'cat']}))
+    with pytest.raises(zoo_train.ZooConfigError, match=r'teachers\.bad\.heads\.coarse names'):
+        zoo_train.train_zoo({'teachers': {'bad': dict(tc, heads=[('coarse', ['odd', 'prime'])])}},
+                            str(tmp_path / 'bad'), _data())

@@ -13,6 +13,14 @@ A zoo config (`config.zoo`, or the whole config when it has no `zoo` field) has
                (4; 0 = no random crop), flip (True), input_size (optional (h, w) to resize to),
                warmup_epochs (0), label_smoothing (0.0)
 
+An attribute (multi-head) teacher gives `heads` instead of `classes` and `label_key`: a list of
+(label key, class names) pairs, e.g. `heads=[('gender', ['male', 'female']), ('race', [...5])]`
+(a list, because ConfigDict sorts a mapping's keys). Its one `fc` holds the heads side by side in
+that order (here 2 + 5 = 7 logits: gender [0, 2), race [2, 7)), each its own softmax, trained with the sum of the heads' cross-entropies over the
+samples that have a label of that head. It sees a sample when any head has a label for it. Its
+card lists every head's `label_key`, `classes` and `logits` slice (single-label cards too, as one
+head), with held-out accuracy per head (`eval.accuracy` is their mean).
+
 Teacher `name` sees sample i of the training split only if its label is in `classes` and i falls
 in part `shard` of the split cut into parts of `train_fraction` after a permutation seeded with
 `split_seed`; equal fractions with different shards are therefore disjoint. Labels are remapped
@@ -113,6 +121,15 @@ def split_seed_of(zoo: Any) -> int:
     return DATA_DEFAULTS['split_seed']
 
 
+def _class_list(classes: Any, field: str) -> list[str]:
+    if isinstance(classes, str) or not hasattr(classes, '__len__'):
+        raise ZooConfigError(f'{field} must list class names, got {classes!r}.')
+    classes = [str(c) for c in classes]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise ZooConfigError(f'{field} must list at least two distinct class names, got {classes}.')
+    return classes
+
+
 def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
     """The teacher's fields with defaults filled in; `augment.{crop_padding,flip}` also accepted.
 
@@ -127,17 +144,41 @@ def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
         for k in ('crop_padding', 'flip'):
             if _get(augment, k) is not None:
                 s[k] = _get(augment, k)
+    heads = _get(tc, 'heads')
+    s['arch'] = _get(tc, 'arch')
+    s['classes'] = None if heads else _get(tc, 'classes')
     for k in ('arch', 'classes'):
-        s[k] = _get(tc, k)
-        if s[k] is None:
+        if s[k] is None and not (k == 'classes' and heads):
             raise ZooConfigError(f'{prefix}.{k} is missing.')
     if s['arch'] not in torch_models.ARCHS:
         raise ZooConfigError(f'{prefix}.arch = {s["arch"]!r} is unknown; supported: '
                              f'{", ".join(sorted(torch_models.ARCHS))}.')
-    s['classes'] = [str(c) for c in s['classes']]
-    if len(s['classes']) < 2 or len(set(s['classes'])) != len(s['classes']):
-        raise ZooConfigError(f'{prefix}.classes must list at least two distinct class names, got '
-                             f'{s["classes"]}.')
+    if heads and _get(tc, 'classes') is not None:
+        raise ZooConfigError(f'{prefix} gives both classes and heads; an attribute teacher lists its '
+                             f'classes per head in heads.')
+    if heads:  # attribute teacher: (label key, classes) pairs, side by side in one fc
+        if isinstance(heads, Mapping) or hasattr(heads, 'items'):
+            raise ZooConfigError(f'{prefix}.heads must be a list of [label_key, classes] pairs (the '
+                                 f'order of the logits), not a mapping (ConfigDict sorts its keys).')
+        try:
+            heads = [(str(key), classes) for key, classes in heads]
+        except (TypeError, ValueError):
+            raise ZooConfigError(f'{prefix}.heads must be a list of [label_key, classes] pairs, got '
+                                 f'{heads!r}.') from None
+        if len({key for key, _ in heads}) != len(heads):
+            raise ZooConfigError(f'{prefix}.heads names a label key twice: {[k for k, _ in heads]}.')
+        s['heads'], start = [], 0
+        for key, classes in heads:
+            classes = _class_list(classes, f'{prefix}.heads.{key}')
+            s['heads'].append({'label_key': str(key), 'classes': classes,
+                               'logits': [start, start + len(classes)]})
+            start += len(classes)
+        s['label_key'] = None
+        s['classes'] = [f'{h["label_key"]}:{c}' for h in s['heads'] for c in h['classes']]
+    else:
+        s['classes'] = _class_list(s['classes'], f'{prefix}.classes')
+        s['heads'] = [{'label_key': s['label_key'], 'classes': s['classes'],
+                       'logits': [0, len(s['classes'])]}]
     s['widths'] = [int(w) for w in s['widths']] if s['widths'] else None
     frac, shard = float(s['train_fraction']), int(s['shard'])
     if not 0 < frac <= 1:
@@ -188,33 +229,65 @@ def _resolve_data(data: Any, data_cfg: Any) -> dict:
     raise TypeError(f'data must be None, a mapping or a callable, got {type(data).__name__}.')
 
 
-def select(split: Any, s: dict, name: str, *, fraction: float = 1.0, shard: int = 0,
-           split_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of `split` this teacher sees (sorted) and their labels in the teacher's order."""
-    key = s['label_key']
+def _head_labels(split: Any, key: str, classes: list, key_field: str, classes_field: str) -> np.ndarray:
+    """Every sample's label `key` as an index into `classes`, -1 where it is none of them."""
     if key not in split.labels:
-        raise ZooConfigError(f'teachers.{name}.label_key = {key!r} is not a label of the data; '
+        raise ZooConfigError(f'{key_field} = {key!r} is not a label of the data; '
                              f'labels: {sorted(split.labels)}.')
     names = list(split.label_names.get(key, []))
     if not names:
-        raise ZooConfigError(f'teachers.{name}.label_key = {key!r} is numeric; a teacher needs a '
+        raise ZooConfigError(f'{key_field} = {key!r} is numeric; a teacher needs a '
                              f'categorical label.')
-    unknown = [c for c in s['classes'] if c not in names]
+    unknown = [c for c in classes if c not in names]
     if unknown:
-        raise ZooConfigError(f'teachers.{name}.classes names {unknown}, not classes of {key!r}: '
+        raise ZooConfigError(f'{classes_field} names {unknown}, not classes of {key!r}: '
                              f'{names}.')
-    n = len(split.labels[key])
+    remap = np.full(len(names), -1, np.int64)
+    remap[[names.index(c) for c in classes]] = np.arange(len(classes))
+    labels = np.asarray(split.labels[key], np.int64)
+    valid = (labels >= 0) & (labels < len(names))
+    return np.where(valid, remap[np.clip(labels, 0, len(names) - 1)], -1)
+
+
+def _shard(n: int, fraction: float, shard: int, split_seed: int) -> np.ndarray:
     idx = np.arange(n)
     if fraction < 1.0:
         perm = np.random.default_rng(split_seed).permutation(n)
         lo, hi = int(round(shard * fraction * n)), int(round((shard + 1) * fraction * n))
         idx = np.sort(perm[lo:hi])
-    remap = np.full(len(names), -1, np.int64)
-    remap[[names.index(c) for c in s['classes']]] = np.arange(len(s['classes']))
-    labels = np.asarray(split.labels[key], np.int64)[idx]
-    valid = (labels >= 0) & (labels < len(names))
-    labels = np.where(valid, remap[np.clip(labels, 0, len(names) - 1)], -1)
+    return idx
+
+
+def select(split: Any, s: dict, name: str, *, fraction: float = 1.0, shard: int = 0,
+           split_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of `split` this teacher sees (sorted) and their labels in the teacher's order.
+
+    For a single-label teacher; `select_heads` covers attribute teachers too.
+    """
+    key = s['label_key']
+    labels = _head_labels(split, key, s['classes'], f'teachers.{name}.label_key',
+                          f'teachers.{name}.classes')
+    idx = _shard(len(labels), fraction, shard, split_seed)
+    labels = labels[idx]
     keep = labels >= 0
+    return idx[keep], labels[keep]
+
+
+def select_heads(split: Any, s: dict, name: str, *, fraction: float = 1.0, shard: int = 0,
+                 split_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Like `select`, for every head of `s['heads']`: labels are (samples, heads), -1 = no label.
+
+    A sample is kept when at least one head has a label for it.
+    """
+    if s['label_key'] is not None:  # single label: exactly `select`
+        idx, labels = select(split, s, name, fraction=fraction, shard=shard, split_seed=split_seed)
+        return idx, labels[:, None]
+    columns = [_head_labels(split, h['label_key'], h['classes'], f'teachers.{name}.heads',
+                            f'teachers.{name}.heads.{h["label_key"]}') for h in s['heads']]
+    labels = np.stack(columns, axis=1)
+    idx = _shard(len(labels), fraction, shard, split_seed)
+    labels = labels[idx]
+    keep = (labels >= 0).any(axis=1)
     return idx[keep], labels[keep]
 
 
@@ -272,6 +345,42 @@ def evaluate(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, nor
     return correct / len(labels)
 
 
+def evaluate_heads(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, norm: _Normalise,
+                   heads: list, batch_size: int = 500) -> list:
+    """Accuracy per head (argmax within its logit slice) over the samples with a label of that head.
+
+    `labels` is (samples, heads) with -1 for no label; a head without any label gets None.
+    """
+    correct, seen = np.zeros(len(heads), np.int64), np.zeros(len(heads), np.int64)
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(labels), batch_size):
+            logits = model(norm(images[i:i + batch_size])).numpy()
+            y = labels[i:i + batch_size]
+            for h, head in enumerate(heads):
+                a, b = head['logits']
+                valid = y[:, h] >= 0
+                correct[h] += int((logits[valid, a:b].argmax(1) == y[valid, h]).sum())
+                seen[h] += int(valid.sum())
+    return [float(c / n) if n else None for c, n in zip(correct, seen)]
+
+
+def _mean_accuracy(per_head: list) -> float | None:
+    known = [a for a in per_head if a is not None]
+    return float(np.mean(known)) if known else None
+
+
+def _heads_loss(logits: torch.Tensor, y: torch.Tensor, heads: list, label_smoothing: float):
+    """Sum over heads of the cross-entropy on the head's logit slice, samples with a label only."""
+    loss = logits.new_zeros(())
+    for h, head in enumerate(heads):
+        a, b = head['logits']
+        if bool((y[:, h] >= 0).any()):
+            loss = loss + F.cross_entropy(logits[:, a:b], y[:, h], ignore_index=-1,
+                                          label_smoothing=label_smoothing)
+    return loss
+
+
 def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
     x = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
     if len(x) > 4_000_000:
@@ -290,6 +399,10 @@ def _write_atomic(path: str, writer: Callable[[str], None]) -> None:
     os.replace(tmp, path)
 
 
+def _counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    return [int(c) for c in np.bincount(labels[labels >= 0], minlength=num_classes)]
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -304,9 +417,13 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
     start = time.time()
     split_seed = s['split_seed']
     train, evals = data['train'], data['eval']
-    tr_idx, tr_labels = select(train, s, name, fraction=s['train_fraction'], shard=s['shard'],
-                               split_seed=split_seed)
-    ev_idx, ev_labels = select(evals, s, name)
+    heads = s['heads']
+    multi = s['label_key'] is None  # attribute teacher: labels are (samples, heads)
+    tr_idx, tr_labels = select_heads(train, s, name, fraction=s['train_fraction'], shard=s['shard'],
+                                     split_seed=split_seed)
+    ev_idx, ev_labels = select_heads(evals, s, name)
+    if not multi:
+        tr_labels, ev_labels = tr_labels[:, 0], ev_labels[:, 0]
     if len(tr_idx) == 0:
         raise ZooConfigError(f'teachers.{name} has no training samples (classes {s["classes"]}, '
                              f'shard {s["shard"]} of fraction {s["train_fraction"]}).')
@@ -348,7 +465,9 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
 
     rng = np.random.default_rng(s['seed'])
     labels_t = torch.from_numpy(tr_labels)
-    log(f'[{name}] {s["arch"]} on {n} images of {num_classes} classes '
+    what = (' + '.join(f'{h["label_key"]} {len(h["classes"])}' for h in heads) + ' logits'
+            if multi else f'{num_classes} classes')
+    log(f'[{name}] {s["arch"]} on {n} images of {what} '
         f'({tr_images.shape[1]}x{tr_images.shape[2]}), {s["epochs"]} epochs x {steps_per_epoch} '
         f'steps of {bs}; eval on {len(ev_labels)} images')
     step, loss_value = 0, float('nan')
@@ -357,6 +476,7 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
         model.train()
         perm = rng.permutation(n)
         loss_sum, correct, seen = 0.0, 0, 0
+        head_correct, head_seen = np.zeros(len(heads)), np.zeros(len(heads))
         for k in range(steps_per_epoch):
             batch = perm[k * bs:(k + 1) * bs]
             x = norm(_augment(tr_images[batch], rng, s['crop_padding'], s['flip']))
@@ -364,23 +484,41 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
             for group in opt.param_groups:
                 group['lr'] = lr_at(step)
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=s['label_smoothing'])
+            if multi:
+                loss = _heads_loss(logits, y, heads, s['label_smoothing'])
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=s['label_smoothing'])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             loss_sum += loss.item() * len(batch)
-            correct += int((logits.detach().argmax(1) == y).sum())
+            if multi:
+                for h, head in enumerate(heads):
+                    valid = y[:, h] >= 0
+                    a, b = head['logits']
+                    head_correct[h] += int((logits.detach()[valid, a:b].argmax(1) == y[valid, h]).sum())
+                    head_seen[h] += int(valid.sum())
+            else:
+                correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(batch)
         loss_value = loss_sum / seen
+        if multi:  # mean over heads of each head's accuracy
+            correct = seen * _mean_accuracy([c / k if k else None for c, k in zip(head_correct, head_seen)])
         msg = (f'[{name}] epoch {epoch + 1}/{s["epochs"]}: loss {loss_value:.4f}, '
                f'train acc {correct / seen:.4f}, lr {lr_at(step - 1):.4g}, {time.time() - t0:.1f}s')
         if epoch == s['epochs'] - 1 or (epoch + 1) % max(1, s['epochs'] // 5) == 0:
-            acc = evaluate(model, ev_images, ev_labels, norm)
+            acc = (_mean_accuracy(evaluate_heads(model, ev_images, ev_labels, norm, heads)) if multi
+                   else evaluate(model, ev_images, ev_labels, norm))
             if acc is not None:
                 msg += f', eval acc {acc:.4f}'
         log(msg)
-    accuracy = evaluate(model, ev_images, ev_labels, norm)
+    if multi:
+        per_head = evaluate_heads(model, ev_images, ev_labels, norm, heads)
+        accuracy = _mean_accuracy(per_head)
+    else:
+        accuracy = evaluate(model, ev_images, ev_labels, norm)
+        per_head = [accuracy]
 
     os.makedirs(out_dir, exist_ok=True)
     pth = os.path.join(out_dir, f'{name}.pth')
@@ -393,7 +531,8 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
         'widths': s['widths'],
         'num_classes': num_classes,
         'classes': s['classes'],
-        'label_key': s['label_key'],
+        'label_key': s['label_key'],  # None for an attribute teacher: see heads
+        'heads': {h['label_key']: dict(h) for h in heads},
         'mean': mean,
         'std': std,
         'input_size': [int(tr_images.shape[1]), int(tr_images.shape[2])],
@@ -407,9 +546,13 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
             'shard': s['shard'],
             'split_seed': split_seed,
             'num_samples': int(n),
-            'class_counts': [int(c) for c in np.bincount(tr_labels, minlength=num_classes)],
+            'class_counts': ({h['label_key']: _counts(tr_labels[:, i], len(h['classes']))
+                              for i, h in enumerate(heads)} if multi
+                             else _counts(tr_labels, num_classes)),
             'description': (f'{n} images of {num_classes} classes {s["classes"]} '
-                            f'(label {s["label_key"]!r}) from shard {s["shard"]} '
+                            + (f'(heads {[h["label_key"] for h in heads]}) ' if multi
+                               else f'(label {s["label_key"]!r}) ')
+                            + f'from shard {s["shard"]} '
                             f'(fraction {s["train_fraction"]}, split_seed {split_seed}) of '
                             f'{_get(data_cfg, "name", getattr(train, "name", "?"))}:'
                             f'{_get(data_cfg, "train_split", getattr(train, "split", "train"))}'),
@@ -430,6 +573,7 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
             'split': _get(data_cfg, 'eval_split', getattr(evals, 'split', 'test')),
             'num_samples': int(len(ev_labels)),
             'accuracy': accuracy,
+            'accuracy_per_head': {h['label_key']: a for h, a in zip(heads, per_head)},
         },
         'eval_accuracy': accuracy,
         'wall_seconds': round(time.time() - start, 2),
