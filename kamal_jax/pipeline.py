@@ -18,7 +18,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from kamal_jax import ambiguity, export, models, summary as summary_lib, workdir as workdir_lib
+from kamal_jax import ambiguity, baselines as baselines_lib, export, models, summary as summary_lib
+from kamal_jax import workdir as workdir_lib
 from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices, plan_from_config
 from kamal_jax.teachers import load_teacher
 from kamal_jax.train import evaluate as eval_lib, sharding
@@ -55,13 +56,15 @@ def validate(config: Any, workdir: str = '') -> Plan:
         raise ConfigError(f'stage1.selection must be one of {SELECTIONS}, got {config.stage1.selection!r}.')
     if config.stage1.get('mode', 'select') not in STAGE1_MODES:
         raise ConfigError(f'stage1.mode must be one of {STAGE1_MODES}, got {config.stage1.mode!r}.')
+    baselines_lib.check_config(config)
     for teacher in plan.used_teachers:
         if teacher.arch not in models.BACKBONES:
             raise ConfigError(f'teachers.{teacher.name}.arch = {teacher.arch!r} is unknown; supported: '
                               f'{", ".join(sorted(models.BACKBONES))}.')
     zoo = config.get('zoo')
     if zoo:  # teachers the run trains itself: their output width is known now
-        widths = {name: len(t.classes) for name, t in zoo.teachers.items()}
+        widths = {name: len(t.classes) if t.get('classes') else sum(len(c) for _, c in t.heads)
+                  for name, t in zoo.teachers.items()}  # one softmax, or several heads
         check_logit_slices(Plan(plan.tasks, tuple(t for t in plan.teachers if t.name in widths),
                                 plan.target_tasks), widths)
     return plan
@@ -244,6 +247,9 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     export.save_student(os.path.join(workdir, 'export'), arch=target.arch, widths=target.widths,
                         heads=target.module.heads, variables=variables, tasks=plan.tasks,
                         mean=target.mean, std=target.std, image_size=image_size)
+    more, more_wall = baselines_lib.run_all(config, plan, teachers, frozen, train, held_out, mesh, workdir)
+    entries.update(more)
+    wall.update(more_wall)
     result = summary_lib.build(plan.tasks, plan.target_tasks, entries, wall,
                                data={'name': config.data.name, 'train': len(train.images),
                                      'eval': len(held_out.images)})

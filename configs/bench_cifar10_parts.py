@@ -1,0 +1,93 @@
+"""Benchmark `cifar10_parts`: CIFAR-10 cut into two parts of 5 classes, four heterogeneous source nets.
+
+    python launch.py --config configs/bench_cifar10_parts.py --workdir runs/bench_cifar10_parts
+
+Data: `kamal_cifar10` read from `cifar10.tar.gz` in the manual dir (`shared/datasets`, found
+automatically; set `--config.data.manual_dir` otherwise). Tasks: `part_a` (airplane, automobile,
+bird, cat, deer) and `part_b` (dog, frog, horse, ship, truck).
+
+Source nets (trained first by the run itself, in PyTorch, with labels, on disjoint halves of the
+training split; `WORKDIR/zoo/`): each is one softmax over its main part plus 2-3 auxiliary classes
+of the other part, at different logit offsets:
+
+    a_resnet20   cifar_resnet20                    part_a + dog, frog            -> part_a [0, 5)
+    a_resnet18   resnet18_small (16..128 wide)     horse, ship, truck + part_a   -> part_a [3, 8)
+    b_resnet56   cifar_resnet56                    part_b + airplane, automobile -> part_b [0, 5)
+    b_resnet20   cifar_resnet20                    bird, cat, deer + part_b      -> part_b [3, 8)
+
+Amalgamation, without labels, on 15000 training images (`data.train_limit`): one cifar_resnet20
+component per part (stage 1), then a two-head cifar_resnet20 target with widths 18/18/36/72
+(about 0.63x the parameters of the two components together; stage 2). Scored on the whole test
+split (10000 images). Baselines (see `kamal_jax.baselines`): average, random, logits_only,
+one_stage, supervised, on the same 15000 images.
+
+Expected runtime (2-core CPU, estimated from step rates measured on it while another job used
+part of it; an idle machine is faster): teacher zoo about 1.3 h (cifar_resnet56 alone about 40
+min), stage 1 + stage 2 about 50 min, the five baselines about 3.7 h (random and logits_only
+repeat both stages; average, one_stage and supervised train the target for 12 epochs) - about
+6 h in all. Without baselines (`--config.baselines='()'`) about 2.2 h.
+`configs/bench_cifar10_parts.py:tiny` is a smoke run of the same pipeline (512 training and 256
+test images, one epoch everywhere; a few minutes, mostly compilation); its accuracies mean nothing.
+"""
+
+import ml_collections
+
+PART_A = ['airplane', 'automobile', 'bird', 'cat', 'deer']
+PART_B = ['dog', 'frog', 'horse', 'ship', 'truck']
+TASKS = {'part_a': PART_A, 'part_b': PART_B}
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+# name: (arch, widths, output classes in logit order, main task, shard of the training split)
+SOURCES = {
+    'a_resnet20': ('cifar_resnet20', (), PART_A + ['dog', 'frog'], 'part_a', 0),
+    'a_resnet18': ('resnet18_small', (16, 16, 32, 64, 128), ['horse', 'ship', 'truck'] + PART_A, 'part_a', 1),
+    'b_resnet56': ('cifar_resnet56', (), PART_B + ['airplane', 'automobile'], 'part_b', 0),
+    'b_resnet20': ('cifar_resnet20', (), ['bird', 'cat', 'deer'] + PART_B, 'part_b', 1),
+}
+
+
+def get_config(arg: str = ''):
+    """`configs/bench_cifar10_parts.py:tiny` shrinks data and budgets to a smoke run."""
+    if arg not in ('', 'tiny'):
+        raise ValueError(f"configs/bench_cifar10_parts.py takes no argument or 'tiny', got {arg!r}.")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(name='kamal_cifar10', data_dir='', manual_dir='', train_split='train', eval_split='test',
+                  image_size=(32, 32), mean=MEAN, std=STD, crop_padding=4, flip=True, train_limit=15000,
+                  eval_limit=0)
+
+    c.zoo = ml_collections.ConfigDict()
+    c.zoo.teachers = {}
+    c.teachers = {}
+    for name, (arch, widths, classes, task, shard) in SOURCES.items():
+        c.zoo.teachers[name] = dict(arch=arch, widths=widths, classes=classes, train_fraction=0.5, shard=shard,
+                                    epochs=12, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                    mean=MEAN, std=STD, crop_padding=4, flip=True)
+        start = classes.index(TASKS[task][0])
+        c.teachers[name] = dict(arch=arch, widths=widths, checkpoint='{workdir}/zoo/%s.pth' % name, mean=MEAN,
+                                std=STD, heads={task: dict(kind='multiclass', classes=TASKS[task],
+                                                           logits=(start, start + len(TASKS[task])))})
+    c.target_tasks = ('part_a', 'part_b')
+
+    c.stage1 = dict(arch='cifar_resnet20', widths=(), epochs=6, batch_size=128, lr=1e-3, bridge_lr=1e-3,
+                    schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0, logit_weight=1.0,
+                    weight_norm=1.0, logit_loss='mse', temperature=1.0, selection='online', mode='select',
+                    bridge_width_ratio=0.5, tap_pairs={}, checkpoint_every=200)
+    c.stage2 = dict(arch='cifar_resnet20', widths=(18, 18, 36, 72), epochs=6, batch_size=128, lr=1e-3,
+                    bridge_lr=1e-3, schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0,
+                    logit_weight=1.0, logit_loss='mse', temperature=1.0, tap_pairs={}, checkpoint_every=200)
+    c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
+    c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
+    c.eval_batch_size = 500
+    c.num_devices = -1
+    c.log_every = 50
+    if arg == 'tiny':
+        c.data.train_split, c.data.eval_split, c.data.train_limit = 'train[:512]', 'test[:256]', 0
+        for t in c.zoo.teachers.values():
+            t.epochs, t.batch_size = 1, 32
+        c.stage1.epochs = c.stage2.epochs = 1
+        c.stage1.batch_size = c.stage2.batch_size = 32
+        c.baseline_stage.epochs = 1
+        c.eval_batch_size = 128
+        c.log_every = 5
+    return c

@@ -1,0 +1,98 @@
+"""Benchmark `utkface_attributes`: the paper's CelebA-style attribute setting on UTKFace faces.
+
+    python launch.py --config configs/bench_utkface_attributes.py --workdir runs/bench_utkface_attributes
+
+Data: `kamal_utkface` read from `utkface.tar.gz` in the manual dir (`shared/datasets`, found
+automatically), shown at 64x64 (the archive holds 96x96 faces); its seeded 80/20 split gives about
+18960 training and 4740 test images. Attributes: gender (2 classes), race (5), age_group (4).
+
+Source nets (trained first by the run itself, in PyTorch, with labels, each on its own third of
+the training split; `WORKDIR/zoo/`) are attribute nets: one `fc` with a softmax head per
+attribute, each covering two of the three attributes, with different architectures and inputs:
+
+    gr_resnet18  resnet18 (32..256 wide), 64 px     gender [0, 2)  + race [2, 7)
+    ga_resnet20  cifar_resnet20, 32 px input        age_group [0, 4) + gender [4, 6)
+    ra_resnet34  resnet34 (16..128 wide), 64 px     race [0, 5)  + age_group [5, 9)
+
+The user asks for gender and race: two teachers per task. Amalgamation, without labels, on the
+whole training split: one resnet18 component (16..128 wide) per attribute (stage 1), then one
+two-head resnet18 target with widths 20..160 (about 0.8x the parameters of the two components
+together; stage 2). Scored on the test split. Baselines (see `kamal_jax.baselines`): average,
+random, logits_only, one_stage, supervised.
+
+Expected runtime (2-core CPU, estimated from step rates measured on it while another job used
+part of it; an idle machine is faster): teacher zoo about 20 min, stage 1 + stage 2 about 50 min,
+the five baselines about 3.5 h - about 4.5 h in all; without baselines
+(`--config.baselines='()'`) about 1.2 h.
+`configs/bench_utkface_attributes.py:tiny` is a smoke run of the same pipeline (512 training and
+256 test images, one epoch everywhere; a few minutes, mostly compilation); its accuracies mean
+nothing.
+"""
+
+import ml_collections
+
+GENDER = ['male', 'female']
+RACE = ['White', 'Black', 'Asian', 'Indian', 'Others']
+AGE_GROUP = ['0-19', '20-39', '40-59', '60+']
+ATTRIBUTES = {'gender': GENDER, 'race': RACE, 'age_group': AGE_GROUP}
+# A fixed normalisation for every net (not measured on the data).
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+# name: (arch, widths, input size (() = the data's), attributes in logit order, shard of thirds)
+SOURCES = {
+    'gr_resnet18': ('resnet18', (32, 32, 64, 128, 256), (), ('gender', 'race'), 0),
+    'ga_resnet20': ('cifar_resnet20', (), (32, 32), ('age_group', 'gender'), 1),
+    'ra_resnet34': ('resnet34', (16, 16, 32, 64, 128), (), ('race', 'age_group'), 2),
+}
+
+
+def get_config(arg: str = ''):
+    """`configs/bench_utkface_attributes.py:tiny` shrinks data and budgets to a smoke run."""
+    if arg not in ('', 'tiny'):
+        raise ValueError(f"configs/bench_utkface_attributes.py takes no argument or 'tiny', got {arg!r}.")
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(name='kamal_utkface', data_dir='', manual_dir='', train_split='train', eval_split='test',
+                  image_size=(64, 64), mean=MEAN, std=STD, crop_padding=4, flip=True, train_limit=0,
+                  eval_limit=0)
+
+    c.zoo = ml_collections.ConfigDict()
+    c.zoo.teachers = {}
+    c.teachers = {}
+    for name, (arch, widths, size, attributes, shard) in SOURCES.items():
+        heads = [(a, ATTRIBUTES[a]) for a in attributes]  # a list: the order of the logits
+        c.zoo.teachers[name] = dict(arch=arch, widths=widths, input_size=size or None, heads=heads,
+                                    train_fraction=1 / 3, shard=shard, epochs=20, batch_size=64, lr=0.05,
+                                    momentum=0.9, weight_decay=5e-4, mean=MEAN, std=STD, crop_padding=4,
+                                    flip=True)
+        decl, start = {}, 0
+        for a in attributes:
+            decl[a] = dict(kind='multiclass', label_key=a, classes=ATTRIBUTES[a],
+                           logits=(start, start + len(ATTRIBUTES[a])))
+            start += len(ATTRIBUTES[a])
+        c.teachers[name] = dict(arch=arch, widths=widths, input_size=size, checkpoint='{workdir}/zoo/%s.pth' % name,
+                                mean=MEAN, std=STD, heads=decl)
+    c.target_tasks = ('gender', 'race')
+
+    c.stage1 = dict(arch='resnet18', widths=(16, 16, 32, 64, 128), epochs=6, batch_size=64, lr=1e-3,
+                    bridge_lr=1e-3, schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0,
+                    logit_weight=1.0, weight_norm=1.0, logit_loss='mse', temperature=1.0, selection='online',
+                    mode='select', bridge_width_ratio=0.5, tap_pairs={}, checkpoint_every=200)
+    c.stage2 = dict(arch='resnet18', widths=(20, 20, 40, 80, 160), epochs=6, batch_size=64, lr=1e-3,
+                    bridge_lr=1e-3, schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0,
+                    logit_weight=1.0, logit_loss='mse', temperature=1.0, tap_pairs={}, checkpoint_every=200)
+    c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
+    c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
+    c.eval_batch_size = 250
+    c.num_devices = -1
+    c.log_every = 50
+    if arg == 'tiny':
+        c.data.train_split, c.data.eval_split = 'train[:512]', 'test[:256]'
+        for t in c.zoo.teachers.values():
+            t.epochs, t.batch_size = 1, 32
+        c.stage1.epochs = c.stage2.epochs = 1
+        c.stage1.batch_size = c.stage2.batch_size = 32
+        c.baseline_stage.epochs = 1
+        c.eval_batch_size = 128
+        c.log_every = 5
+    return c

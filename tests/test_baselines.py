@@ -1,0 +1,239 @@
+"""Baselines: the pure losses, every baseline through `run_all` on tiny random nets, config checks."""
+import importlib.util
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+import toy
+from kamal_jax import baselines, models, pipeline
+from kamal_jax.data.datasets import ArraySplit
+from kamal_jax.tasks import ConfigError, Plan, Task, TeacherSpec
+from kamal_jax.train import sharding
+from kamal_jax.train.augment import to_unit
+from kamal_jax.train.nets import Net
+from kamal_jax.train.steps import LossWeights, make_pairs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = [f'c{i}' for i in range(7)]
+
+
+def _target(tasks=(('a', 5),), arch='cifar_resnet8'):
+    return Net('target', arch, models.multihead(arch, list(tasks)), toy.MEAN, toy.STD)
+
+
+def _init(net, bridges=None, seed=0):
+    variables = net.module.init(jax.random.key(seed), jnp.zeros((1, 12, 12, 3)))
+    return {'net': variables['params'], 'bridges': bridges or {}}, variables['batch_stats']
+
+
+def test_average_distils_towards_the_mean_of_teacher_probabilities():
+    t1, v1 = toy.teacher('t1', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
+    t2, v2 = toy.teacher('t2', 'cifar_resnet14', 7, {'a': (2, 7)}, seed=2)
+    # Make the teachers confident and different, so that averaging probabilities and averaging
+    # logits give clearly different targets.
+    v1 = {**v1, 'params': {**v1['params'], 'fc': jax.tree.map(lambda x: 30 * x, v1['params']['fc'])}}
+    target = _target()
+    temperature = 2.0
+    stage = baselines.AverageKD(target, (('a', (t1, t2)),), temperature)
+    params, stats = _init(target)
+    x = to_unit(jnp.asarray(toy.images(8)))
+    frozen = {'t1': v1, 't2': v2}
+    loss, (_, metrics) = jax.jit(stage.loss)(params, stats, frozen, x, {})
+
+    (s_logits, _), _ = target.module.apply({'params': params['net'], 'batch_stats': stats}, target.prepare(x),
+                                           train=True, mutable=['batch_stats'])
+    s = np.asarray(s_logits['a'], np.float64) / temperature
+    log_q = s - np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True)) - s.max(-1, keepdims=True)
+
+    def softmax(z):
+        e = np.exp(z - z.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    t_logits = [np.asarray(t.apply_eval(v, x)[0]['a'], np.float64) for t, v in ((t1, v1), (t2, v2))]
+    p = np.mean([softmax(l / temperature) for l in t_logits], axis=0)
+    expected = np.mean(np.sum(p * (np.log(p) - log_q), -1)) * temperature ** 2
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics['kl/a']), expected, rtol=1e-4)
+    # Not the distillation from the averaged logits (a different, wrong target here).
+    p_wrong = softmax(np.mean(t_logits, axis=0) / temperature)
+    wrong = np.mean(np.sum(p_wrong * (np.log(p_wrong) - log_q), -1)) * temperature ** 2
+    assert abs(wrong - expected) > 1e-2 * abs(expected)
+    np.testing.assert_allclose(baselines.average_soft_targets([jnp.asarray(l) for l in t_logits], temperature),
+                               p, rtol=1e-5)
+
+
+def test_one_stage_takes_signal_only_from_the_unambiguous_teacher():
+    flat, flat_vars = toy.uniform_teacher('flat', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
+    good, good_vars = toy.teacher('good', 'cifar_resnet14', 7, {'a': (2, 7), 'b': (0, 2)}, seed=2)
+    target = _target((('a', 5), ('b', 2)))
+    groups = (('a', (flat, good)), ('b', (good,)))
+    pairs = {task: {t.name: make_pairs(t, target, None) for t in ts} for task, ts in groups}
+    stage = baselines.OneStage(target, groups, pairs, LossWeights())
+    params, stats = _init(target, stage.init_bridges(jax.random.key(3)))
+    x = to_unit(jnp.asarray(toy.images(8)))
+    frozen = {'flat': flat_vars, 'good': good_vars}
+    (loss, (_, m)), grads = jax.jit(jax.value_and_grad(stage.loss, has_aux=True))(params, stats, frozen, x, {})
+    assert np.isfinite(float(loss))
+    assert float(m['selected/a/good']) == 1.0 and float(m['selected/a/flat']) == 0.0
+    assert float(m['selected/b/good']) == 1.0
+    # The flat teacher's student-side bridges get no gradient; the good teacher's do, per task.
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads['bridges']['a']['flat']['student']))
+    for task in ('a', 'b'):
+        assert float(jnp.abs(grads['bridges'][task]['good']['student']['stage3__stage3']['kernel']).max()) > 0
+    # Both heads learn: each gets gradient from its own task's logit term.
+    assert float(jnp.abs(grads['net']['head_a']['kernel']).max()) > 0
+    assert float(jnp.abs(grads['net']['head_b']['kernel']).max()) > 0
+
+    # Task 'a' alone from the good teacher alone gives the same 'a' terms: the flat teacher adds
+    # only its bridges' weight-norm term, never signal.
+    groups_good = (('a', (good,)), ('b', (good,)))
+    alone = baselines.OneStage(target, groups_good, {t: {'good': pairs[t]['good']} for t in ('a', 'b')},
+                               LossWeights())
+    alone_params = {'net': params['net'], 'bridges': {t: {'good': params['bridges'][t]['good']} for t in ('a', 'b')}}
+    loss_alone, (_, m_alone) = jax.jit(alone.loss)(alone_params, stats, {'good': good_vars}, x, {})
+    from kamal_jax import losses
+    wn_flat = sum(losses.weight_norm_penalty(b['kernel']) for b in params['bridges']['a']['flat']['teacher'].values())
+    np.testing.assert_allclose(float(loss), float(loss_alone + wn_flat), rtol=1e-5)
+    for k in ('feature/a', 'logit/a', 'feature/b', 'logit/b'):
+        np.testing.assert_allclose(float(m[k]), float(m_alone[k]), rtol=1e-5)
+
+
+def test_one_stage_with_one_task_is_stage1_on_the_target():
+    """One task, one target forward: the loss equals stage 1's with the target as the student."""
+    t1, v1 = toy.teacher('t1', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
+    t2, v2 = toy.teacher('t2', 'cifar_resnet14', 7, {'a': (2, 7)}, seed=2)
+    s1 = toy.stage1([t1, t2])
+    comp = s1.student
+    one = baselines.OneStage(comp, (('a', (t1, t2)),), {'a': s1.pairs}, LossWeights())
+    params, stats = _init(comp, s1.init_bridges(jax.random.key(4)))
+    x = to_unit(jnp.asarray(toy.images(8)))
+    frozen = {'t1': v1, 't2': v2}
+    loss1, (_, m1) = jax.jit(s1.loss)(params, stats, frozen, x, {})
+    loss2, (_, m2) = jax.jit(one.loss)({'net': params['net'], 'bridges': {'a': params['bridges']}}, stats, frozen,
+                                       x, {})
+    np.testing.assert_allclose(float(loss1), float(loss2), rtol=1e-5)
+    assert float(m1['selected/t1']) == float(m2['selected/a/t1'])
+
+
+def test_task_label_arrays_mark_other_classes_minus_one():
+    plan = Plan({'a': Task('a', 'multiclass', ('c3', 'c1'))}, (), ('a',))
+    split = ArraySplit(np.zeros((5, 2, 2, 3), np.uint8), {'label': np.array([0, 1, 3, 6, 1])},
+                       {'label': CLASSES}, 'toy', 'train')
+    np.testing.assert_array_equal(baselines.task_label_arrays(plan, split)['a'], [-1, 1, 0, -1, 1])
+    with pytest.raises(ConfigError, match="reads label 'label'"):
+        baselines.task_label_arrays(plan, ArraySplit(split.images, {}, {}, 'toy', 'train'))
+
+
+# ----------------------------------------------------------------------------- run_all end to end
+
+def _config(names):
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(mean=toy.MEAN, std=toy.STD, crop_padding=1, flip=True)
+    c.stage1 = toy.stage_config(epochs=1, selection='online', mode='select', bridge_width_ratio=0.5, tap_pairs={},
+                                checkpoint_every=100)
+    c.stage2 = toy.stage_config(epochs=1, widths=(8, 8, 16, 32), tap_pairs={}, checkpoint_every=100)
+    c.baselines = names
+    c.baseline_stage = dict(epochs=2, temperature=2.0)
+    c.eval_batch_size = 16
+    c.log_every = 1
+    return c
+
+
+@pytest.fixture(scope='module')
+def run_all(tmp_path_factory):
+    flat, flat_vars = toy.uniform_teacher('flat', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
+    good, good_vars = toy.teacher('good', 'cifar_resnet8', 7, {'a': (2, 7)}, seed=2)
+    task = Task('a', 'multiclass', tuple(CLASSES[:5]))
+    specs = tuple(TeacherSpec(t.name, t.arch, 'unused', t.heads) for t in (flat, good))
+    plan = Plan({'a': task}, specs, ('a',))
+    rng = np.random.default_rng(0)
+    train = ArraySplit(toy.images(16), {'label': rng.integers(0, 7, 16)}, {'label': CLASSES}, 'toy', 'train')
+    held_out = ArraySplit(toy.images(16, seed=1), {'label': rng.integers(0, 7, 16)}, {'label': CLASSES}, 'toy',
+                          'test')
+    mesh = sharding.make_mesh(1)
+    workdir = str(tmp_path_factory.mktemp('baselines'))
+    args = (_config(baselines.NAMES), plan, {'flat': flat, 'good': good}, {'flat': flat_vars, 'good': good_vars},
+            train, held_out, mesh, workdir)
+    entries, wall = baselines.run_all(*args)
+    return args, entries, wall
+
+
+def test_every_baseline_trains_and_enters_the_summary(run_all):
+    args, entries, wall = run_all
+    workdir = args[-1]
+    assert list(entries) == [f'baseline_{n}' for n in baselines.NAMES]
+    assert set(wall) == set(entries) and all(w > 0 for w in wall.values())
+    for name, entry in entries.items():
+        assert entry['role'] == 'baseline' and entry['tasks'] == ['a']
+        assert entry['arch'] == 'cifar_resnet8' and entry['params'] > 0
+        assert 0.0 <= entry['accuracy']['a'] <= 1.0
+        assert np.isfinite(entry['final_train_metrics']['loss']), name
+    # The one-stage baselines train the target for the configured budget (baseline_stage.epochs).
+    for name in ('average', 'one_stage', 'supervised'):
+        assert entries[f'baseline_{name}']['epochs'] == 2
+        assert os.path.isdir(os.path.join(workdir, 'baselines', name))
+    for name in ('random', 'logits_only'):
+        assert os.path.isdir(os.path.join(workdir, 'baselines', name, 'stage1', 'a'))
+        assert os.path.isdir(os.path.join(workdir, 'baselines', name, 'stage2'))
+    # random: the flat teacher is drawn for about half of the samples, though the least ambiguous
+    # teacher would never be it; logits_only: no feature term at all.
+    sel = entries['baseline_random']['component_train_metrics']['a']['selected/flat']
+    assert 0.0 < sel < 1.0
+    assert entries['baseline_logits_only']['component_train_metrics']['a']['feature'] == 0.0
+    assert entries['baseline_one_stage']['final_train_metrics']['selected/a/flat'] == 0.0
+    assert entries['baseline_average']['method'].endswith('T=2')
+
+
+def test_rerun_resumes_a_baseline(run_all):
+    args, entries, _ = run_all
+    config = ml_collections.ConfigDict(args[0].to_dict())
+    config.baselines = ('one_stage',)  # one is enough to see the checkpoint read back (and cheaper)
+    again, _ = baselines.run_all(config, *args[1:])
+    assert list(again) == ['baseline_one_stage']
+    assert again['baseline_one_stage']['accuracy'] == pytest.approx(entries['baseline_one_stage']['accuracy'])
+    assert again['baseline_one_stage']['final_train_metrics'] == {}  # nothing retrained
+
+
+# ----------------------------------------------------------------------------- configs
+
+def _load(path, arg=''):
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_unknown_baseline_is_refused_before_work(tmp_path):
+    config = _load('configs/quickstart.py', 'tiny')
+    config.baselines = ('average', 'oracle')
+    with pytest.raises(ConfigError, match=r"baselines names \['oracle'\].*average, random, logits_only, "
+                                          r"one_stage, supervised"):
+        pipeline.run(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()
+    config.baselines = ('average',)
+    config.baseline_stage = dict(epoch=3)
+    with pytest.raises(ConfigError, match=r"baseline_stage sets \['epoch'\]"):
+        pipeline.validate(config)
+
+
+@pytest.mark.parametrize('path', ['configs/bench_cifar10_parts.py', 'configs/bench_utkface_attributes.py'])
+@pytest.mark.parametrize('arg', ['tiny', ''])
+def test_bench_configs_validate(path, arg):
+    config = _load(path, arg)
+    plan = pipeline.validate(config)
+    assert set(config.baselines) == set(baselines.NAMES)
+    assert len(plan.target_tasks) == 2
+    for task in plan.target_tasks:
+        assert len(plan.group(task)) >= 2  # a choice of teachers per task
+    # The target has fewer parameters than the component nets together.
+    def params(cfg, heads):
+        net = models.multihead(cfg.arch, heads, tuple(cfg.widths) or None)
+        shapes = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+        return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
+    heads = [(t, plan.tasks[t].num_classes) for t in plan.target_tasks]
+    assert params(config.stage2, heads) < sum(params(config.stage1, [h]) for h in heads)
