@@ -75,16 +75,19 @@ def validate(config: Any, workdir: str = '') -> Plan:
 def load_split(config: Any, split: str):
     from kamal_jax.data import datasets  # TensorFlow is imported only when data is read.
     d = config.data
-    ds = datasets.load(d.name, split, data_dir=d.get('data_dir') or None,
-                       manual_dir=d.get('manual_dir') or None,
-                       image_size=tuple(d.image_size) if d.get('image_size') else None)
+    field = 'data.train_split' if split == d.train_split else 'data.eval_split'
+    try:
+        ds = datasets.load(d.name, split, data_dir=d.get('data_dir') or None,
+                           manual_dir=d.get('manual_dir') or None,
+                           image_size=tuple(d.image_size) if d.get('image_size') else None)
+    except (ValueError, AssertionError) as e:  # TFDS reports bad split specs this way
+        raise ConfigError(f'{field} = {split!r} of dataset {d.name!r} cannot be read: {e}') from None
     limit = int(d.get('train_limit' if split == d.train_split else 'eval_limit', 0) or 0)
     if limit and limit < len(ds.images):
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(ds.images))[:limit])
         ds = type(ds)(images=ds.images[keep], labels={k: v[keep] for k, v in ds.labels.items()},
                       label_names=ds.label_names, name=ds.name, split=ds.split)
     if len(ds.images) == 0:
-        field = 'data.train_split' if split == d.train_split else 'data.eval_split'
         raise ConfigError(f'{field} = {split!r} of dataset {d.name!r} is empty.')
     return ds
 
@@ -194,13 +197,13 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     """Runs both stages and returns the summary (also written to WORKDIR/summary.{json,md})."""
     workdir = os.path.abspath(workdir)
     plan = validate(config, workdir)
+    train = load_split(config, config.data.train_split)  # data problems stop us before the
+    held_out = load_split(config, config.data.eval_split)  # workdir is claimed
+    check_data_labels(plan, held_out.label_names, config.data.eval_split)
     resumed = workdir_lib.prepare(workdir, config.to_dict(), overwrite=overwrite)
     _log_to_file(workdir)
     log.info('%s run in %s; target tasks: %s', 'resuming' if resumed else 'starting', workdir,
              ', '.join(plan.target_tasks))
-    train = load_split(config, config.data.train_split)
-    held_out = load_split(config, config.data.eval_split)
-    check_data_labels(plan, held_out.label_names, config.data.eval_split)
     image_size = tuple(train.images.shape[1:3])
     ensure_zoo_teachers(config, plan, workdir)
     mesh = sharding.make_mesh(config.get('num_devices', -1))

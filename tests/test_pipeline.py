@@ -44,8 +44,8 @@ def test_summary_has_every_model_and_task(tiny_run):
     assert sorted(roles.values()) == ['component', 'component', 'target'] + ['teacher'] * 4
     target = summary['models']['target']
     assert set(target['accuracy']) == {'digits_0to4', 'digits_5to9'}
-    # Even two epochs per stage beat chance (20%) by far on digits; a broken method would not.
-    assert min(target['accuracy'].values()) > 0.5
+    # Eight epochs per stage put the target far above chance (20%); a broken method would not.
+    assert min(target["accuracy"].values()) > 0.6
     comps = sum(m['params'] for m in summary['models'].values() if m['role'] == 'component')
     assert target['params'] < comps
     for m in summary['models'].values():
@@ -102,8 +102,9 @@ def test_bad_config_is_refused_before_work(tmp_path, mutate, field):
 def test_empty_split_and_foreign_workdir_are_refused(tmp_path):
     config = quickstart(data_dir=tmp_path / 'tfds')
     config.data.eval_split = 'test[:0]'
-    with pytest.raises((ConfigError, ValueError), match=r'test\[:0\]'):
+    with pytest.raises(ConfigError, match=r"data\.eval_split = 'test\[:0\]'"):
         pipeline.run(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()  # a fixed config may reuse the workdir
     foreign = tmp_path / 'mine'
     foreign.mkdir()
     (foreign / 'notes.txt').write_text('keep me')
