@@ -303,11 +303,26 @@ def run_supervised(ctx: Context) -> dict:
                             'cross-entropy on the true training labels')
 
 
-def _two_stage(ctx: Context, name: str, stage1: dict, stage2: dict, method: str) -> dict:
-    from kamal_jax import pipeline
-    config = ml_collections.ConfigDict(ctx.config.to_dict())
+# What the two-stage baselines change in the main run's config: (stage1 fields, stage2 fields, method).
+TWO_STAGE = {
+    'random': ({'mode': 'random', 'selection': 'online'}, {}, 'two stages, a random teacher per sample'),
+    'logits_only': ({'feature_weight': 0.0}, {'feature_weight': 0.0},
+                    'two stages without transfer bridges (logits only)'),
+}
+
+
+def two_stage_config(config: Any, name: str) -> ml_collections.ConfigDict:
+    """A copy of the main run's config with the changes of two-stage baseline `name`."""
+    stage1, stage2, _ = TWO_STAGE[name]
+    config = ml_collections.ConfigDict(config.to_dict())
     config.stage1.update(stage1)
     config.stage2.update(stage2)
+    return config
+
+
+def _two_stage(ctx: Context, name: str) -> dict:
+    from kamal_jax import pipeline
+    config = two_stage_config(ctx.config, name)
     out = os.path.join(ctx.workdir, 'baselines', name)
     components, comp_acc, comp_metrics = {}, {}, {}
     for task in ctx.plan.target_tasks:
@@ -319,20 +334,18 @@ def _two_stage(ctx: Context, name: str, stage1: dict, stage2: dict, method: str)
     target, variables, metrics = pipeline.run_stage2(ctx.plan, components, ctx.train, config, ctx.mesh, out)
     acc = ctx.evaluate(target, variables)
     return summary_lib.model_entry('baseline', target.arch, count_params(variables['params']),
-                                   ctx.plan.target_tasks, acc, method=method,
+                                   ctx.plan.target_tasks, acc, method=TWO_STAGE[name][2],
                                    epochs=[int(config.stage1.epochs), int(config.stage2.epochs)],
                                    component_accuracy=comp_acc, component_train_metrics=comp_metrics,
                                    final_train_metrics=_floats(metrics))
 
 
 def run_random(ctx: Context) -> dict:
-    return _two_stage(ctx, 'random', {'mode': 'random', 'selection': 'online'}, {},
-                      'two stages, a random teacher per sample')
+    return _two_stage(ctx, 'random')
 
 
 def run_logits_only(ctx: Context) -> dict:
-    return _two_stage(ctx, 'logits_only', {'feature_weight': 0.0}, {'feature_weight': 0.0},
-                      'two stages without transfer bridges (logits only)')
+    return _two_stage(ctx, 'logits_only')
 
 
 RUNNERS = {'average': run_average, 'random': run_random, 'logits_only': run_logits_only,

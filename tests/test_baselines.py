@@ -32,7 +32,7 @@ def _init(net, bridges=None, seed=0):
 
 def test_average_distils_towards_the_mean_of_teacher_probabilities():
     t1, v1 = toy.teacher('t1', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
-    t2, v2 = toy.teacher('t2', 'cifar_resnet14', 7, {'a': (2, 7)}, seed=2)
+    t2, v2 = toy.teacher('t2', 'cifar_resnet8', 7, {'a': (2, 7)}, seed=2)
     # Make the teachers confident and different, so that averaging probabilities and averaging
     # logits give clearly different targets.
     v1 = {**v1, 'params': {**v1['params'], 'fc': jax.tree.map(lambda x: 30 * x, v1['params']['fc'])}}
@@ -44,8 +44,9 @@ def test_average_distils_towards_the_mean_of_teacher_probabilities():
     frozen = {'t1': v1, 't2': v2}
     loss, (_, metrics) = jax.jit(stage.loss)(params, stats, frozen, x, {})
 
-    (s_logits, _), _ = target.module.apply({'params': params['net'], 'batch_stats': stats}, target.prepare(x),
-                                           train=True, mutable=['batch_stats'])
+    (s_logits, _), _ = jax.jit(lambda v, x: target.module.apply(v, target.prepare(x), train=True,
+                                                                mutable=['batch_stats']))(
+        {'params': params['net'], 'batch_stats': stats}, x)
     s = np.asarray(s_logits['a'], np.float64) / temperature
     log_q = s - np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True)) - s.max(-1, keepdims=True)
 
@@ -53,7 +54,7 @@ def test_average_distils_towards_the_mean_of_teacher_probabilities():
         e = np.exp(z - z.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
 
-    t_logits = [np.asarray(t.apply_eval(v, x)[0]['a'], np.float64) for t, v in ((t1, v1), (t2, v2))]
+    t_logits = [np.asarray(jax.jit(t.apply_eval)(v, x)[0]['a'], np.float64) for t, v in ((t1, v1), (t2, v2))]
     p = np.mean([softmax(l / temperature) for l in t_logits], axis=0)
     expected = np.mean(np.sum(p * (np.log(p) - log_q), -1)) * temperature ** 2
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
@@ -128,6 +129,22 @@ def test_task_label_arrays_mark_other_classes_minus_one():
         baselines.task_label_arrays(plan, ArraySplit(split.images, {}, {}, 'toy', 'train'))
 
 
+def test_random_draws_teachers_the_least_ambiguous_rule_would_not():
+    config = _config(baselines.NAMES)
+    changed = baselines.two_stage_config(config, 'random')
+    assert changed.stage1.mode == 'random' and config.stage1.mode == 'select'  # main config untouched
+    only_logits = baselines.two_stage_config(config, 'logits_only')
+    assert only_logits.stage1.feature_weight == 0.0 and only_logits.stage2.feature_weight == 0.0
+    flat, flat_vars = toy.uniform_teacher('flat', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
+    good, good_vars = toy.teacher('good', 'cifar_resnet8', 7, {'a': (2, 7)}, seed=2)
+    stage = toy.stage1([flat, good], mode=changed.stage1.mode)
+    params, stats = _init(stage.student, stage.init_bridges(jax.random.key(1)))
+    x = to_unit(jnp.asarray(toy.images(64)))
+    _, (_, m) = jax.jit(stage.loss)(params, stats, {'flat': flat_vars, 'good': good_vars}, x, {},
+                                    jax.random.key(0))
+    assert 0.3 < float(m['selected/flat']) < 0.7  # least ambiguous would give 0
+
+
 # ----------------------------------------------------------------------------- run_all end to end
 
 def _config(names):
@@ -157,7 +174,10 @@ def run_all(tmp_path_factory):
                           'test')
     mesh = sharding.make_mesh(1)
     workdir = str(tmp_path_factory.mktemp('baselines'))
-    args = (_config(baselines.NAMES), plan, {'flat': flat, 'good': good}, {'flat': flat_vars, 'good': good_vars},
+    # Every baseline but 'random' (its two stages are logits_only's with another stage-1 mode,
+    # checked above; leaving it out saves a third of this test's time).
+    names = tuple(n for n in baselines.NAMES if n != 'random')
+    args = (_config(names), plan, {'flat': flat, 'good': good}, {'flat': flat_vars, 'good': good_vars},
             train, held_out, mesh, workdir)
     entries, wall = baselines.run_all(*args)
     return args, entries, wall
@@ -166,7 +186,7 @@ def run_all(tmp_path_factory):
 def test_every_baseline_trains_and_enters_the_summary(run_all):
     args, entries, wall = run_all
     workdir = args[-1]
-    assert list(entries) == [f'baseline_{n}' for n in baselines.NAMES]
+    assert list(entries) == [f'baseline_{n}' for n in baselines.NAMES if n != 'random']
     assert set(wall) == set(entries) and all(w > 0 for w in wall.values())
     for name, entry in entries.items():
         assert entry['role'] == 'baseline' and entry['tasks'] == ['a']
@@ -177,14 +197,13 @@ def test_every_baseline_trains_and_enters_the_summary(run_all):
     for name in ('average', 'one_stage', 'supervised'):
         assert entries[f'baseline_{name}']['epochs'] == 2
         assert os.path.isdir(os.path.join(workdir, 'baselines', name))
-    for name in ('random', 'logits_only'):
-        assert os.path.isdir(os.path.join(workdir, 'baselines', name, 'stage1', 'a'))
-        assert os.path.isdir(os.path.join(workdir, 'baselines', name, 'stage2'))
-    # random: the flat teacher is drawn for about half of the samples, though the least ambiguous
-    # teacher would never be it; logits_only: no feature term at all.
-    sel = entries['baseline_random']['component_train_metrics']['a']['selected/flat']
-    assert 0.0 < sel < 1.0
-    assert entries['baseline_logits_only']['component_train_metrics']['a']['feature'] == 0.0
+    assert os.path.isdir(os.path.join(workdir, 'baselines', 'logits_only', 'stage1', 'a'))
+    assert os.path.isdir(os.path.join(workdir, 'baselines', 'logits_only', 'stage2'))
+    # logits_only: no feature term in either stage, and still the least ambiguous teacher.
+    comp_metrics = entries['baseline_logits_only']['component_train_metrics']['a']
+    assert comp_metrics['feature'] == 0.0 and comp_metrics['selected/flat'] == 0.0
+    assert entries['baseline_logits_only']['final_train_metrics']['feature/a'] == 0.0
+    assert set(entries['baseline_logits_only']['component_accuracy']) == {'a'}
     assert entries['baseline_one_stage']['final_train_metrics']['selected/a/flat'] == 0.0
     assert entries['baseline_average']['method'].endswith('T=2')
 
@@ -192,11 +211,11 @@ def test_every_baseline_trains_and_enters_the_summary(run_all):
 def test_rerun_resumes_a_baseline(run_all):
     args, entries, _ = run_all
     config = ml_collections.ConfigDict(args[0].to_dict())
-    config.baselines = ('one_stage',)  # one is enough to see the checkpoint read back (and cheaper)
+    config.baselines = ('supervised',)  # one is enough to see the checkpoint read back (and cheaper)
     again, _ = baselines.run_all(config, *args[1:])
-    assert list(again) == ['baseline_one_stage']
-    assert again['baseline_one_stage']['accuracy'] == pytest.approx(entries['baseline_one_stage']['accuracy'])
-    assert again['baseline_one_stage']['final_train_metrics'] == {}  # nothing retrained
+    assert list(again) == ['baseline_supervised']
+    assert again['baseline_supervised']['accuracy'] == pytest.approx(entries['baseline_supervised']['accuracy'])
+    assert again['baseline_supervised']['final_train_metrics'] == {}  # nothing retrained
 
 
 # ----------------------------------------------------------------------------- configs
