@@ -16,6 +16,10 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # TF only decodes images he
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from kamal_jax import xla  # noqa: E402
+
+xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Path to a config file (configs/*.py).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summary and export.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete what the workdir holds and start afresh.')

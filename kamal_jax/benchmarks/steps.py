@@ -1,6 +1,8 @@
 """Images/s of the stage-1, stage-2 and supervised train steps (compile time reported apart).
 
     python -m kamal_jax.benchmarks.steps --config configs/bench_steps.py [--json out.json]
+
+XLA:CPU's YNN fusion flag is on, as in launch.py; KAMAL_JAX_PLAIN_XLA=1 measures without it.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ import os
 import platform
 import time
 
-import jax
-import jax.numpy as jnp
+from kamal_jax import xla
+
+xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import ml_collections
 import numpy as np
 from absl import app, flags
