@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -13,25 +12,11 @@ import jax.numpy as jnp
 from flax import serialization
 
 from kamal_jax import porting
+from kamal_jax.files import sha256, write_atomic
 from kamal_jax.tasks import ConfigError, TeacherSpec
 from kamal_jax.train.nets import Net
 
 log = logging.getLogger('kamal_jax')
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def load_teacher(spec: TeacherSpec, cache_dir: str, image_size: tuple[int, int]) -> tuple[Net, Any]:
@@ -40,7 +25,7 @@ def load_teacher(spec: TeacherSpec, cache_dir: str, image_size: tuple[int, int])
         raise ConfigError(f'teachers.{spec.name}.checkpoint = {spec.checkpoint!r} does not exist.')
     os.makedirs(cache_dir, exist_ok=True)
     cache, meta_path = (os.path.join(cache_dir, f'{spec.name}.{ext}') for ext in ('msgpack', 'json'))
-    key = {'sha256': file_sha256(spec.checkpoint), 'arch': spec.arch, 'widths': list(spec.widths)}
+    key = {'sha256': sha256(spec.checkpoint), 'arch': spec.arch, 'widths': list(spec.widths)}
     meta = json.load(open(meta_path)) if os.path.isfile(meta_path) and os.path.isfile(cache) else {}
     if meta.get('key') == key:
         variables = jax.tree.map(jnp.asarray, serialization.msgpack_restore(open(cache, 'rb').read()))

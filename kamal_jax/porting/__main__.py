@@ -14,7 +14,6 @@ and its widths are used when `--widths` is not given.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -26,13 +25,7 @@ except ImportError:  # .safetensors checkpoints still convert; no parity check.
 
 import numpy as np
 
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
+from kamal_jax.files import sha256
 
 
 def _parse_widths(values):
@@ -143,7 +136,7 @@ def main(argv=None) -> int:
         'widths': list(widths) if widths else None,
         'resolution': args.resolution,
         'checkpoint': os.path.basename(args.checkpoint),
-        'checkpoint_sha256': _sha256(args.checkpoint),
+        'checkpoint_sha256': sha256(args.checkpoint),
         'num_params': int(sum(np.size(x) for x in jax.tree.leaves(variables.get('params', {})))),
         'parity': result,
     }

@@ -32,7 +32,6 @@ Inputs are RGB, `uint8 / 255` in [0, 1], then `(x - mean) / std`; PyTorch sees N
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -43,6 +42,7 @@ import torch  # Before anything that might import TensorFlow (the reverse order 
 import torch.nn.functional as F
 import numpy as np
 
+from kamal_jax.files import sha256
 from kamal_jax.zoo import torch_models
 
 CARD_VERSION = 1
@@ -403,14 +403,6 @@ def _counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return [int(c) for c in np.bincount(labels[labels >= 0], minlength=num_classes)]
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
                   log: Callable[[str], None] = _print) -> dict:
     """Trains one teacher and writes `{out_dir}/{name}.pth` and `.json`; returns the card."""
@@ -538,7 +530,7 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
         'input_size': [int(tr_images.shape[1]), int(tr_images.shape[2])],
         'input': 'RGB uint8 / 255 in [0, 1], then (x - mean) / std; PyTorch NCHW',
         'checkpoint': f'{name}.pth',
-        'checkpoint_sha256': _sha256(pth),
+        'checkpoint_sha256': sha256(pth),
         'training_data': {
             'dataset': _get(data_cfg, 'name', getattr(train, 'name', None)),
             'split': _get(data_cfg, 'train_split', getattr(train, 'split', 'train')),
