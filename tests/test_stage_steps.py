@@ -115,3 +115,32 @@ def test_train_step_compiles_once():
         batch = sharding.put_batch({'image': toy.images(8, seed=i)}, mesh)
         state, _ = step(state, frozen, batch, jax.random.key(i))
     assert int(state.step) == 3
+
+
+def test_offline_selection_is_least_ambiguous_on_plain_images():
+    from kamal_jax import ambiguity, pipeline
+    from kamal_jax.train import evaluate
+    a, a_vars = toy.teacher('a_t', 'cifar_resnet8', 5, {'a': (0, 5)}, seed=3)
+    b, b_vars = toy.teacher('b_t', 'cifar_resnet8', 5, {'a': (0, 5)}, seed=4)
+    imgs = toy.images(20)
+    sel = pipeline.offline_selection('a', [a, b], {'a_t': a_vars, 'b_t': b_vars}, imgs, batch_size=8)
+    ent = np.stack([np.asarray(ambiguity.entropy(evaluate.predict(t, v, imgs)['a']))
+                    for t, v in ((a, a_vars), (b, b_vars))])
+    np.testing.assert_array_equal(sel, np.argmin(ent, 0))
+    assert sel.dtype == np.int32 and sel.shape == (20,)
+
+
+def test_binary_task_with_sigmoid_and_softmax_teachers():
+    # One teacher gives a single sigmoid logit for the attribute, the other a 2-way softmax slice.
+    sig, sig_vars = toy.teacher('sig', 'cifar_resnet8', 3, {'smile': (2, 3)}, seed=5)
+    soft, soft_vars = toy.teacher('soft', 'cifar_resnet8', 4, {'smile': (0, 2)}, seed=6)
+    st = toy.stage1([sig, soft], task='smile', n=2)
+    params, stats = _params(st)
+    x = to_unit(jnp.asarray(toy.images(8)))
+    logits, _ = sig.apply_eval(sig_vars, x)
+    assert logits['smile'].shape == (8, 2)  # [0, z]: the same probabilities as sigmoid(z)
+    raw, _ = sig.module.apply(sig_vars, sig.prepare(x))
+    np.testing.assert_allclose(jax.nn.softmax(logits['smile'])[:, 1], jax.nn.sigmoid(raw[:, 2]), rtol=1e-5)
+    loss, (_, m) = jax.jit(st.loss)(params, stats, {'sig': sig_vars, 'soft': soft_vars}, x, {})
+    assert np.isfinite(float(loss))
+    assert float(m['selected/sig']) + float(m['selected/soft']) == pytest.approx(1.0)
