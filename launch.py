@@ -28,13 +28,19 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
     del argv
-    from kamal_jax import logs, pipeline
+    from kamal_jax import logs
     logs.setup_console()
+    from kamal_jax.train import distributed
+    try:  # several processes (KAMAL_COORDINATOR_ADDRESS, ...): join them before any JAX use
+        distributed.maybe_initialize()
+    except distributed.DistributedError as e:
+        sys.exit(f'error: {e}')
+    from kamal_jax import pipeline
     from kamal_jax.tasks import ConfigError
     from kamal_jax.workdir import WorkdirError
     try:
         pipeline.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
-    except (ConfigError, WorkdirError) as e:
+    except (ConfigError, WorkdirError, distributed.DistributedError) as e:
         sys.exit(f'error: {e}')
 
 

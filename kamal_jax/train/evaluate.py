@@ -31,6 +31,10 @@ def _predict_fn(net: Net):
 def predict(net: Net, variables: Any, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
     """Task logits for all images, in fixed-size padded batches (one compilation per net)."""
     fn = _predict_fn(net)
+    if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(variables)):
+        # Several processes: each evaluates on its own devices, from a local copy of the weights.
+        from kamal_jax.train.sharding import to_host
+        variables = jax.device_put(to_host(variables), jax.local_devices()[0])
     outputs = []
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]

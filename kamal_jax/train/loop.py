@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from kamal_jax.train.checkpoint import Checkpointer
-from kamal_jax.train.sharding import put_batch
+from kamal_jax.train.sharding import put_batch, to_host
 
 log = logging.getLogger('kamal_jax')
 
@@ -41,7 +41,7 @@ class EpochBatches:
 def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBatches, num_steps: int,
         rng: jax.Array, mesh, checkpointer: Checkpointer | None = None, log_every: int = 50) -> tuple[Any, dict]:
     """Runs `step` from `state.step` to `num_steps`; returns the state and the last metrics."""
-    start = int(jax.device_get(state.step))
+    start = int(to_host(state.step))
     if start >= num_steps:
         log.info('%s: already trained (%d/%d steps), skipping.', name, start, num_steps)
         return state, {}
@@ -62,7 +62,7 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
         pending.append(metrics)
         done = s + 1
         if done % log_every == 0 or done == num_steps:
-            window = jax.device_get(pending)
+            window = to_host(pending)
             pending = []
             last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
             if not math.isfinite(last['loss']):

@@ -26,14 +26,58 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P('data'))
 
 
+def process_rows(batch_size: int, mesh: Mesh) -> slice:
+    """The rows of a global batch that this process's devices hold: [i*B/P, (i+1)*B/P) when the
+    mesh lists the processes' devices in order (it does: `jax.devices()` is ordered that way)."""
+    index = data_sharded(mesh).addressable_devices_indices_map((batch_size,))
+    starts = [idx[0].start or 0 for idx in index.values()]
+    stops = [batch_size if idx[0].stop is None else idx[0].stop for idx in index.values()]
+    lo, hi = min(starts), max(stops)
+    if hi - lo != sum(b - a for a, b in set(zip(starts, stops))):
+        raise ValueError('this process\'s devices do not hold one contiguous block of the batch; '
+                         'build the mesh from jax.devices() in their order.')
+    return slice(lo, hi)
+
+
 def put_batch(batch: Any, mesh: Mesh) -> Any:
-    """Host numpy batch -> global arrays split along the batch axis over the mesh."""
+    """Host numpy batch -> global arrays split along the batch axis over the mesh.
+
+    `batch` is the whole global batch (every process computes the same, seed-determined one);
+    with several processes each one hands over only the rows its own devices hold.
+    """
     sharding = data_sharded(mesh)
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+    if jax.process_count() == 1:
+        return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+    size = len(jax.tree.leaves(batch)[0])
+    rows = process_rows(size, mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        sharding, np.asarray(x[rows]), (size, *np.shape(x)[1:])), batch)
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
-    return jax.device_put(tree, replicated(mesh))
+    """Every leaf on every device of the mesh (all processes must pass the same values)."""
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)  # already global: a no-op or a reshard
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+    return jax.tree.map(put, tree)
+
+
+def to_host(tree: Any) -> Any:
+    """Replicated (or process-local) arrays -> numpy, on every process."""
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                from jax.experimental import multihost_utils
+                return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(x)
+    return jax.tree.map(get, tree)
 
 
 def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
