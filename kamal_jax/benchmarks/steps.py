@@ -31,6 +31,8 @@ from kamal_jax.train.steps import LossWeights, Stage1, Stage2, Supervised, make_
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/bench_steps.py', 'Benchmark config.')
 _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+_COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False, 'First run the PyTorch recipe of the same steps '
+                                   '(kamal_jax.benchmarks.torch_steps, own process) and print both.')
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OPT = ml_collections.ConfigDict(dict(lr=5e-4, bridge_lr=1e-3, schedule='constant'))
@@ -108,9 +110,32 @@ def run(c) -> dict:
     }
 
 
+def _torch_reference(config_arg: str) -> dict:
+    import subprocess
+    import sys
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix='.json') as f:
+        env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+        subprocess.run([sys.executable, '-m', 'kamal_jax.benchmarks.torch_steps', f'--config={config_arg}',
+                        f'--json={f.name}'], check=True, env=env)
+        return json.load(open(f.name))
+
+
 def main(argv):
     del argv
+    reference = None
+    if _COMPARE_TORCH.value:
+        print('PyTorch recipe (own process):', flush=True)
+        reference = _torch_reference(flags.FLAGS['config'].value if isinstance(flags.FLAGS['config'].value, str)
+                                     else flags.FLAGS['config'].config_filename)
+        print('kamal_jax:', flush=True)
     out = run(_CONFIG.value)
+    if reference:
+        out['torch_reference'] = reference
+        print(f'{"step":>10} | {"PyTorch":>9} | {"kamal_jax":>9} | ratio')
+        for name, r in out['results'].items():
+            t = reference['results'][name]['images_per_s']
+            print(f'{name:>10} | {t:9.1f} | {r["images_per_s"]:9.1f} | {r["images_per_s"] / t:.2f}x')
     if _JSON.value:
         with open(_JSON.value, 'w') as f:
             json.dump(out, f, indent=2)
