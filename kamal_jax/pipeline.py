@@ -22,7 +22,7 @@ from kamal_jax import ambiguity, baselines as baselines_lib, export, models, sum
 from kamal_jax import workdir as workdir_lib
 from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices, plan_from_config
 from kamal_jax.teachers import load_teacher
-from kamal_jax.train import evaluate as eval_lib, sharding
+from kamal_jax.train import distributed, evaluate as eval_lib, sharding
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import count_params
 from kamal_jax.train.steps import LossWeights, Stage1, Stage2, make_pairs
@@ -56,6 +56,9 @@ def validate(config: Any, workdir: str = '') -> Plan:
         raise ConfigError(f'stage1.selection must be one of {SELECTIONS}, got {config.stage1.selection!r}.')
     if config.stage1.get('mode', 'select') not in STAGE1_MODES:
         raise ConfigError(f'stage1.mode must be one of {STAGE1_MODES}, got {config.stage1.mode!r}.')
+    if compute_dtype(config) not in models.registry.COMPUTE_DTYPES:
+        raise ConfigError(f'compute_dtype = {config.compute_dtype!r} is not supported; choose one of '
+                          f'{", ".join(models.registry.COMPUTE_DTYPES)}.')
     baselines_lib.check_config(config)
     for teacher in plan.used_teachers:
         if teacher.arch not in models.BACKBONES:
@@ -111,10 +114,17 @@ def ensure_zoo_teachers(config: Any, plan: Plan, workdir: str) -> None:
 
 # ----------------------------------------------------------------------------- stages
 
-def student_net(name: str, cfg: Any, heads, data_cfg: Any) -> Net:
+def compute_dtype(config: Any) -> str:
+    """'float32' (default) or 'bfloat16': activations of trained and frozen nets in training steps;
+    params, optimiser state, losses and entropies stay float32."""
+    return str(config.get('compute_dtype', 'float32') or 'float32')
+
+
+def student_net(name: str, cfg: Any, heads, data_cfg: Any, dtype: str = 'float32') -> Net:
     widths = tuple(cfg.get('widths') or ())
-    return Net(name, cfg.arch, models.multihead(cfg.arch, heads, widths or None),
-               tuple(data_cfg.mean), tuple(data_cfg.std), widths=widths)
+    net = Net(name, cfg.arch, models.multihead(cfg.arch, heads, widths or None),
+              tuple(data_cfg.mean), tuple(data_cfg.std), widths=widths)
+    return net.with_compute_dtype(dtype)
 
 
 def offline_selection(task: str, teachers, frozen, images: np.ndarray, batch_size: int) -> np.ndarray:
@@ -143,12 +153,15 @@ def selection_report(task: str, teachers, frozen, split, plan: Plan, batch_size:
 
 def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
     cfg = config.stage1
+    dtype = compute_dtype(config)
     group = [teachers[t.name] for t in plan.group(task)]
-    student = student_net(f'component_{task}', cfg, [(task, plan.tasks[task].num_classes)], config.data)
+    student = student_net(f'component_{task}', cfg, [(task, plan.tasks[task].num_classes)], config.data,
+                          dtype)
     overrides = cfg.get('tap_pairs') or {}
     pairs = {t.name: (make_pairs(t, student, overrides.get(t.name)) if cfg.feature_weight else ())
              for t in group}
-    stage = Stage1(task, student, tuple(group), pairs, LossWeights.from_config(cfg),
+    stage = Stage1(task, student, tuple(t.with_compute_dtype(dtype) for t in group), pairs,
+                   LossWeights.from_config(cfg),
                    selection=cfg.selection, mode=cfg.get('mode', 'select'))
     arrays = {'image': train.images}
     if cfg.selection == 'offline':
@@ -165,9 +178,10 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
 
 def run_stage2(plan, components, train, config, mesh, workdir):
     cfg = config.stage2
+    dtype = compute_dtype(config)
     target = student_net('target', cfg, [(t, plan.tasks[t].num_classes) for t in plan.target_tasks],
-                         config.data)
-    comps = tuple((task, components[task][0]) for task in plan.target_tasks)
+                         config.data, dtype)
+    comps = tuple((task, components[task][0].with_compute_dtype(dtype)) for task in plan.target_tasks)
     overrides = cfg.get('tap_pairs') or {}
     pairs = {c.name: (make_pairs(c, target, overrides.get(c.name)) if cfg.feature_weight else ())
              for _, c in comps}
@@ -200,20 +214,29 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     train = load_split(config, config.data.train_split)  # data problems stop us before the
     held_out = load_split(config, config.data.eval_split)  # workdir is claimed
     check_data_labels(plan, held_out.label_names, config.data.eval_split)
-    resumed = workdir_lib.prepare(workdir, config.to_dict(), overwrite=overwrite)
-    _log_to_file(workdir)
+    distributed.check_same_config(config.to_dict())  # several processes: the same config on each
+    # Only process 0 writes the workdir files; orbax checkpoints are written by all processes.
+    resumed = distributed.primary_first(
+        lambda: workdir_lib.prepare(workdir, config.to_dict(), overwrite=overwrite)
+        if distributed.is_primary() else os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE)),
+        'claiming the workdir')
+    if distributed.is_primary():
+        _log_to_file(workdir)
     log.info('%s run in %s; target tasks: %s', 'resuming' if resumed else 'starting', workdir,
              ', '.join(plan.target_tasks))
     image_size = tuple(train.images.shape[1:3])
-    ensure_zoo_teachers(config, plan, workdir)
+    distributed.primary_first(lambda: ensure_zoo_teachers(config, plan, workdir)
+                              if distributed.is_primary() else None, 'training the zoo teachers')
     mesh = sharding.make_mesh(config.get('num_devices', -1))
     log.info('mesh: %d device(s) (%s); %d training images of %s, %d held out', mesh.size,
              jax.devices()[0].platform, len(train.images), train.images.shape[1:], len(held_out.images))
 
-    teachers, frozen = {}, {}
-    for spec in plan.used_teachers:
-        teachers[spec.name], frozen[spec.name] = load_teacher(spec, os.path.join(workdir, 'teachers'),
-                                                              image_size)
+    def load_teachers():  # process 0 ports and caches them, the others then read the cache
+        return {spec.name: load_teacher(spec, os.path.join(workdir, 'teachers'), image_size)
+                for spec in plan.used_teachers}
+    loaded = distributed.primary_first(load_teachers, 'loading the teachers')
+    teachers = {name: net for name, (net, _) in loaded.items()}
+    frozen = {name: variables for name, (_, variables) in loaded.items()}
     check_logit_slices(plan, {n: t.module.num_classes for n, t in teachers.items()})
     frozen = sharding.put_replicated(frozen, mesh)
 
@@ -247,17 +270,20 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
                                                 plan.target_tasks, acc, final_train_metrics=_floats(metrics))
     wall['stage2'] = time.perf_counter() - t0
 
-    export.save_student(os.path.join(workdir, 'export'), arch=target.arch, widths=target.widths,
-                        heads=target.module.heads, variables=variables, tasks=plan.tasks,
-                        mean=target.mean, std=target.std, image_size=image_size)
+    if distributed.is_primary():
+        export.save_student(os.path.join(workdir, 'export'), arch=target.arch, widths=target.widths,
+                            heads=target.module.heads, variables=sharding.to_host(variables),
+                            tasks=plan.tasks, mean=target.mean, std=target.std, image_size=image_size)
     more, more_wall = baselines_lib.run_all(config, plan, teachers, frozen, train, held_out, mesh, workdir)
     entries.update(more)
     wall.update(more_wall)
     result = summary_lib.build(plan.tasks, plan.target_tasks, entries, wall,
                                data={'name': config.data.name, 'train': len(train.images),
                                      'eval': len(held_out.images)})
-    table = summary_lib.write(workdir, result)
-    log.info('summary (also in %s):\n%s', os.path.join(workdir, 'summary.md'), table)
+    if distributed.is_primary():
+        table = summary_lib.write(workdir, result)
+        log.info('summary (also in %s):\n%s', os.path.join(workdir, 'summary.md'), table)
+    distributed.barrier('kamal_jax_run_done')
     return result
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 
@@ -11,11 +11,12 @@ class Classifier(nn.Module):
     """Backbone + one linear layer over all classes; returns `(logits, features)`."""
     backbone: nn.Module
     num_classes: int
+    dtype: Any = None  # compute dtype of the head (the backbone has its own); params stay float32
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         pooled, features = self.backbone(x, train)
-        return nn.Dense(self.num_classes, name='fc')(pooled), features
+        return nn.Dense(self.num_classes, dtype=self.dtype, name='fc')(pooled), features
 
 
 class MultiHeadNet(nn.Module):
@@ -25,9 +26,10 @@ class MultiHeadNet(nn.Module):
     """
     backbone: nn.Module
     heads: Sequence[tuple[str, int]]
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         pooled, features = self.backbone(x, train)
-        logits = {task: nn.Dense(n, name=f'head_{task}')(pooled) for task, n in self.heads}
+        logits = {task: nn.Dense(n, dtype=self.dtype, name=f'head_{task}')(pooled) for task, n in self.heads}
         return logits, features

@@ -12,6 +12,8 @@ ReLU6: the map that is pooled). Block outputs are linear (no activation), as in 
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -34,15 +36,15 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return new_v
 
 
-def _conv(features, kernel, stride, name, groups=1):
+def _conv(features, kernel, stride, name, groups=1, dtype=None):
     pad = (kernel - 1) // 2
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                   feature_group_count=groups, use_bias=False, name=name)
+                   feature_group_count=groups, use_bias=False, name=name, dtype=dtype)
 
 
-def _norm(train, name):
+def _norm(train, name, dtype=None):
     return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS,
-                        name=name)
+                        name=name, dtype=dtype)
 
 
 class InvertedResidual(nn.Module):
@@ -50,16 +52,18 @@ class InvertedResidual(nn.Module):
     out_channels: int
     stride: int
     expand_ratio: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x, train: bool):
-        inp = x.shape[-1]
+        inp, dt = x.shape[-1], self.dtype
         hidden = int(round(inp * self.expand_ratio))
         y = x
         if self.expand_ratio != 1:
-            y = nn.relu6(_norm(train, 'expand_bn')(_conv(hidden, 1, 1, 'expand_conv')(y)))
-        y = nn.relu6(_norm(train, 'dw_bn')(_conv(hidden, 3, self.stride, 'dw_conv', groups=hidden)(y)))
-        y = _norm(train, 'project_bn')(_conv(self.out_channels, 1, 1, 'project_conv')(y))
+            y = nn.relu6(_norm(train, 'expand_bn', dt)(_conv(hidden, 1, 1, 'expand_conv', dtype=dt)(y)))
+        y = nn.relu6(_norm(train, 'dw_bn', dt)(
+            _conv(hidden, 3, self.stride, 'dw_conv', groups=hidden, dtype=dt)(y)))
+        y = _norm(train, 'project_bn', dt)(_conv(self.out_channels, 1, 1, 'project_conv', dtype=dt)(y))
         if self.stride == 1 and inp == self.out_channels:
             y = x + y
         return y
@@ -69,6 +73,7 @@ class MobileNetV2(nn.Module):
     """MobileNetV2 trunk; returns `(pooled, features)` with `features` keyed by tap name."""
     width_mult: float = 1.0
     round_nearest: int = 8
+    dtype: Any = None  # compute dtype; params stay float32
 
     def _layout(self):
         """[(block index, out channels, stride, expand ratio, cumulative stride)] for blocks 1..17."""
@@ -106,13 +111,13 @@ class MobileNetV2(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         tap_blocks = self._tap_blocks()
-        features = {}
-        x = nn.relu6(_norm(train, 'stem_bn')(_conv(self.stem_channels, 3, 2, 'stem_conv')(x)))
+        features, dt = {}, self.dtype
+        x = nn.relu6(_norm(train, 'stem_bn', dt)(_conv(self.stem_channels, 3, 2, 'stem_conv', dtype=dt)(x)))
         for index, out, stride, t, _ in self._layout():
-            x = InvertedResidual(out, stride, t, name=f'block{index}')(x, train)
+            x = InvertedResidual(out, stride, t, dt, name=f'block{index}')(x, train)
             if index in tap_blocks:
                 features[tap_blocks[index].name] = x
-        x = nn.relu6(_norm(train, 'last_bn')(_conv(self.out_channels, 1, 1, 'last_conv')(x)))
+        x = nn.relu6(_norm(train, 'last_bn', dt)(_conv(self.out_channels, 1, 1, 'last_conv', dtype=dt)(x)))
         features[self.taps()[-1].name] = x
         return jnp.mean(x, axis=(1, 2)), features
 

@@ -48,3 +48,18 @@ def classifier(arch: str, num_classes: int, widths: Sequence[int] | None = None)
 def multihead(arch: str, heads: Sequence[tuple[str, int]],
               widths: Sequence[int] | None = None) -> MultiHeadNet:
     return MultiHeadNet(backbone(arch, widths), tuple((t, int(n)) for t, n in heads))
+
+
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+
+
+def with_dtype(module: nn.Module, dtype) -> nn.Module:
+    """The same network computing in `dtype` (activations); its params stay float32.
+
+    None or 'float32' returns the module unchanged (results bit-identical to before).
+    """
+    if dtype is None or str(dtype) == 'float32':
+        return module
+    if isinstance(module, (Classifier, MultiHeadNet)):
+        return module.clone(backbone=module.backbone.clone(dtype=dtype), dtype=dtype)
+    return module.clone(dtype=dtype)

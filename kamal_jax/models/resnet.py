@@ -8,7 +8,7 @@ ReLU, the points Shen et al. match. Parameter names follow torchvision (`conv1`,
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -19,29 +19,32 @@ _BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 _BN_EPS = 1e-5
 
 
-def _conv(features, kernel, stride, name):
+def _conv(features, kernel, stride, name, dtype=None):
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), (stride, stride), padding=((pad, pad), (pad, pad)),
-                   use_bias=False, name=name)
+                   use_bias=False, name=name, dtype=dtype)
 
 
-def _norm(train, name):
+def _norm(train, name, dtype=None):
     return nn.BatchNorm(use_running_average=not train, momentum=_BN_MOMENTUM, epsilon=_BN_EPS,
-                        name=name)
+                        name=name, dtype=dtype)
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs; returns the residual sum *before* the ReLU (a tap point)."""
     filters: int
     stride: int = 1
+    dtype: Any = None  # compute dtype (None: that of the inputs); params stay float32
     expansion = 1
 
     @nn.compact
     def __call__(self, x, train: bool):
-        y = nn.relu(_norm(train, 'bn1')(_conv(self.filters, 3, self.stride, 'conv1')(x)))
-        y = _norm(train, 'bn2')(_conv(self.filters, 3, 1, 'conv2')(y))
+        dt = self.dtype
+        y = nn.relu(_norm(train, 'bn1', dt)(_conv(self.filters, 3, self.stride, 'conv1', dt)(x)))
+        y = _norm(train, 'bn2', dt)(_conv(self.filters, 3, 1, 'conv2', dt)(y))
         if self.stride != 1 or x.shape[-1] != self.filters:
-            x = _norm(train, 'downsample_bn')(_conv(self.filters, 1, self.stride, 'downsample_conv')(x))
+            x = _norm(train, 'downsample_bn', dt)(
+                _conv(self.filters, 1, self.stride, 'downsample_conv', dt)(x))
         return y + x
 
 
@@ -49,16 +52,17 @@ class Bottleneck(nn.Module):
     """1x1-3x3-1x1 with the stride on the 3x3 (torchvision v1.5); pre-ReLU output."""
     filters: int
     stride: int = 1
+    dtype: Any = None
     expansion = 4
 
     @nn.compact
     def __call__(self, x, train: bool):
-        out = self.filters * self.expansion
-        y = nn.relu(_norm(train, 'bn1')(_conv(self.filters, 1, 1, 'conv1')(x)))
-        y = nn.relu(_norm(train, 'bn2')(_conv(self.filters, 3, self.stride, 'conv2')(y)))
-        y = _norm(train, 'bn3')(_conv(out, 1, 1, 'conv3')(y))
+        out, dt = self.filters * self.expansion, self.dtype
+        y = nn.relu(_norm(train, 'bn1', dt)(_conv(self.filters, 1, 1, 'conv1', dt)(x)))
+        y = nn.relu(_norm(train, 'bn2', dt)(_conv(self.filters, 3, self.stride, 'conv2', dt)(y)))
+        y = _norm(train, 'bn3', dt)(_conv(out, 1, 1, 'conv3', dt)(y))
         if self.stride != 1 or x.shape[-1] != out:
-            x = _norm(train, 'downsample_bn')(_conv(out, 1, self.stride, 'downsample_conv')(x))
+            x = _norm(train, 'downsample_bn', dt)(_conv(out, 1, self.stride, 'downsample_conv', dt)(x))
         return y + x
 
 
@@ -75,6 +79,7 @@ class ResNet(nn.Module):
     stem_width: int
     block: str = 'basic'
     stem: str = 'imagenet'
+    dtype: Any = None  # compute dtype (e.g. bfloat16); params stay float32
 
     def taps(self) -> tuple[Tap, ...]:
         expansion = _BLOCKS[self.block].expansion
@@ -95,11 +100,11 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         block_cls = _BLOCKS[self.block]
-        features = {}
+        features, dt = {}, self.dtype
         if self.stem == 'imagenet':
-            x = _norm(train, 'bn1')(_conv(self.stem_width, 7, 2, 'conv1')(x))
+            x = _norm(train, 'bn1', dt)(_conv(self.stem_width, 7, 2, 'conv1', dt)(x))
         elif self.stem == 'cifar':
-            x = _norm(train, 'bn1')(_conv(self.stem_width, 3, 1, 'conv1')(x))
+            x = _norm(train, 'bn1', dt)(_conv(self.stem_width, 3, 1, 'conv1', dt)(x))
         else:
             raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar', got {self.stem!r}.")
         features['stem'] = x
@@ -109,7 +114,7 @@ class ResNet(nn.Module):
         for i, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
             for j in range(size):
                 stride = 2 if (i > 0 and j == 0) else 1
-                x = block_cls(width, stride, name=f'layer{i + 1}_{j}')(x, train)
+                x = block_cls(width, stride, dt, name=f'layer{i + 1}_{j}')(x, train)
                 if j < size - 1:
                     x = nn.relu(x)
             features[f'stage{i + 1}'] = x

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -74,33 +75,36 @@ def resize_pos_embedding(pos: jax.Array, grid: tuple[int, int]) -> jax.Array:
 class SelfAttention(nn.Module):
     """`nn.MultiheadAttention(batch_first=True)` on (x, x, x): fused q/k/v `in_proj`, `out_proj`."""
     num_heads: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
         b, n, d = x.shape
         h = self.num_heads
-        qkv = nn.Dense(3 * d, name='in_proj')(x)
+        qkv = nn.Dense(3 * d, name='in_proj', dtype=self.dtype)(x)
         q, k, v = (a.reshape(b, n, h, d // h) for a in jnp.split(qkv, 3, axis=-1))
         logits = jnp.einsum('bqhc,bkhc->bhqk', q / math.sqrt(d // h), k)
-        attn = jax.nn.softmax(logits, axis=-1)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)  # softmax in float32
         y = jnp.einsum('bhqk,bkhc->bqhc', attn, v).reshape(b, n, d)
-        return nn.Dense(d, name='out_proj')(y)
+        return nn.Dense(d, name='out_proj', dtype=self.dtype)(y)
 
 
 class EncoderBlock(nn.Module):
     """x + attn(ln_1(x)), then + mlp(ln_2(.)); dropout is the identity (eval / rate 0)."""
     num_heads: int
     mlp_dim: int
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x):
-        d = x.shape[-1]
-        y = SelfAttention(self.num_heads, name='self_attention')(nn.LayerNorm(_LN_EPS, name='ln_1')(x))
+        d, dt = x.shape[-1], self.dtype
+        y = SelfAttention(self.num_heads, dt, name='self_attention')(
+            nn.LayerNorm(_LN_EPS, dtype=dt, name='ln_1')(x))
         x = x + y
-        y = nn.LayerNorm(_LN_EPS, name='ln_2')(x)
-        y = nn.Dense(self.mlp_dim, name='mlp_0')(y)
+        y = nn.LayerNorm(_LN_EPS, dtype=dt, name='ln_2')(x)
+        y = nn.Dense(self.mlp_dim, dtype=dt, name='mlp_0')(y)
         y = nn.gelu(y, approximate=False)
-        y = nn.Dense(d, name='mlp_3')(y)
+        y = nn.Dense(d, dtype=dt, name='mlp_3')(y)
         return x + y
 
 
@@ -112,6 +116,7 @@ class VisionTransformer(nn.Module):
     num_heads: int
     hidden_dim: int
     mlp_dim: int
+    dtype: Any = None  # compute dtype; params stay float32
 
     def tap_layers(self) -> tuple[int, ...]:
         """1-based encoder-layer indices tapped: 1/4, 1/2, 3/4 and all of the depth."""
@@ -132,20 +137,20 @@ class VisionTransformer(nn.Module):
         if hgt % p or wid % p:
             raise ValueError(f'input {hgt}x{wid} is not divisible by the patch size {p}.')
         gh, gw = hgt // p, wid // p
-        x = nn.Conv(d, (p, p), (p, p), padding='VALID', name='conv_proj')(x)
+        x = nn.Conv(d, (p, p), (p, p), padding='VALID', dtype=self.dtype, name='conv_proj')(x)
         x = x.reshape(b, gh * gw, d)
         cls = self.param('class_token', nn.initializers.zeros, (1, 1, d))
         grid0 = self.image_size // p
         pos = self.param('pos_embedding', nn.initializers.normal(0.02), (1, 1 + grid0 * grid0, d))
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, d)).astype(x.dtype), x], axis=1)
-        x = x + resize_pos_embedding(pos, (gh, gw))
+        x = x + resize_pos_embedding(pos, (gh, gw)).astype(x.dtype)
         tapped = set(self.tap_layers())
         features = {}
         for i in range(self.num_layers):
-            x = EncoderBlock(self.num_heads, self.mlp_dim, name=f'encoder_layer_{i}')(x)
+            x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype, name=f'encoder_layer_{i}')(x)
             if i + 1 in tapped:
                 features[f'layer{i + 1}'] = x[:, 1:].reshape(b, gh, gw, d)
-        x = nn.LayerNorm(_LN_EPS, name='ln')(x)
+        x = nn.LayerNorm(_LN_EPS, dtype=self.dtype, name='ln')(x)
         return x[:, 0], features
 
 
