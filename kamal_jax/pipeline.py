@@ -22,7 +22,8 @@ from kamal_jax import ambiguity, baselines as baselines_lib, export, models, sum
 from kamal_jax import workdir as workdir_lib
 from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices, plan_from_config
 from kamal_jax.teachers import load_teacher
-from kamal_jax.train import distributed, evaluate as eval_lib, sharding
+from kamal_jax.files import sha256
+from kamal_jax.train import distributed, evaluate as eval_lib, sharding, teacher_cache
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import count_params
 from kamal_jax.train.steps import LossWeights, Stage1, Stage2, make_pairs
@@ -59,6 +60,19 @@ def validate(config: Any, workdir: str = '') -> Plan:
     if compute_dtype(config) not in models.registry.COMPUTE_DTYPES:
         raise ConfigError(f'compute_dtype = {config.compute_dtype!r} is not supported; choose one of '
                           f'{", ".join(models.registry.COMPUTE_DTYPES)}.')
+    if config.stage1.get('teacher_cache', False):
+        d = config.data
+        if d.get('crop_padding', 0) or d.get('flip', False):
+            field = 'data.crop_padding' if d.get('crop_padding', 0) else 'data.flip'
+            raise ConfigError(f'stage1.teacher_cache = True needs fixed views, but {field} = '
+                              f'{d.get(field.split(".")[1])!r} draws a random view each step; set '
+                              f'{field} to {0 if field == "data.crop_padding" else False} or '
+                              'stage1.teacher_cache = False.')
+        if float(config.stage1.get('cache_limit_gb', 8.0)) <= 0:
+            raise ConfigError(f'stage1.cache_limit_gb must be positive, got {config.stage1.cache_limit_gb}.')
+        if config.stage1.get('cache_dtype', 'float16') not in teacher_cache.FEATURE_DTYPES:
+            raise ConfigError(f'stage1.cache_dtype must be one of {tuple(teacher_cache.FEATURE_DTYPES)}, '
+                              f'got {config.stage1.cache_dtype!r}.')
     baselines_lib.check_config(config)
     for teacher in plan.used_teachers:
         if teacher.arch not in models.BACKBONES:
@@ -160,20 +174,44 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
     overrides = cfg.get('tap_pairs') or {}
     pairs = {t.name: (make_pairs(t, student, overrides.get(t.name)) if cfg.feature_weight else ())
              for t in group}
+    cached = bool(cfg.get('teacher_cache', False))
     stage = Stage1(task, student, tuple(t.with_compute_dtype(dtype) for t in group), pairs,
                    LossWeights.from_config(cfg),
-                   selection=cfg.selection, mode=cfg.get('mode', 'select'))
+                   selection=cfg.selection, mode=cfg.get('mode', 'select'), cached=cached)
     arrays = {'image': train.images}
     if cfg.selection == 'offline':
         arrays['selected'] = offline_selection(task, group, frozen, train.images, config.eval_batch_size)
+    group_frozen = {t.name: frozen[t.name] for t in group}
+    if cached:
+        arrays.update(_stage1_cache(task, plan, stage, group_frozen, train, config, workdir))
+        group_frozen = {}  # the step never runs the teachers
     rng = jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(task.encode()) % (1 << 30))
     variables, metrics = train_student(
         name=f'stage1/{task}', student=student, loss_fn=stage.loss,
         bridges=stage.init_bridges(rng, cfg.get('bridge_width_ratio', 0.5)), cfg=cfg, arrays=arrays,
-        frozen={t.name: frozen[t.name] for t in group}, mesh=mesh, seed=config.seed,
+        frozen=group_frozen, mesh=mesh, seed=config.seed,
         crop_padding=config.data.get('crop_padding', 0), flip=config.data.get('flip', False),
         ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every)
     return student, variables, metrics
+
+
+def _stage1_cache(task, plan, stage, frozen, train, config, workdir) -> dict:
+    """The teachers' cached outputs on the fixed views (process 0 builds, the others then read)."""
+    d, cfg = config.data, config.stage1
+    specs = {t.name: t for t in plan.group(task)}
+    key = {'teachers': {t.name: {'sha256': sha256(specs[t.name].checkpoint), 'arch': t.arch,
+                                 'widths': list(specs[t.name].widths), 'mean': list(t.mean),
+                                 'std': list(t.std), 'compute_dtype': str(t.dtype or 'float32')}
+                        for t in stage.teachers},
+           'data': {'name': d.name, 'split': d.train_split, 'size': len(train.images),
+                    'train_limit': int(d.get('train_limit', 0) or 0), 'seed': config.seed,
+                    'image_size': list(d.get('image_size') or ())},
+           'views': {'crop_padding': 0, 'flip': False, 'shape': list(train.images.shape[1:])}}
+    path = os.path.join(workdir, 'cache', 'stage1', task)
+    return distributed.primary_first(lambda: teacher_cache.load_or_build(
+        path, stage=stage, frozen=frozen, images=train.images, key=key, batch_size=config.eval_batch_size,
+        limit_gb=float(cfg.get('cache_limit_gb', 8.0)), feature_dtype=cfg.get('cache_dtype', 'float16')),
+        'building the stage-1 teacher cache')
 
 
 def run_stage2(plan, components, train, config, mesh, workdir):

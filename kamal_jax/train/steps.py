@@ -59,6 +59,7 @@ class Stage1:
     weights: LossWeights
     selection: str = 'online'   # 'online': least ambiguous on this view; 'offline': batch['selected']
     mode: str = 'select'         # 'select' | 'random' | 'average' (baselines)
+    cached: bool = False         # teachers' outputs from the batch (see train/teacher_cache.py)
 
     def init_bridges(self, rng: jax.Array, width_ratio: float = 0.5) -> dict:
         """Both sides map into a common space of `width_ratio` x the teacher's channels."""
@@ -80,8 +81,11 @@ class Stage1:
         student_logits = logits[self.task]
         feat_terms, logit_terms, entropies = [], [], []
         for teacher in self.teachers:
-            t_logits, t_feats = jax.lax.stop_gradient(teacher.apply_eval(frozen[teacher.name], images))
-            t_logits = t_logits[self.task]
+            if self.cached:
+                t_logits, t_feats = self._cached_outputs(teacher, batch)
+            else:
+                t_logits, t_feats = jax.lax.stop_gradient(teacher.apply_eval(frozen[teacher.name], images))
+                t_logits = t_logits[self.task]
             entropies.append(ambiguity.entropy(t_logits))
             bridges = params['bridges'][teacher.name]
             feat = 0.0
@@ -114,6 +118,13 @@ class Stage1:
         for i, teacher in enumerate(self.teachers):
             metrics[f'selected/{teacher.name}'] = jnp.mean(mask[:, i])
         return loss, (updated['batch_stats'], metrics)
+
+    def _cached_outputs(self, teacher: Net, batch):
+        """Task logits (float32) and matched features (in the teacher's compute dtype) of the batch."""
+        name = teacher.name
+        dtype = teacher.dtype or jnp.float32
+        feats = {pair[0].name: batch[f'cache/{name}/{pair[0].name}'].astype(dtype) for pair in self.pairs[name]}
+        return batch[f'cache/{name}/logits'].astype(jnp.float32), feats
 
 
 # ----------------------------------------------------------------------------- stage 2
