@@ -32,6 +32,8 @@ test images, one epoch everywhere; a few minutes, mostly compilation); its accur
 
 import ml_collections
 
+from kamal_jax import stage_defaults
+
 PART_A = ['airplane', 'automobile', 'bird', 'cat', 'deer']
 PART_B = ['dog', 'frog', 'horse', 'ship', 'truck']
 TASKS = {'part_a': PART_A, 'part_b': PART_B}
@@ -69,13 +71,8 @@ def get_config(arg: str = ''):
                                                            logits=(start, start + len(TASKS[task])))})
     c.target_tasks = ('part_a', 'part_b')
 
-    c.stage1 = dict(arch='cifar_resnet20', widths=(), epochs=6, batch_size=128, lr=1e-3, bridge_lr=1e-3,
-                    schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0, logit_weight=1.0,
-                    weight_norm=1.0, logit_loss='mse', temperature=1.0, selection='online', mode='select',
-                    bridge_width_ratio=0.5, tap_pairs={}, checkpoint_every=200)
-    c.stage2 = dict(arch='cifar_resnet20', widths=(18, 18, 36, 72), epochs=6, batch_size=128, lr=1e-3,
-                    bridge_lr=1e-3, schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0,
-                    logit_weight=1.0, logit_loss='mse', temperature=1.0, tap_pairs={}, checkpoint_every=200)
+    c.stage1 = stage_defaults.stage1(arch='cifar_resnet20', epochs=6, batch_size=128)
+    c.stage2 = stage_defaults.stage2(arch='cifar_resnet20', widths=(18, 18, 36, 72), epochs=6, batch_size=128)
     c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
     c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
     c.eval_batch_size = 500
@@ -83,11 +80,5 @@ def get_config(arg: str = ''):
     c.log_every = 50
     if arg == 'tiny':
         c.data.train_split, c.data.eval_split, c.data.train_limit = 'train[:512]', 'test[:256]', 0
-        for t in c.zoo.teachers.values():
-            t.epochs, t.batch_size = 1, 32
-        c.stage1.epochs = c.stage2.epochs = 1
-        c.stage1.batch_size = c.stage2.batch_size = 32
-        c.baseline_stage.epochs = 1
-        c.eval_batch_size = 128
-        c.log_every = 5
+        stage_defaults.shrink_to_tiny(c)
     return c

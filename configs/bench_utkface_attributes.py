@@ -31,6 +31,8 @@ nothing.
 
 import ml_collections
 
+from kamal_jax import stage_defaults
+
 GENDER = ['male', 'female']
 RACE = ['White', 'Black', 'Asian', 'Indian', 'Others']
 AGE_GROUP = ['0-19', '20-39', '40-59', '60+']
@@ -74,13 +76,8 @@ def get_config(arg: str = ''):
                                 mean=MEAN, std=STD, heads=decl)
     c.target_tasks = ('gender', 'race')
 
-    c.stage1 = dict(arch='resnet18', widths=(16, 16, 32, 64, 128), epochs=6, batch_size=64, lr=1e-3,
-                    bridge_lr=1e-3, schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0,
-                    logit_weight=1.0, weight_norm=1.0, logit_loss='mse', temperature=1.0, selection='online',
-                    mode='select', bridge_width_ratio=0.5, tap_pairs={}, checkpoint_every=200)
-    c.stage2 = dict(arch='resnet18', widths=(20, 20, 40, 80, 160), epochs=6, batch_size=64, lr=1e-3,
-                    bridge_lr=1e-3, schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0,
-                    logit_weight=1.0, logit_loss='mse', temperature=1.0, tap_pairs={}, checkpoint_every=200)
+    c.stage1 = stage_defaults.stage1(arch='resnet18', widths=(16, 16, 32, 64, 128), epochs=6)
+    c.stage2 = stage_defaults.stage2(arch='resnet18', widths=(20, 20, 40, 80, 160), epochs=6)
     c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
     c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
     c.eval_batch_size = 250
@@ -88,11 +85,5 @@ def get_config(arg: str = ''):
     c.log_every = 50
     if arg == 'tiny':
         c.data.train_split, c.data.eval_split = 'train[:512]', 'test[:256]'
-        for t in c.zoo.teachers.values():
-            t.epochs, t.batch_size = 1, 32
-        c.stage1.epochs = c.stage2.epochs = 1
-        c.stage1.batch_size = c.stage2.batch_size = 32
-        c.baseline_stage.epochs = 1
-        c.eval_batch_size = 128
-        c.log_every = 5
+        stage_defaults.shrink_to_tiny(c)
     return c

@@ -15,6 +15,8 @@ teacher on both tasks with about 0.63x the parameters of the two component nets 
 
 import ml_collections
 
+from kamal_jax import stage_defaults
+
 LOW = ['0', '1', '2', '3', '4']
 HIGH = ['5', '6', '7', '8', '9']
 
@@ -57,17 +59,12 @@ def get_config(arg: str = ''):
         c.teachers[name] = decl
     c.target_tasks = ('digits_0to4', 'digits_5to9')
 
-    c.stage1 = dict(arch='cifar_resnet8', widths=(), epochs=40, batch_size=64, lr=2e-3, bridge_lr=2e-3,
-                    schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0,
-                    logit_weight=1.0, weight_norm=1.0, logit_loss='kl', temperature=4.0,
-                    selection='online', mode='select', bridge_width_ratio=0.5, tap_pairs={},
-                    checkpoint_every=200)
+    c.stage1 = stage_defaults.stage1(arch='cifar_resnet8', epochs=40, lr=2e-3, bridge_lr=2e-3,
+                                     logit_loss='kl', temperature=4.0)
     # Target widths 1.125x a component's: about 0.63x the two components' parameters (as the paper).
     # Feature matching at 0.1: at weight 1 it outweighed the tempered logit term and cost accuracy.
-    c.stage2 = dict(arch='cifar_resnet8', widths=(18, 18, 36, 72), epochs=40, batch_size=64, lr=2e-3,
-                    bridge_lr=2e-3, schedule='cosine', warmup_steps=0, weight_decay=0.0,
-                    feature_weight=0.1, logit_weight=1.0, logit_loss='kl', temperature=4.0, tap_pairs={},
-                    checkpoint_every=200)
+    c.stage2 = stage_defaults.stage2(arch='cifar_resnet8', widths=(18, 18, 36, 72), epochs=40, lr=2e-3,
+                                     bridge_lr=2e-3, feature_weight=0.1, logit_loss='kl', temperature=4.0)
     c.eval_batch_size = 256
     c.num_devices = -1
     c.log_every = 50

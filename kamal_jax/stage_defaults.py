@@ -1,0 +1,32 @@
+"""Default stage settings for configs: every field a stage reads, so any is overridable by flag.
+
+    c.stage1 = stage_defaults.stage1(arch='cifar_resnet20', epochs=30)
+"""
+
+from __future__ import annotations
+
+_COMMON = dict(widths=(), epochs=30, batch_size=64, lr=1e-3, bridge_lr=1e-3, schedule='cosine',
+               warmup_steps=0, weight_decay=0.0, feature_weight=1.0, logit_weight=1.0,
+               logit_loss='mse', temperature=1.0, tap_pairs={}, checkpoint_every=200)
+
+
+def stage1(**overrides) -> dict:
+    """Extraction: selection per sample, bridges on both sides, weight-norm on the teacher side."""
+    return {**_COMMON, 'weight_norm': 1.0, 'selection': 'online', 'mode': 'select',
+            'bridge_width_ratio': 0.5, **overrides}
+
+
+def stage2(**overrides) -> dict:
+    """Amalgamation: target-side bridges onto each component's features."""
+    return {**_COMMON, **overrides}
+
+
+def shrink_to_tiny(c, *, batch_size: int = 32) -> None:
+    """The benchmarks' `:tiny` smoke version: one epoch everywhere, small batches."""
+    for t in c.zoo.teachers.values():
+        t.epochs, t.batch_size = 1, batch_size
+    c.stage1.epochs = c.stage2.epochs = 1
+    c.stage1.batch_size = c.stage2.batch_size = batch_size
+    c.baseline_stage.epochs = 1
+    c.eval_batch_size = 128
+    c.log_every = 5
