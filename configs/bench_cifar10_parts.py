@@ -43,7 +43,7 @@ MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 SOURCES = {
     'a_resnet20': ('cifar_resnet20', (), PART_A + ['dog', 'frog'], 'part_a', 0),
     'a_resnet18': ('resnet18_small', (16, 16, 32, 64, 128), ['horse', 'ship', 'truck'] + PART_A, 'part_a', 1),
-    'b_resnet56': ('cifar_resnet56', (), PART_B + ['airplane', 'automobile'], 'part_b', 0),
+    'b_resnet32': ('cifar_resnet32', (), PART_B + ['airplane', 'automobile'], 'part_b', 0),
     'b_resnet20': ('cifar_resnet20', (), ['bird', 'cat', 'deer'] + PART_B, 'part_b', 1),
 }
 
@@ -55,7 +55,7 @@ def get_config(arg: str = ''):
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(name='kamal_cifar10', data_dir='', manual_dir='', train_split='train', eval_split='test',
-                  image_size=(32, 32), mean=MEAN, std=STD, crop_padding=4, flip=True, train_limit=15000,
+                  image_size=(32, 32), mean=MEAN, std=STD, crop_padding=4, flip=True, train_limit=10000,
                   eval_limit=0)
 
     c.zoo = ml_collections.ConfigDict()
@@ -63,7 +63,7 @@ def get_config(arg: str = ''):
     c.teachers = {}
     for name, (arch, widths, classes, task, shard) in SOURCES.items():
         c.zoo.teachers[name] = dict(arch=arch, widths=widths, classes=classes, train_fraction=0.5, shard=shard,
-                                    epochs=12, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                    epochs=6, batch_size=128, lr=0.1, momentum=0.9, weight_decay=5e-4,
                                     mean=MEAN, std=STD, crop_padding=4, flip=True)
         start = classes.index(TASKS[task][0])
         c.teachers[name] = dict(arch=arch, widths=widths, checkpoint='{workdir}/zoo/%s.pth' % name, mean=MEAN,
@@ -71,8 +71,8 @@ def get_config(arg: str = ''):
                                                            logits=(start, start + len(TASKS[task])))})
     c.target_tasks = ('part_a', 'part_b')
 
-    c.stage1 = stage_defaults.stage1(arch='cifar_resnet20', epochs=6, batch_size=128)
-    c.stage2 = stage_defaults.stage2(arch='cifar_resnet20', widths=(18, 18, 36, 72), epochs=6, batch_size=128)
+    c.stage1 = stage_defaults.stage1(arch='cifar_resnet20', epochs=5, batch_size=128)
+    c.stage2 = stage_defaults.stage2(arch='cifar_resnet20', widths=(18, 18, 36, 72), epochs=5, batch_size=128)
     c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
     c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
     c.eval_batch_size = 500

@@ -55,7 +55,7 @@ def get_config(arg: str = ''):
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(name='kamal_utkface', data_dir='', manual_dir='', train_split='train', eval_split='test',
-                  image_size=(64, 64), mean=MEAN, std=STD, crop_padding=4, flip=True, train_limit=0,
+                  image_size=(64, 64), mean=MEAN, std=STD, crop_padding=4, flip=True, train_limit=10000,
                   eval_limit=0)
 
     c.zoo = ml_collections.ConfigDict()
@@ -64,7 +64,7 @@ def get_config(arg: str = ''):
     for name, (arch, widths, size, attributes, shard) in SOURCES.items():
         heads = [(a, ATTRIBUTES[a]) for a in attributes]  # a list: the order of the logits
         c.zoo.teachers[name] = dict(arch=arch, widths=widths, input_size=size or None, heads=heads,
-                                    train_fraction=1 / 3, shard=shard, epochs=20, batch_size=64, lr=0.05,
+                                    train_fraction=1 / 3, shard=shard, epochs=15, batch_size=64, lr=0.05,
                                     momentum=0.9, weight_decay=5e-4, mean=MEAN, std=STD, crop_padding=4,
                                     flip=True)
         decl, start = {}, 0
@@ -76,8 +76,8 @@ def get_config(arg: str = ''):
                                 mean=MEAN, std=STD, heads=decl)
     c.target_tasks = ('gender', 'race')
 
-    c.stage1 = stage_defaults.stage1(arch='resnet18', widths=(16, 16, 32, 64, 128), epochs=6)
-    c.stage2 = stage_defaults.stage2(arch='resnet18', widths=(20, 20, 40, 80, 160), epochs=6)
+    c.stage1 = stage_defaults.stage1(arch='resnet18', widths=(16, 16, 32, 64, 128), epochs=5)
+    c.stage2 = stage_defaults.stage2(arch='resnet18', widths=(20, 20, 40, 80, 160), epochs=5)
     c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
     c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
     c.eval_batch_size = 250

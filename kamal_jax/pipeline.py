@@ -284,7 +284,8 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
         tasks = {t: plan.tasks[t] for t in net.heads if t in plan.target_tasks}
         acc = eval_lib.evaluate(net, frozen[name], held_out, tasks, bs)
         entries[name] = summary_lib.model_entry('teacher', net.arch, count_params(frozen[name]['params']),
-                                                tasks, acc)
+                                                tasks, acc, flops=eval_lib.forward_flops(net, frozen[name],
+                                                                                         held_out.images.shape[1:]))
         log.info('teacher %s (%s): %s', name, net.arch, _fmt(acc))
 
     t0 = time.perf_counter()
@@ -297,6 +298,7 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
                                   plan, bs)
         entries[student.name] = summary_lib.model_entry(
             'component', student.arch, count_params(variables['params']), [task], acc,
+            flops=eval_lib.forward_flops(student, variables, held_out.images.shape[1:]),
             selection=report, final_train_metrics=_floats(metrics))
         log.info('component %s: %s; selection on held-out data: %s', task, _fmt(acc), report)
     wall['stage1'] = time.perf_counter() - t0
@@ -305,7 +307,9 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     target, variables, metrics = run_stage2(plan, components, train, config, mesh, workdir)
     acc = eval_lib.evaluate(target, variables, held_out, {t: plan.tasks[t] for t in plan.target_tasks}, bs)
     entries['target'] = summary_lib.model_entry('target', target.arch, count_params(variables['params']),
-                                                plan.target_tasks, acc, final_train_metrics=_floats(metrics))
+                                                plan.target_tasks, acc, final_train_metrics=_floats(metrics),
+                                                flops=eval_lib.forward_flops(target, variables,
+                                                                             held_out.images.shape[1:]))
     wall['stage2'] = time.perf_counter() - t0
 
     if distributed.is_primary():
@@ -313,6 +317,8 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
                             heads=target.module.heads, variables=sharding.to_host(variables),
                             tasks=plan.tasks, mean=target.mean, std=target.std, image_size=image_size)
     more, more_wall = baselines_lib.run_all(config, plan, teachers, frozen, train, held_out, mesh, workdir)
+    for entry in more.values():  # every baseline has the target's architecture
+        entry.setdefault('flops', entries['target']['flops'])
     entries.update(more)
     wall.update(more_wall)
     result = summary_lib.build(plan.tasks, plan.target_tasks, entries, wall,

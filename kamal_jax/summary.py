@@ -28,15 +28,21 @@ def build(tasks: Mapping[str, Task], target_tasks, models: Mapping[str, dict],
 
 
 def markdown(summary: Mapping[str, Any]) -> str:
-    """Teachers vs components vs target: per-task accuracy (%) and parameter counts."""
+    """Teachers vs components vs baselines vs target: per-task accuracy (%), parameters, FLOPs,
+    and which teacher each component learned from."""
     tasks = list(summary['tasks'])
-    header = '| model | role | arch | params | ' + ' | '.join(tasks) + ' |'
-    rows = [header, '|' + '---|' * 4 + '---:|' * len(tasks)]
+    header = '| model | role | arch | params | MFLOPs/image | ' + ' | '.join(tasks) + ' |'
+    rows = [header, '|' + '---|' * 3 + '---:|' * (2 + len(tasks))]
     entries = sorted(summary['models'].items(), key=lambda kv: ROLE_ORDER.get(kv[1]['role'], 9))
     for name, m in entries:
         cells = [f'{100 * m["accuracy"][t]:.1f}' if t in m['accuracy'] else '' for t in tasks]
-        rows.append(f'| {name} | {m["role"]} | {m["arch"]} | {m["params"]:,} | ' + ' | '.join(cells) + ' |')
+        flops = f'{m["flops"] / 1e6:,.1f}' if m.get('flops') else ''
+        rows.append(f'| {name} | {m["role"]} | {m["arch"]} | {m["params"]:,} | {flops} | '
+                    + ' | '.join(cells) + ' |')
     lines = ['\n'.join(rows)]
+    selection = selection_markdown(summary)
+    if selection:
+        lines.append(selection)
     target = [m for m in summary['models'].values() if m['role'] == 'target']
     teachers = [m for m in summary['models'].values() if m['role'] == 'teacher']
     if target and teachers:
@@ -55,6 +61,28 @@ def markdown(summary: Mapping[str, Any]) -> str:
     if wall:
         lines.append('Wall time: ' + ', '.join(f'{k} {v:.0f}s' for k, v in wall.items()))
     return '\n\n'.join(lines) + '\n'
+
+
+def selection_markdown(summary: Mapping[str, Any]) -> str:
+    """Per task, on the held-out data: how often each teacher was the least ambiguous, how often
+    that chosen teacher was right, against each teacher alone and an oracle that picks any right one."""
+    models = summary['models']
+    rows = []
+    for m in models.values():
+        report = m.get('selection') or {}
+        if m['role'] != 'component' or not report:
+            continue
+        task = m['tasks'][0]
+        chosen = ', '.join(f'{n} {100 * f:.0f}%' for n, f in report['selected_fraction'].items())
+        alone = ', '.join(f'{n} {100 * models[n]["accuracy"][task]:.1f}' for n in report['selected_fraction']
+                          if n in models and task in models[n]['accuracy'])
+        rows.append(f'| {task} | {chosen} | {100 * report["selected_teacher_accuracy"]:.1f} | {alone} | '
+                    f'{100 * report["oracle_accuracy"]:.1f} |')
+    if not rows:
+        return ''
+    head = ('| task | selected as least ambiguous | selected teacher right (%) | each teacher alone (%) '
+            '| any teacher right (%) |\n|---|---|---:|---|---:|')
+    return head + '\n' + '\n'.join(rows)
 
 
 def write(workdir: str, summary: Mapping[str, Any]) -> str:

@@ -1,4 +1,9 @@
-"""A workdir belongs to one config: a rerun with the same config resumes, a different one is refused."""
+"""A workdir belongs to one config: a rerun with the same config resumes, a different one is refused.
+
+One field may change between runs: `baselines`. Baselines train in their own subfolders and
+leave every other checkpoint alone, so a finished run can be given baselines later (the stages
+resume as complete and only the new baselines train).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,10 @@ import os
 import shutil
 from typing import Any
 
+from kamal_jax.files import write_atomic
+
 CONFIG_FILE = 'config.json'
+ADDITIVE_FIELDS = ('baselines',)  # may change between runs of one workdir
 
 
 class WorkdirError(ValueError):
@@ -37,8 +45,12 @@ def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool
     path = os.path.join(workdir, CONFIG_FILE)
     if os.path.isdir(workdir) and os.listdir(workdir):
         if os.path.isfile(path):
-            diff = first_difference(json.load(open(path)), config_dict)
+            stored = json.load(open(path))
+            diff = first_difference({k: v for k, v in stored.items() if k not in ADDITIVE_FIELDS},
+                                    {k: v for k, v in config_dict.items() if k not in ADDITIVE_FIELDS})
             if diff is None:
+                if stored != config_dict:  # only additive fields changed: record the new ones
+                    _write_config(path, config_dict)
                 return True
             reason = f'holds a run of a different config ({diff})'
         else:
@@ -48,6 +60,9 @@ def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool
                                '--overwrite to delete its contents.')
         shutil.rmtree(workdir)
     os.makedirs(workdir, exist_ok=True)
-    with open(path, 'w') as f:
-        json.dump(config_dict, f, indent=2, sort_keys=True)
+    _write_config(path, config_dict)
     return False
+
+
+def _write_config(path: str, config_dict: dict) -> None:
+    write_atomic(path, json.dumps(config_dict, indent=2, sort_keys=True).encode())

@@ -240,8 +240,10 @@ def test_unknown_baseline_is_refused_before_work(tmp_path):
         pipeline.validate(config)
 
 
-@pytest.mark.parametrize('path', ['configs/bench_cifar10_parts.py', 'configs/bench_utkface_attributes.py'])
-@pytest.mark.parametrize('arg', ['tiny', ''])
+@pytest.mark.parametrize('path, arg', [
+    (path, arg) for path in ('configs/bench_cifar10_parts.py', 'configs/bench_utkface_attributes.py',
+                             'configs/bench_imagewoof_parts.py') for arg in ('tiny', '')
+] + [('configs/bench_imagewoof_parts.py', 'cpu')])
 def test_bench_configs_validate(path, arg):
     config = _load(path, arg)
     plan = pipeline.validate(config)

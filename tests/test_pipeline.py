@@ -51,9 +51,45 @@ def test_summary_has_every_model_and_task(tiny_run):
     for m in summary['models'].values():
         assert m['params'] > 0 and all(0.0 <= a <= 1.0 for a in m['accuracy'].values())
     assert summary['wall_seconds']['stage1'] > 0 and summary['wall_seconds']['stage2'] > 0
-    assert '| target | target |' in open(os.path.join(workdir, 'summary.md')).read()
+    table = open(os.path.join(workdir, 'summary.md')).read()
+    assert '| target | target |' in table and '| digits_0to4 | low_resnet' in table
     sel = summary['models']['component_digits_0to4']['selection']['selected_fraction']
     assert set(sel) == {'low_resnet8', 'low_resnet14'} and sum(sel.values()) == pytest.approx(1.0)
+    # FLOPs grow with depth and width: ResNet-14 teachers cost more than ResNet-8 ones, and the
+    # target (two heads on one trunk) less than its two components together.
+    flops = {name: m['flops'] for name, m in summary['models'].items()}
+    assert flops['low_resnet14'] > flops['low_resnet8'] > 0
+    assert flops['target'] < flops['component_digits_0to4'] + flops['component_digits_5to9']
+
+
+def test_forward_flops_counts_the_convolution_exactly():
+    import flax.linen as nn
+    from kamal_jax.train.evaluate import forward_flops
+    from kamal_jax.train.nets import Net
+
+    class OneConv(nn.Module):
+        @nn.compact
+        def __call__(self, x, train=False):
+            return {'t': nn.Conv(8, (3, 3), padding='SAME')(x).mean((1, 2))}, {}
+
+    module = OneConv()
+    variables = module.init(jax.random.key(0), np.zeros((1, 8, 8, 3), np.float32))
+    net = Net('one_conv', 'one_conv', module, (0.0,) * 3, (1.0,) * 3)
+    # 3x3 SAME on 8x8: 22 valid taps per axis (2 + 6 x 3 + 2), so 22^2 x 3 in x 8 out multiply-adds
+    # (2 FLOPs each), plus 8x8x8 bias adds, 8x8x8 adds of the mean; normalisation 2 x 8x8x3.
+    expected = 2 * 22 * 22 * 3 * 8 + 8 * 8 * 8 + 8 * 8 * 8 + 2 * 8 * 8 * 3
+    assert forward_flops(net, variables, (8, 8, 3)) == pytest.approx(expected, rel=0.02)
+
+
+def test_baselines_may_be_added_to_a_finished_workdir(tmp_path):
+    from kamal_jax import workdir as workdir_lib
+    run = str(tmp_path / 'run')
+    config = {'seed': 0, 'stage2': {'lr': 0.1}, 'baselines': []}
+    assert workdir_lib.prepare(run, config) is False
+    assert workdir_lib.prepare(run, {**config, 'baselines': ['supervised']}) is True  # resumes
+    assert json.load(open(os.path.join(run, 'config.json')))['baselines'] == ['supervised']
+    with pytest.raises(WorkdirError, match=r'stage2\.lr'):
+        workdir_lib.prepare(run, {**config, 'stage2': {'lr': 0.2}})
 
 
 def test_load_student_round_trip(tiny_run):

@@ -59,3 +59,16 @@ def evaluate(net: Net, variables: Any, split: Any, tasks: Mapping[str, Task],
         if valid.any():
             result[name] = float(np.mean(np.argmax(logits[name][valid], -1) == target[valid]))
     return result
+
+
+def forward_flops(net: Net, variables: Any, image_shape: tuple[int, ...]) -> int:
+    """Floating-point operations of one inference pass on one image (XLA's cost analysis).
+
+    A multiply-add counts as 2, zero-padded taps of a convolution are not counted; the input's
+    resize and normalisation are included. Independent of the hardware the run uses.
+    """
+    host = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), variables)
+    image = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    cost = jax.jit(lambda v, x: net.apply_eval(v, x)).lower(host, image).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return int(cost.get('flops', 0))

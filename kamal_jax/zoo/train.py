@@ -602,7 +602,7 @@ def train_zoo(zoo_config: Any, out_dir: str, data: Any = None, *, only=None,
             raise ZooConfigError(f'unknown teachers {unknown}; the config declares {names}.')
         names = [t for t in names if t in only]
     settings = {t: teacher_settings(t, teachers_cfg[t], zoo) for t in names}  # Validate all first.
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)) or 1)  # the cores this process may use
     os.makedirs(out_dir, exist_ok=True)
     cards, todo = {}, []
     for t in names:
