@@ -6,6 +6,7 @@ rerun with the same workdir resumes each stage from its last checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -48,6 +49,25 @@ def _check_stage(cfg: Any, field: str) -> None:
         raise ConfigError(f'{field}.lr must be positive, got {cfg.lr}.')
 
 
+def _check_cache(config: Any, section: str, switch: str) -> None:
+    """A cache of frozen nets' outputs needs fixed views, a positive size limit and a known dtype."""
+    cfg = config[section]
+    if not cfg.get(switch, False):
+        return
+    d = config.data
+    if d.get('crop_padding', 0) or d.get('flip', False):
+        field = 'data.crop_padding' if d.get('crop_padding', 0) else 'data.flip'
+        raise ConfigError(f'{section}.{switch} = True needs fixed views, but {field} = '
+                          f'{d.get(field.split(".")[1])!r} draws a random view each step; set '
+                          f'{field} to {0 if field == "data.crop_padding" else False} or '
+                          f'{section}.{switch} = False.')
+    if float(cfg.get('cache_limit_gb', 8.0)) <= 0:
+        raise ConfigError(f'{section}.cache_limit_gb must be positive, got {cfg.cache_limit_gb}.')
+    if cfg.get('cache_dtype', 'float16') not in teacher_cache.FEATURE_DTYPES:
+        raise ConfigError(f'{section}.cache_dtype must be one of {tuple(teacher_cache.FEATURE_DTYPES)}, '
+                          f'got {cfg.cache_dtype!r}.')
+
+
 def validate(config: Any, workdir: str = '') -> Plan:
     """Everything that can be checked without touching data or weights."""
     plan = plan_from_config(config, workdir)
@@ -60,19 +80,8 @@ def validate(config: Any, workdir: str = '') -> Plan:
     if compute_dtype(config) not in models.registry.COMPUTE_DTYPES:
         raise ConfigError(f'compute_dtype = {config.compute_dtype!r} is not supported; choose one of '
                           f'{", ".join(models.registry.COMPUTE_DTYPES)}.')
-    if config.stage1.get('teacher_cache', False):
-        d = config.data
-        if d.get('crop_padding', 0) or d.get('flip', False):
-            field = 'data.crop_padding' if d.get('crop_padding', 0) else 'data.flip'
-            raise ConfigError(f'stage1.teacher_cache = True needs fixed views, but {field} = '
-                              f'{d.get(field.split(".")[1])!r} draws a random view each step; set '
-                              f'{field} to {0 if field == "data.crop_padding" else False} or '
-                              'stage1.teacher_cache = False.')
-        if float(config.stage1.get('cache_limit_gb', 8.0)) <= 0:
-            raise ConfigError(f'stage1.cache_limit_gb must be positive, got {config.stage1.cache_limit_gb}.')
-        if config.stage1.get('cache_dtype', 'float16') not in teacher_cache.FEATURE_DTYPES:
-            raise ConfigError(f'stage1.cache_dtype must be one of {tuple(teacher_cache.FEATURE_DTYPES)}, '
-                              f'got {config.stage1.cache_dtype!r}.')
+    _check_cache(config, 'stage1', 'teacher_cache')
+    _check_cache(config, 'stage2', 'component_cache')
     baselines_lib.check_config(config)
     for teacher in plan.used_teachers:
         if teacher.arch not in models.BACKBONES:
@@ -183,7 +192,11 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
         arrays['selected'] = offline_selection(task, group, frozen, train.images, config.eval_batch_size)
     group_frozen = {t.name: frozen[t.name] for t in group}
     if cached:
-        arrays.update(_stage1_cache(task, plan, stage, group_frozen, train, config, workdir))
+        if stage.selection == 'offline' and stage.mode == 'select':  # only the selected teacher's features
+            stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(
+                stage, group_frozen, train.images.shape[1:]))
+        arrays.update(_stage1_cache(task, plan, stage, group_frozen, train, config, workdir,
+                                    arrays.get('selected')))
         group_frozen = {}  # the step never runs the teachers
     rng = jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(task.encode()) % (1 << 30))
     variables, metrics = train_student(
@@ -195,23 +208,43 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
     return student, variables, metrics
 
 
-def _stage1_cache(task, plan, stage, frozen, train, config, workdir) -> dict:
-    """The teachers' cached outputs on the fixed views (process 0 builds, the others then read)."""
-    d, cfg = config.data, config.stage1
-    specs = {t.name: t for t in plan.group(task)}
-    key = {'teachers': {t.name: {'sha256': sha256(specs[t.name].checkpoint), 'arch': t.arch,
-                                 'widths': list(specs[t.name].widths), 'mean': list(t.mean),
-                                 'std': list(t.std), 'compute_dtype': str(t.dtype or 'float32')}
-                        for t in stage.teachers},
-           'data': {'name': d.name, 'split': d.train_split, 'size': len(train.images),
-                    'train_limit': int(d.get('train_limit', 0) or 0), 'seed': config.seed,
-                    'image_size': list(d.get('image_size') or ())},
-           'views': {'crop_padding': 0, 'flip': False, 'shape': list(train.images.shape[1:])}}
-    path = os.path.join(workdir, 'cache', 'stage1', task)
+def _data_key(config: Any, train) -> dict:
+    """What the training images are and how the frozen nets see them: part of every cache's key."""
+    d = config.data
+    return {'data': {'name': d.name, 'split': d.train_split, 'size': len(train.images),
+                     'train_limit': int(d.get('train_limit', 0) or 0), 'seed': config.seed,
+                     'image_size': list(d.get('image_size') or ())},
+            'views': {'crop_padding': 0, 'flip': False, 'shape': list(train.images.shape[1:])}}
+
+
+def _net_key(net: Net, digest: str, widths) -> dict:
+    return {'sha256': digest, 'arch': net.arch, 'widths': list(widths), 'mean': list(net.mean),
+            'std': list(net.std), 'compute_dtype': str(net.dtype or 'float32')}
+
+
+def _load_cache(what, path, stage, frozen, train, config, cfg, key, selected=None) -> dict:
+    """The stage's cached frozen outputs on the fixed views (process 0 builds, the others then read)."""
     return distributed.primary_first(lambda: teacher_cache.load_or_build(
-        path, stage=stage, frozen=frozen, images=train.images, key=key, batch_size=config.eval_batch_size,
-        limit_gb=float(cfg.get('cache_limit_gb', 8.0)), feature_dtype=cfg.get('cache_dtype', 'float16')),
-        'building the stage-1 teacher cache')
+        path, stage=stage, frozen=frozen, images=train.images, key={**key, **_data_key(config, train)},
+        selected=selected, batch_size=config.eval_batch_size, limit_gb=float(cfg.get('cache_limit_gb', 8.0)),
+        feature_dtype=cfg.get('cache_dtype', 'float16')), f'building the {what}')
+
+
+def _stage1_cache(task, plan, stage, frozen, train, config, workdir, selected=None) -> dict:
+    """The teachers' cached outputs, keyed by their checkpoints' hashes."""
+    specs = {t.name: t for t in plan.group(task)}
+    key = {'teachers': {t.name: _net_key(t, sha256(specs[t.name].checkpoint), specs[t.name].widths)
+                        for t in stage.teachers}}
+    return _load_cache('stage-1 teacher cache', os.path.join(workdir, 'cache', 'stage1', task), stage, frozen,
+                       train, config, config.stage1, key, selected)
+
+
+def _stage2_cache(stage, frozen, train, config, workdir) -> dict:
+    """The component nets' cached outputs, keyed by hashes of their trained variables."""
+    key = {'components': {c.name: {**_net_key(c, teacher_cache.variables_sha256(frozen[c.name]), c.widths),
+                                   'task': task} for task, c in stage.components}}
+    return _load_cache('stage-2 component cache', os.path.join(workdir, 'cache', 'stage2'), stage, frozen,
+                       train, config, config.stage2, key)
 
 
 def run_stage2(plan, components, train, config, mesh, workdir):
@@ -223,11 +256,17 @@ def run_stage2(plan, components, train, config, mesh, workdir):
     overrides = cfg.get('tap_pairs') or {}
     pairs = {c.name: (make_pairs(c, target, overrides.get(c.name)) if cfg.feature_weight else ())
              for _, c in comps}
-    stage = Stage2(target, comps, pairs, LossWeights.from_config(cfg))
+    cached = bool(cfg.get('component_cache', False))
+    stage = Stage2(target, comps, pairs, LossWeights.from_config(cfg), cached=cached)
+    arrays = {'image': train.images}
+    frozen = {c.name: components[t][1] for t, c in comps}
+    if cached:
+        arrays.update(_stage2_cache(stage, frozen, train, config, workdir))
+        frozen = {}  # the step never runs the component nets
     variables, metrics = train_student(
         name='stage2', student=target, loss_fn=stage.loss,
         bridges=stage.init_bridges(jax.random.fold_in(jax.random.key(config.seed), 2)), cfg=cfg,
-        arrays={'image': train.images}, frozen={c.name: components[t][1] for t, c in comps}, mesh=mesh,
+        arrays=arrays, frozen=frozen, mesh=mesh,
         seed=config.seed + 1, crop_padding=config.data.get('crop_padding', 0),
         flip=config.data.get('flip', False), ckpt_dir=os.path.join(workdir, 'stage2'),
         log_every=config.log_every)

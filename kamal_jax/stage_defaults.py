@@ -17,8 +17,9 @@ def stage1(**overrides) -> dict:
 
 
 def stage2(**overrides) -> dict:
-    """Amalgamation: target-side bridges onto each component's features."""
-    return {**_COMMON, **overrides}
+    """Amalgamation: target-side bridges onto each component's features; `component_cache` (fixed
+    views only) computes the frozen components' outputs once (train/teacher_cache.py)."""
+    return {**_COMMON, 'component_cache': False, **overrides}
 
 
 def shrink_to_tiny(c, *, batch_size: int = 32) -> None:

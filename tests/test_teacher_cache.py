@@ -1,10 +1,8 @@
 """Stage 1 from cached teacher outputs: same result as running the teachers; stale caches rebuilt."""
 import dataclasses
-import importlib.util
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -114,11 +112,7 @@ def test_over_limit_refuses_before_building(tmp_path):
 
 
 def _config(**data):
-    spec = importlib.util.spec_from_file_location(
-        'quickstart', os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'quickstart.py'))
-    quickstart = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(quickstart)
-    c = quickstart.get_config('tiny')
+    c = toy.quickstart_config()
     c.stage1.teacher_cache = True
     c.data.update(data)
     return c

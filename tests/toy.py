@@ -1,4 +1,7 @@
 """Small nets and stages shared by the tests (random weights, tiny images)."""
+import importlib.util
+import os
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -45,3 +48,12 @@ def stage1(teachers, task='a', n=5, **kw):
 
 def images(n=16, size=12, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def quickstart_config(arg='tiny'):
+    """configs/quickstart.py's config (for validation tests)."""
+    spec = importlib.util.spec_from_file_location(
+        'quickstart', os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'quickstart.py'))
+    quickstart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quickstart)
+    return quickstart.get_config(arg)

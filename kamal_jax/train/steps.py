@@ -17,6 +17,7 @@ import optax
 from kamal_jax import ambiguity, losses
 from kamal_jax.models.bridges import apply_bridge, init_bridge
 from kamal_jax.models.taps import Tap, pair_by_depth
+from kamal_jax.train import teacher_cache
 from kamal_jax.train.augment import augment
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import TrainState
@@ -47,6 +48,15 @@ def make_pairs(frozen: Net, student: Net, override: Sequence[Sequence[str]] | No
     return pair_by_depth(frozen.taps(), student.taps(), override)
 
 
+def frozen_outputs(net: Net, task: str, pairs: Pairs, frozen, images, batch, cached: bool, slots=None,
+                   index: int = 0):
+    """A frozen net's `task` logits and features: read from the batch's cache, or computed on the view."""
+    if cached:
+        return teacher_cache.read_outputs(batch, net, [pair[0].name for pair in pairs], slots, index)
+    logits, feats = jax.lax.stop_gradient(net.apply_eval(frozen[net.name], images))
+    return logits[task], feats
+
+
 # ----------------------------------------------------------------------------- stage 1
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -60,6 +70,9 @@ class Stage1:
     selection: str = 'online'   # 'online': least ambiguous on this view; 'offline': batch['selected']
     mode: str = 'select'         # 'select' | 'random' | 'average' (baselines)
     cached: bool = False         # teachers' outputs from the batch (see train/teacher_cache.py)
+    # With `cached` and offline selection: teacher -> tap -> (batch key, shape) of the cache that
+    # holds only each sample's selected teacher's features (teacher_cache.selected_slots).
+    selected_slots: Mapping[str, Mapping[str, tuple[str, tuple[int, ...]]]] | None = None
 
     def init_bridges(self, rng: jax.Array, width_ratio: float = 0.5) -> dict:
         """Both sides map into a common space of `width_ratio` x the teacher's channels."""
@@ -80,12 +93,10 @@ class Stage1:
             train=True, mutable=['batch_stats'])
         student_logits = logits[self.task]
         feat_terms, logit_terms, entropies = [], [], []
-        for teacher in self.teachers:
-            if self.cached:
-                t_logits, t_feats = self._cached_outputs(teacher, batch)
-            else:
-                t_logits, t_feats = jax.lax.stop_gradient(teacher.apply_eval(frozen[teacher.name], images))
-                t_logits = t_logits[self.task]
+        for i, teacher in enumerate(self.teachers):
+            slots = (self.selected_slots or {}).get(teacher.name)
+            t_logits, t_feats = frozen_outputs(teacher, self.task, self.pairs[teacher.name], frozen, images,
+                                               batch, self.cached, slots, i)
             entropies.append(ambiguity.entropy(t_logits))
             bridges = params['bridges'][teacher.name]
             feat = 0.0
@@ -119,13 +130,6 @@ class Stage1:
             metrics[f'selected/{teacher.name}'] = jnp.mean(mask[:, i])
         return loss, (updated['batch_stats'], metrics)
 
-    def _cached_outputs(self, teacher: Net, batch):
-        """Task logits (float32) and matched features (in the teacher's compute dtype) of the batch."""
-        name = teacher.name
-        dtype = teacher.dtype or jnp.float32
-        feats = {pair[0].name: batch[f'cache/{name}/{pair[0].name}'].astype(dtype) for pair in self.pairs[name]}
-        return batch[f'cache/{name}/logits'].astype(jnp.float32), feats
-
 
 # ----------------------------------------------------------------------------- stage 2
 
@@ -136,6 +140,7 @@ class Stage2:
     components: tuple[tuple[str, Net], ...]  # (task, component net)
     pairs: Mapping[str, Pairs]                # component name -> (component tap, target tap)
     weights: LossWeights
+    cached: bool = False                      # components' outputs from the batch (teacher_cache.py)
 
     def init_bridges(self, rng: jax.Array) -> dict:
         """Target-side bridges only: target widths -> component widths."""
@@ -154,13 +159,14 @@ class Stage2:
         total = jnp.zeros(images.shape[:1])
         metrics = {}
         for task, comp in self.components:
-            c_logits, c_feats = jax.lax.stop_gradient(comp.apply_eval(frozen[comp.name], images))
+            c_logits, c_feats = frozen_outputs(comp, task, self.pairs[comp.name], frozen, images, batch,
+                                               self.cached)
             feat = jnp.zeros(images.shape[:1])
             for pair in self.pairs[comp.name]:
                 feat = feat + losses.feature_mse(
                     apply_bridge(params['bridges'][comp.name][pair_key(pair)], feats[pair[1].name]),
                     c_feats[pair[0].name])
-            logit = losses.logit_loss(logits[task], c_logits[task], kind=self.weights.logit_loss,
+            logit = losses.logit_loss(logits[task], c_logits, kind=self.weights.logit_loss,
                                       temperature=self.weights.temperature)
             total = total + self.weights.feature * feat + self.weights.logit * logit
             metrics[f'feature/{task}'] = jnp.mean(feat)

@@ -1,15 +1,20 @@
-"""Stage 1's teacher outputs, computed once per training image for runs with fixed views.
+"""Frozen nets' outputs (stage 1: the teachers, stage 2: the component nets), computed once per
+training image for runs with fixed views.
 
-With `data.crop_padding == 0` and no flip every step shows the teachers the same un-augmented
-images, so their task logits (float32) and the features stage 1 matches (float16 or bfloat16)
-are computed once, chunk by chunk, and memory-mapped from `WORKDIR/cache/stage1/<task>/`.
+With `data.crop_padding == 0` and no flip every step shows the frozen nets the same un-augmented
+images, so their task logits (float32) and the features the stage matches (float16, bfloat16 or
+float32) are computed once, chunk by chunk, and memory-mapped from `WORKDIR/cache/stage1/<task>/`
+or `WORKDIR/cache/stage2/`. With offline selection a sample needs the features of its selected
+teacher only, so one array per matched tap holds just those (`Stage1.selected_slots`).
 A cache is written into a temporary folder and renamed when complete; its manifest holds
-everything its contents depend on (teacher checkpoint hashes, data, view recipe, taps, dtypes),
-so a cache of other teachers, other data or a killed build is rebuilt, never reused.
+everything its contents depend on (frozen nets' hashes, data, view recipe, selection, taps,
+dtypes), so a cache of other nets, other data or a killed build is rebuilt, never reused.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -32,37 +37,152 @@ MANIFEST = 'manifest.json'
 FEATURE_DTYPES = {'float16': np.float16, 'bfloat16': ml_dtypes.bfloat16, 'float32': np.float32}
 
 
-def logits_key(teacher: str) -> str:
-    return f'cache/{teacher}/logits'
+def logits_key(net: str) -> str:
+    return f'cache/{net}/logits'
 
 
-def feature_key(teacher: str, tap: str) -> str:
-    return f'cache/{teacher}/{tap}'
+def feature_key(net: str, tap: str) -> str:
+    return f'cache/{net}/{tap}'
+
+
+def slot_key(i: int) -> str:
+    return f'cache/selected/tap{i}'
+
+
+# ----------------------------------------------------------------------------- what a stage caches
+
+def frozen_nets(stage) -> tuple[tuple[Any, str], ...]:
+    """(frozen net, the task whose logits the stage reads): stage 1's teachers or stage 2's components."""
+    if hasattr(stage, 'components'):
+        return tuple((net, task) for task, net in stage.components)
+    return tuple((net, stage.task) for net in stage.teachers)
+
+
+def _names(stage) -> dict[str, str]:
+    """How messages name the stage's cache: log name, config section and switch, the frozen nets."""
+    if hasattr(stage, 'components'):
+        return dict(log='stage2', section='stage2', switch='component_cache', kind='component',
+                    what='The stage-2 component cache')
+    return dict(log=f'stage1/{stage.task}', section='stage1', switch='teacher_cache', kind='teacher',
+                what=f'The stage-1 teacher cache of task {stage.task!r}')
 
 
 def cached_taps(stage) -> dict[str, tuple[str, ...]]:
-    """Teacher name -> the names of its taps that stage 1 matches (sorted, no repeats)."""
-    return {t.name: tuple(sorted({pair[0].name for pair in stage.pairs[t.name]})) for t in stage.teachers}
+    """Frozen net name -> the names of its taps that the stage matches (sorted, no repeats)."""
+    return {net.name: tuple(sorted({pair[0].name for pair in stage.pairs[net.name]}))
+            for net, _ in frozen_nets(stage)}
 
 
-def _outputs_fn(stage, taps, feature_dtype):
-    def fn(frozen, images):
-        x = to_unit(images)
-        out = {}
-        for teacher in stage.teachers:
-            logits, feats = teacher.apply_eval(frozen[teacher.name], x)
-            out[logits_key(teacher.name)] = logits[stage.task].astype(jnp.float32)
-            for tap in taps[teacher.name]:
-                out[feature_key(teacher.name, tap)] = feats[tap].astype(feature_dtype)
-        return out
+def _slots(stage) -> Mapping[str, Mapping[str, tuple[str, tuple[int, ...]]]] | None:
+    return getattr(stage, 'selected_slots', None) or None
+
+
+def outputs_fn(stage, feature_dtype: str = 'float16'):
+    """`fn(frozen, inputs) -> {name: per-sample array}`: everything the stage's step reads from a cache.
+
+    `inputs` holds uint8 'image' and, for selected-only storage, each sample's 'selected' teacher.
+    """
+    dtype = FEATURE_DTYPES[feature_dtype]
+    taps, slots = cached_taps(stage), _slots(stage)
+
+    def fn(frozen, inputs):
+        x = to_unit(inputs['image'])
+        logits, feats = {}, {}
+        for net, task in frozen_nets(stage):
+            net_logits, net_feats = net.apply_eval(frozen[net.name], x)
+            logits[logits_key(net.name)] = net_logits[task].astype(jnp.float32)
+            feats.update({feature_key(net.name, tap): net_feats[tap].astype(dtype) for tap in taps[net.name]})
+        if slots:
+            feats = _keep_selected(feats, slots, [net.name for net, _ in frozen_nets(stage)], inputs['selected'])
+        return {**logits, **feats}
     return fn
+
+
+def selected_slots(stage, frozen, image_shape: tuple[int, ...]) -> dict:
+    """Teacher -> tap -> (slot, per-sample shape) for storing only each sample's selected teacher.
+
+    Slot i holds the selected teacher's i-th matched tap, flattened and zero-padded to the widest
+    teacher's, so teachers of any architecture share one array per slot.
+    """
+    plain = dataclasses.replace(stage, selected_slots=None)
+    spec, taps = layout(plain, frozen, image_shape, 1, 'float32'), cached_taps(plain)
+    out = {}
+    for net, _ in frozen_nets(plain):
+        by_depth = [tap.name for tap in net.taps() if tap.name in taps[net.name]]  # slot i: i-th from the input
+        out[net.name] = {tap: (slot_key(i), tuple(spec[feature_key(net.name, tap)][0][1:]))
+                         for i, tap in enumerate(by_depth)}
+    return out
+
+
+def _by_slot(slots) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
+    """Slot -> teacher -> (tap, shape): the inverse of `selected_slots`."""
+    out: dict = {}
+    for net, taps in slots.items():
+        for tap, (slot, shape) in taps.items():
+            out.setdefault(slot, {})[net] = (tap, tuple(shape))
+    return dict(sorted(out.items()))
+
+
+def _keep_selected(feats, slots, names, selected):
+    """Per slot, each sample's selected teacher's features (a teacher without that slot gives zeros)."""
+    n, dtype = selected.shape[0], next(iter(feats.values())).dtype
+    out = {}
+    for slot, nets in _by_slot(slots).items():
+        width = max(int(np.prod(shape)) for _, shape in nets.values())
+        rows = jnp.stack([_flat_padded(feats[feature_key(name, nets[name][0])], width) if name in nets
+                          else jnp.zeros((n, width), dtype) for name in names])
+        out[slot] = jnp.take_along_axis(rows, selected.astype(jnp.int32)[None, :, None], axis=0)[0]
+    return out
+
+
+def _flat_padded(a: jax.Array, width: int) -> jax.Array:
+    a = a.reshape(a.shape[0], -1)
+    return jnp.pad(a, ((0, 0), (0, width - a.shape[1])))
+
+
+def read_outputs(batch: Mapping[str, jax.Array], net, taps, slots=None, index: int = 0):
+    """A frozen net's cached task logits (float32) and features (in its compute dtype) for the batch.
+
+    With `slots` (selected-only storage) only the samples that selected this net (teacher `index`)
+    have its features; the others get zeros, and the selection mask drops their terms anyway.
+    """
+    dtype = net.dtype or jnp.float32
+    feats = {}
+    for tap in taps:
+        if slots:
+            slot, shape = slots[tap]
+            a = batch[slot][:, :int(np.prod(shape))]
+            a = jnp.where((batch['selected'] == index)[:, None], a, jnp.zeros((), a.dtype))
+            a = a.reshape(a.shape[0], *shape)
+        else:
+            a = batch[feature_key(net.name, tap)]
+        feats[tap] = a.astype(dtype)
+    return batch[logits_key(net.name)].astype(jnp.float32), feats
+
+
+def variables_sha256(variables: Any) -> str:
+    """Content hash of a variable tree (paths, shapes, dtypes, bytes): the cache key of trained nets."""
+    from kamal_jax.train.sharding import to_host
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(to_host(variables))[0]:
+        a = np.ascontiguousarray(leaf)
+        digest.update(f'{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape};'.encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- layout and size
+
+def _input_specs(stage, image_shape: tuple[int, ...]) -> dict:
+    specs = {'image': jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8)}
+    if _slots(stage):
+        specs['selected'] = jax.ShapeDtypeStruct((1,), jnp.int32)
+    return specs
 
 
 def layout(stage, frozen, image_shape: tuple[int, ...], n: int, feature_dtype: str = 'float16') -> dict:
     """name -> (shape, dtype) of every cached array, from shapes alone (nothing is computed)."""
-    dtype = FEATURE_DTYPES[feature_dtype]
-    shapes = jax.eval_shape(_outputs_fn(stage, cached_taps(stage), dtype), frozen,
-                            jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8))
+    shapes = jax.eval_shape(outputs_fn(stage, feature_dtype), frozen, _input_specs(stage, image_shape))
     return {k: ((n, *s.shape[1:]), np.dtype(s.dtype).name) for k, s in sorted(shapes.items())}
 
 
@@ -74,12 +194,25 @@ def _dtype(name: str):
     return FEATURE_DTYPES.get(name, name)
 
 
-def check_limit(nbytes: int, limit_gb: float, what: str) -> None:
+def check_limit(nbytes: int, limit_gb: float, what: str, section: str = 'stage1',
+                switch: str = 'teacher_cache') -> None:
     if nbytes > limit_gb * 2 ** 30:
-        raise ConfigError(f'{what} would take {nbytes / 2 ** 30:.2f} GiB, more than stage1.cache_limit_gb = '
+        raise ConfigError(f'{what} would take {nbytes / 2 ** 30:.2f} GiB, more than {section}.cache_limit_gb = '
                           f'{limit_gb:g}; raise the limit, use fewer or smaller images, or set '
-                          'stage1.teacher_cache = False.')
+                          f'{section}.{switch} = False.')
 
+
+def _saving_note(stage, frozen, image_shape, n, feature_dtype, nbytes) -> str:
+    """With selected-only storage: how much smaller the cache is than one of every teacher's features."""
+    if not _slots(stage):
+        return ''
+    full = size_bytes(layout(dataclasses.replace(stage, selected_slots=None), frozen, image_shape, n,
+                             feature_dtype))
+    return (f'; selected-teacher features only: {(full - nbytes) / 2 ** 20:.1f} MiB saved '
+            f'({full - nbytes} bytes, {full / 2 ** 20:.1f} MiB with every teacher\'s)')
+
+
+# ----------------------------------------------------------------------------- load or build
 
 def _read_manifest(path: str) -> dict | None:
     try:
@@ -106,38 +239,47 @@ def _open(path: str, spec: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
 
 
 def load_or_build(path: str, *, stage, frozen, images: np.ndarray, key: Mapping[str, Any],
-                  batch_size: int = 256, limit_gb: float = 8.0, feature_dtype: str = 'float16'
-                  ) -> dict[str, np.ndarray]:
+                  selected: np.ndarray | None = None, batch_size: int = 256, limit_gb: float = 8.0,
+                  feature_dtype: str = 'float16') -> dict[str, np.ndarray]:
     """The cached arrays for `stage` on `images` (memory-mapped), built first if missing or stale.
 
-    `key` names what the teachers and data are (checkpoint hashes, data name/split/size/limit,
-    view recipe); together with the array layout and a checksum of the images it is the manifest.
+    `key` names what the frozen nets and data are (hashes, data name/split/size/limit, view
+    recipe); with the array layout and checksums of the images and the selection (selected-only
+    storage) it is the manifest.
     """
+    names = _names(stage)
+    name, kind = names['log'], names['kind']
+    inputs = {'image': images}
+    if _slots(stage):
+        if selected is None:
+            raise ValueError(f'{name}: selected-only storage needs each sample\'s selected teacher.')
+        inputs['selected'] = np.asarray(selected, np.int32)
     spec = layout(stage, frozen, images.shape[1:], len(images), feature_dtype)
-    manifest = {'key': dict(key), 'task': stage.task, 'feature_dtype': feature_dtype,
-                'images_crc32': zlib.crc32(np.ascontiguousarray(images).data),
+    manifest = {'key': dict(key), 'stage': name, 'feature_dtype': feature_dtype,
+                'inputs_crc32': {k: zlib.crc32(np.ascontiguousarray(v).data) for k, v in inputs.items()},
                 'arrays': {k: [list(s), d] for k, (s, d) in spec.items()}}
     manifest = json.loads(json.dumps(manifest))  # as it reads back from disk
     found = _read_manifest(path)
     if found == manifest:
         arrays = _open(path, spec)
         if arrays is not None:
-            log.info('stage1/%s: teacher outputs from the cache in %s', stage.task, path)
+            log.info('%s: %s outputs from the cache in %s', name, kind, path)
             return arrays
     if os.path.exists(path):
-        log.info('stage1/%s: the teacher cache in %s is %s; rebuilding it.', stage.task, path,
-                 'incomplete' if found is None else 'for other teachers, data or views')
+        log.info('%s: the %s cache in %s is %s; rebuilding it.', name, kind, path,
+                 'incomplete' if found is None else f'for other {kind}s, data, views or selection')
     nbytes = size_bytes(spec)
-    log.info('stage1/%s: caching teacher outputs for %d images: %.1f MiB (limit %g GiB)', stage.task,
-             len(images), nbytes / 2 ** 20, limit_gb)
-    check_limit(nbytes, limit_gb, f'The stage-1 teacher cache of task {stage.task!r}')
-    _build(path, stage, frozen, images, spec, manifest, batch_size, feature_dtype)
+    log.info('%s: caching %s outputs for %d images: %.1f MiB (limit %g GiB)%s', name, kind, len(images),
+             nbytes / 2 ** 20, limit_gb, _saving_note(stage, frozen, images.shape[1:], len(images),
+                                                      feature_dtype, nbytes))
+    check_limit(nbytes, limit_gb, names['what'], names['section'], names['switch'])
+    _build(path, outputs_fn(stage, feature_dtype), frozen, inputs, spec, manifest, batch_size)
     arrays = _open(path, spec)
     assert arrays is not None, path
     return arrays
 
 
-def _build(path, stage, frozen, images, spec, manifest, batch_size, feature_dtype) -> None:
+def _build(path, fn, frozen, inputs, spec, manifest, batch_size) -> None:
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     tmp = f'{path}.tmp{os.getpid()}'
@@ -146,21 +288,24 @@ def _build(path, stage, frozen, images, spec, manifest, batch_size, feature_dtyp
     if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(frozen)):
         from kamal_jax.train.sharding import to_host  # several processes: a local copy of the weights
         frozen = jax.device_put(to_host(frozen), jax.local_devices()[0])
-    fn = jax.jit(_outputs_fn(stage, cached_taps(stage), FEATURE_DTYPES[feature_dtype]))
+    fn = jax.jit(fn)
     out = {k: np.lib.format.open_memmap(os.path.join(tmp, k.replace('/', '__') + '.npy'), mode='w+',
                                         dtype=_dtype(d), shape=tuple(s)) for k, (s, d) in spec.items()}
-    n = len(images)
+    n = len(inputs['image'])
     for i in range(0, n, batch_size):  # fixed-size padded chunks: one compilation
-        chunk = images[i:i + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-        result = jax.device_get(fn(frozen, jnp.asarray(chunk)))
+        chunk = {k: _padded(v[i:i + batch_size], batch_size) for k, v in inputs.items()}
+        keep = min(batch_size, n - i)
+        result = jax.device_get(fn(frozen, {k: jnp.asarray(v) for k, v in chunk.items()}))
         for k, a in result.items():
-            out[k][i:i + batch_size - pad] = a[:batch_size - pad]
+            out[k][i:i + keep] = a[:keep]
     for a in out.values():
         a.flush()
     del out
     write_atomic(os.path.join(tmp, MANIFEST), json.dumps(manifest, indent=1, sort_keys=True).encode())
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def _padded(chunk: np.ndarray, size: int) -> np.ndarray:
+    pad = size - len(chunk)
+    return np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
