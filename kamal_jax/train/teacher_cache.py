@@ -125,12 +125,13 @@ def _by_slot(slots) -> dict[str, dict[str, tuple[str, tuple[int, ...]]]]:
 
 def _keep_selected(feats, slots, names, selected):
     """Per slot, each sample's selected teacher's features (a teacher without that slot gives zeros)."""
-    n, dtype = selected.shape[0], next(iter(feats.values())).dtype
     out = {}
     for slot, nets in _by_slot(slots).items():
         width = max(int(np.prod(shape)) for _, shape in nets.values())
+        first, (tap, _) = next(iter(nets.items()))
+        some = feats[feature_key(first, tap)]  # a teacher without this slot gets zeros like it
         rows = jnp.stack([_flat_padded(feats[feature_key(name, nets[name][0])], width) if name in nets
-                          else jnp.zeros((n, width), dtype) for name in names])
+                          else jnp.zeros((some.shape[0], width), some.dtype) for name in names])
         out[slot] = jnp.take_along_axis(rows, selected.astype(jnp.int32)[None, :, None], axis=0)[0]
     return out
 
