@@ -17,9 +17,11 @@ def stage1(**overrides) -> dict:
 
 
 def stage2(**overrides) -> dict:
-    """Amalgamation: target-side bridges onto each component's features; `component_cache` (fixed
-    views only) computes the frozen components' outputs once (train/teacher_cache.py)."""
-    return {**_COMMON, 'component_cache': False, **overrides}
+    """Amalgamation: target-side bridges onto each component's features.
+
+    The caches (fixed views only) are opt-in fields a config adds, `c.stage1.teacher_cache = True`
+    and `c.stage2.component_cache = True`, so configs without them keep their stored identity."""
+    return {**_COMMON, **overrides}
 
 
 def shrink_to_tiny(c, *, batch_size: int = 32) -> None:

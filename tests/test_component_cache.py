@@ -111,7 +111,7 @@ def _quickstart(**data):
 @pytest.mark.parametrize('data,field', [(dict(crop_padding=2, flip=False), 'data.crop_padding'),
                                         (dict(crop_padding=0, flip=True), 'data.flip')])
 def test_component_cache_needs_fixed_views(data, field):
-    assert toy.quickstart_config().stage2.component_cache is False  # off by default
+    assert not toy.quickstart_config().stage2.get('component_cache', False)  # off by default
     with pytest.raises(ConfigError, match=f'stage2.component_cache.*{field}'):
         pipeline.validate(_quickstart(**data), 'runs/x')
     pipeline.validate(_quickstart(crop_padding=0, flip=False), 'runs/x')

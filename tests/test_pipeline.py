@@ -147,3 +147,19 @@ def test_empty_split_and_foreign_workdir_are_refused(tmp_path):
     with pytest.raises(WorkdirError, match='--overwrite'):
         pipeline.run(quickstart(data_dir=tmp_path / 'tfds'), str(foreign))
     assert (foreign / 'notes.txt').read_text() == 'keep me'
+
+
+def test_benchmark_report_records_the_run(tiny_run, tmp_path, capsys):
+    from kamal_jax.benchmarks import report
+    config, workdir, summary = tiny_run
+    out = tmp_path / 'results.json'
+    assert report.main(['--workdir', workdir, '--out', str(out)]) == 0
+    result = json.load(open(out))
+    # (an earlier test may have resumed the run, which rewrites the summary's wall times)
+    assert result['summary'] == json.load(open(os.path.join(workdir, 'summary.json')))
+    assert result['summary']['models'].keys() == summary['models'].keys()
+    assert result['config']['stage1']['epochs'] == config.stage1.epochs
+    assert set(result['teacher_cards']) == {'low_resnet8', 'low_resnet14', 'high_resnet8', 'high_resnet14'}
+    assert '| target | target |' in capsys.readouterr().out
+    with pytest.raises(SystemExit, match='config.json is missing'):
+        report.main(['--workdir', str(tmp_path)])
