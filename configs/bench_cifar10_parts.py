@@ -7,27 +7,25 @@ automatically; set `--config.data.manual_dir` otherwise). Tasks: `part_a` (airpl
 bird, cat, deer) and `part_b` (dog, frog, horse, ship, truck).
 
 Source nets (trained first by the run itself, in PyTorch, with labels, on disjoint halves of the
-training split; `WORKDIR/zoo/`): each is one softmax over its main part plus 2-3 auxiliary classes
-of the other part, at different logit offsets:
+training split, 6 epochs each; `WORKDIR/zoo/`): each is one softmax over its main part plus 2-3
+auxiliary classes of the other part, at different logit offsets:
 
     a_resnet20   cifar_resnet20                    part_a + dog, frog            -> part_a [0, 5)
     a_resnet18   resnet18_small (16..128 wide)     horse, ship, truck + part_a   -> part_a [3, 8)
-    b_resnet56   cifar_resnet56                    part_b + airplane, automobile -> part_b [0, 5)
+    b_resnet32   cifar_resnet32                    part_b + airplane, automobile -> part_b [0, 5)
     b_resnet20   cifar_resnet20                    bird, cat, deer + part_b      -> part_b [3, 8)
 
-Amalgamation, without labels, on 15000 training images (`data.train_limit`): one cifar_resnet20
-component per part (stage 1), then a two-head cifar_resnet20 target with widths 18/18/36/72
-(about 0.63x the parameters of the two components together; stage 2). Scored on the whole test
-split (10000 images). Baselines (see `kamal_jax.baselines`): average, random, logits_only,
-one_stage, supervised, on the same 15000 images.
+Amalgamation, without labels, on 10000 training images (`data.train_limit`), 5 epochs per stage:
+one cifar_resnet20 component per part (stage 1), then a two-head cifar_resnet20 target with widths
+18/18/36/72 (about 0.63x the parameters of the two components together; stage 2). Losses: the
+quickstart's recipe (KL at temperature 4 on logits, feature matching weight 1 in stage 1 and 0.1
+in stage 2). Scored on the whole test split (10000 images). Baselines (see `kamal_jax.baselines`):
+average, random, logits_only, one_stage, supervised, on the same 10000 images.
 
-Expected runtime (2-core CPU, estimated from step rates measured on it while another job used
-part of it; an idle machine is faster): teacher zoo about 1.3 h (cifar_resnet56 alone about 40
-min), stage 1 + stage 2 about 50 min, the five baselines about 3.7 h (random and logits_only
-repeat both stages; average, one_stage and supervised train the target for 12 epochs) - about
-6 h in all. Without baselines (`--config.baselines='()'`) about 2.2 h.
-`configs/bench_cifar10_parts.py:tiny` is a smoke run of the same pipeline (512 training and 256
-test images, one epoch everywhere; a few minutes, mostly compilation); its accuracies mean nothing.
+The budgets (epochs, 10000 images) were cut to fit a 2-core CPU; docs/BENCHMARKS.md gives the
+measured wall times. `configs/bench_cifar10_parts.py:tiny` is a smoke run of the same pipeline (512
+training and 256 test images, one epoch everywhere; a few minutes, mostly compilation); its
+accuracies mean nothing.
 """
 
 import ml_collections
@@ -71,8 +69,10 @@ def get_config(arg: str = ''):
                                                            logits=(start, start + len(TASKS[task])))})
     c.target_tasks = ('part_a', 'part_b')
 
-    c.stage1 = stage_defaults.stage1(arch='cifar_resnet20', epochs=5, batch_size=128)
-    c.stage2 = stage_defaults.stage2(arch='cifar_resnet20', widths=(18, 18, 36, 72), epochs=5, batch_size=128)
+    # The quickstart's recipe: tempered KL on logits, feature matching at 0.1 in stage 2.
+    recipe = dict(epochs=5, batch_size=128, lr=2e-3, bridge_lr=2e-3, logit_loss='kl', temperature=4.0)
+    c.stage1 = stage_defaults.stage1(arch='cifar_resnet20', **recipe)
+    c.stage2 = stage_defaults.stage2(arch='cifar_resnet20', widths=(18, 18, 36, 72), feature_weight=0.1, **recipe)
     c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
     c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
     c.eval_batch_size = 500

@@ -78,9 +78,11 @@ def get_config(arg: str = ''):
                                                            logits=(start, start + len(TASKS[task])))})
     c.target_tasks = ('part_a', 'part_b')
 
-    epochs = 5 if small else 20
-    c.stage1 = stage_defaults.stage1(arch='resnet18', widths=_widths(scale), epochs=epochs, batch_size=64)
-    c.stage2 = stage_defaults.stage2(arch='resnet18', widths=_widths(0.75 * scale), epochs=epochs, batch_size=64)
+    # The quickstart's recipe: tempered KL on logits, feature matching at 0.1 in stage 2.
+    recipe = dict(epochs=5 if small else 20, batch_size=64, lr=2e-3, bridge_lr=2e-3, logit_loss='kl',
+                  temperature=4.0)
+    c.stage1 = stage_defaults.stage1(arch='resnet18', widths=_widths(scale), **recipe)
+    c.stage2 = stage_defaults.stage2(arch='resnet18', widths=_widths(0.75 * scale), feature_weight=0.1, **recipe)
     c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
     c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
     c.eval_batch_size = 200
