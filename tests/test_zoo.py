@@ -1,6 +1,7 @@
 """Teacher zoo training on a tiny fake dataset: files, cards, class remapping, skipping, porting."""
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -230,3 +231,23 @@ def test_attribute_teacher_has_one_softmax_per_head(tmp_path):
     with pytest.raises(zoo_train.ZooConfigError, match=r'teachers\.bad\.heads\.coarse names'):
         zoo_train.train_zoo({'teachers': {'bad': dict(tc, heads=[('coarse', ['odd', 'prime'])])}},
                             str(tmp_path / 'bad'), _data())
+
+
+def _config_module(path):
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('name', ['cifar10_parts', 'utkface_attributes', 'imagewoof_parts'])
+def test_zoo_configs_are_the_benchmarks_teachers(name):
+    """`configs/zoo/NAME.py` trains exactly the teachers `configs/bench_NAME.py` declares."""
+    root = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs')
+    zoo = _config_module(os.path.join(root, 'zoo', f'{name}.py')).get_config('tiny')
+    bench = _config_module(os.path.join(root, f'bench_{name}.py')).get_config('tiny')
+    assert zoo.data.to_dict() == bench.data.to_dict() and zoo.seed == bench.seed
+    assert zoo.teachers.to_dict() == bench.zoo.teachers.to_dict() and len(zoo.teachers) >= 3
+    assert set(bench.teachers) == set(zoo.teachers)  # every teacher amalgamated is one trained
+    assert all(t.checkpoint == '{workdir}/zoo/%s.pth' % n for n, t in bench.teachers.items())
+    assert all(t.epochs == 1 for t in zoo.teachers.values())  # the argument reached the benchmark
