@@ -101,22 +101,6 @@ def test_stage2_cache_over_limit_names_the_field(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def _quickstart(**data):
-    c = toy.quickstart_config()
-    c.stage2.component_cache = True
-    c.data.update(data)
-    return c
-
-
-@pytest.mark.parametrize('data,field', [(dict(crop_padding=2, flip=False), 'data.crop_padding'),
-                                        (dict(crop_padding=0, flip=True), 'data.flip')])
-def test_component_cache_needs_fixed_views(data, field):
-    assert not toy.quickstart_config().stage2.get('component_cache', False)  # off by default
-    with pytest.raises(ConfigError, match=f'stage2.component_cache.*{field}'):
-        pipeline.validate(_quickstart(**data), 'runs/x')
-    pipeline.validate(_quickstart(crop_padding=0, flip=False), 'runs/x')
-
-
 # ----------------------------------------------------------------------------- selected-teacher storage
 
 def _offline_stage1():

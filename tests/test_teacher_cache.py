@@ -111,16 +111,20 @@ def test_over_limit_refuses_before_building(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def _config(**data):
+def _config(switch, **data):
     c = toy.quickstart_config()
-    c.stage1.teacher_cache = True
+    section, flag = switch.split('.')
+    c[section][flag] = True
     c.data.update(data)
     return c
 
 
+@pytest.mark.parametrize('switch', ['stage1.teacher_cache', 'stage2.component_cache'])
 @pytest.mark.parametrize('data,field', [(dict(crop_padding=2, flip=False), 'data.crop_padding'),
                                         (dict(crop_padding=0, flip=True), 'data.flip')])
-def test_teacher_cache_needs_fixed_views(data, field):
-    with pytest.raises(ConfigError, match=f'stage1.teacher_cache.*{field}'):
-        pipeline.validate(_config(**data), 'runs/x')
-    pipeline.validate(_config(crop_padding=0, flip=False), 'runs/x')
+def test_caches_need_fixed_views(switch, data, field):
+    section, flag = switch.split('.')
+    assert not toy.quickstart_config()[section].get(flag, False)  # off by default
+    with pytest.raises(ConfigError, match=f'{switch}.*{field}'):
+        pipeline.validate(_config(switch, **data), 'runs/x')
+    pipeline.validate(_config(switch, crop_padding=0, flip=False), 'runs/x')
