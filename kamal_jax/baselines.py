@@ -47,7 +47,7 @@ import numpy as np
 from kamal_jax import ambiguity, losses, summary as summary_lib
 from kamal_jax.models.bridges import apply_bridge, init_bridge
 from kamal_jax.tasks import ConfigError, Plan
-from kamal_jax.train import evaluate as eval_lib
+from kamal_jax.train import evaluate as eval_lib, views as views_lib
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import count_params
 from kamal_jax.train.steps import LossWeights, Pairs, Supervised, make_pairs, pair_key
@@ -256,8 +256,8 @@ def _train_one_stage(ctx: Context, name: str, cfg: Any, target: Net, loss_fn, br
     variables, metrics = train_student(
         name=f'baseline/{name}', student=target, loss_fn=loss_fn, bridges=bridges, cfg=cfg, arrays=arrays,
         frozen=frozen, mesh=ctx.mesh, seed=ctx.config.seed + 1,
-        crop_padding=ctx.config.data.get('crop_padding', 0), flip=ctx.config.data.get('flip', False),
-        ckpt_dir=os.path.join(ctx.workdir, 'baselines', name), log_every=ctx.config.log_every)
+        ckpt_dir=os.path.join(ctx.workdir, 'baselines', name), log_every=ctx.config.log_every,
+        **views_lib.step_augmentation(ctx.config.data))
     acc = ctx.evaluate(target, variables)
     return summary_lib.model_entry('baseline', target.arch, count_params(variables['params']),
                                    ctx.plan.target_tasks, acc, method=method, epochs=int(cfg.epochs),

@@ -24,7 +24,7 @@ from kamal_jax import workdir as workdir_lib
 from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices, plan_from_config
 from kamal_jax.teachers import load_teacher
 from kamal_jax.files import sha256
-from kamal_jax.train import distributed, evaluate as eval_lib, sharding, teacher_cache
+from kamal_jax.train import distributed, evaluate as eval_lib, sharding, teacher_cache, views as views_lib
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import count_params
 from kamal_jax.train.steps import LossWeights, Stage1, Stage2, make_pairs
@@ -55,11 +55,12 @@ def _check_cache(config: Any, section: str, switch: str) -> None:
     if not cfg.get(switch, False):
         return
     d = config.data
-    if d.get('crop_padding', 0) or d.get('flip', False):
+    if (d.get('crop_padding', 0) or d.get('flip', False)) and not views_lib.count(d):
         field = 'data.crop_padding' if d.get('crop_padding', 0) else 'data.flip'
         raise ConfigError(f'{section}.{switch} = True needs fixed views, but {field} = '
                           f'{d.get(field.split(".")[1])!r} draws a random view each step; set '
-                          f'{field} to {0 if field == "data.crop_padding" else False} or '
+                          f'{field} to {0 if field == "data.crop_padding" else False}, pre-draw a '
+                          f'fixed number of views (data.views = K), or set '
                           f'{section}.{switch} = False.')
     if float(cfg.get('cache_limit_gb', 8.0)) <= 0:
         raise ConfigError(f'{section}.cache_limit_gb must be positive, got {cfg.cache_limit_gb}.')
@@ -80,6 +81,7 @@ def validate(config: Any, workdir: str = '') -> Plan:
     if compute_dtype(config) not in models.registry.COMPUTE_DTYPES:
         raise ConfigError(f'compute_dtype = {config.compute_dtype!r} is not supported; choose one of '
                           f'{", ".join(models.registry.COMPUTE_DTYPES)}.')
+    views_lib.check(config.data)
     _check_cache(config, 'stage1', 'teacher_cache')
     _check_cache(config, 'stage2', 'component_cache')
     baselines_lib.check_config(config)
@@ -203,8 +205,8 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
         name=f'stage1/{task}', student=student, loss_fn=stage.loss,
         bridges=stage.init_bridges(rng, cfg.get('bridge_width_ratio', 0.5)), cfg=cfg, arrays=arrays,
         frozen=group_frozen, mesh=mesh, seed=config.seed,
-        crop_padding=config.data.get('crop_padding', 0), flip=config.data.get('flip', False),
-        ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every)
+        ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every,
+        **views_lib.step_augmentation(config.data))
     return student, variables, metrics
 
 
@@ -214,7 +216,7 @@ def _data_key(config: Any, train) -> dict:
     return {'data': {'name': d.name, 'split': d.train_split, 'size': len(train.images),
                      'train_limit': int(d.get('train_limit', 0) or 0), 'seed': config.seed,
                      'image_size': list(d.get('image_size') or ())},
-            'views': {'crop_padding': 0, 'flip': False, 'shape': list(train.images.shape[1:])}}
+            'views': views_lib.cache_key(d, train.images.shape[1:])}
 
 
 def _net_key(net: Net, digest: str, widths) -> dict:
@@ -267,9 +269,8 @@ def run_stage2(plan, components, train, config, mesh, workdir):
         name='stage2', student=target, loss_fn=stage.loss,
         bridges=stage.init_bridges(jax.random.fold_in(jax.random.key(config.seed), 2)), cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=mesh,
-        seed=config.seed + 1, crop_padding=config.data.get('crop_padding', 0),
-        flip=config.data.get('flip', False), ckpt_dir=os.path.join(workdir, 'stage2'),
-        log_every=config.log_every)
+        seed=config.seed + 1, ckpt_dir=os.path.join(workdir, 'stage2'), log_every=config.log_every,
+        **views_lib.step_augmentation(config.data))
     return target, variables, metrics
 
 
@@ -307,6 +308,12 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     mesh = sharding.make_mesh(config.get('num_devices', -1))
     log.info('mesh: %d device(s) (%s); %d training images of %s, %d held out', mesh.size,
              jax.devices()[0].platform, len(train.images), train.images.shape[1:], len(held_out.images))
+    n_views = views_lib.count(config.data)
+    if n_views:
+        t0 = time.perf_counter()
+        train = views_lib.expand_split(train, config.data, config.seed)
+        log.info('pre-drew %d augmented views of each training image (%.1f MiB in memory, %.1fs)', n_views,
+                 train.images.nbytes / 2 ** 20, time.perf_counter() - t0)
 
     def load_teachers():  # process 0 ports and caches them, the others then read the cache
         return {spec.name: load_teacher(spec, os.path.join(workdir, 'teachers'), image_size)
@@ -361,7 +368,7 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     entries.update(more)
     wall.update(more_wall)
     result = summary_lib.build(plan.tasks, plan.target_tasks, entries, wall,
-                               data={'name': config.data.name, 'train': len(train.images),
+                               data={'name': config.data.name, 'train': len(train.images) // max(n_views, 1),
                                      'eval': len(held_out.images)})
     if distributed.is_primary():
         table = summary_lib.write(workdir, result)

@@ -17,11 +17,19 @@ log = logging.getLogger('kamal_jax')
 
 
 class EpochBatches:
-    """Batches that depend only on (seed, step): a resumed run sees exactly the same data order."""
+    """Batches that depend only on (seed, step): a resumed run sees exactly the same data order.
 
-    def __init__(self, arrays: Mapping[str, Any], batch_size: int, seed: int):
+    With `views = K > 1` the arrays hold K pre-drawn views of each sample, view-major (row
+    v * N + i); an epoch still shows each of the N samples once, each in a view picked at random.
+    """
+
+    def __init__(self, arrays: Mapping[str, Any], batch_size: int, seed: int, views: int = 1):
         self.arrays = arrays
-        self.size = len(next(iter(jax.tree.leaves(arrays))))
+        rows = len(next(iter(jax.tree.leaves(arrays))))
+        if views < 1 or rows % views:
+            raise ValueError(f'{rows} rows cannot hold {views} views of each sample.')
+        self.views = views
+        self.size = rows // views
         if self.size < batch_size:
             raise ValueError(f'batch_size = {batch_size} exceeds the {self.size} training samples.')
         self.batch_size = batch_size
@@ -33,7 +41,10 @@ class EpochBatches:
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch
-            self._order = np.random.default_rng([self.seed, epoch]).permutation(self.size)
+            rng = np.random.default_rng([self.seed, epoch])
+            self._order = rng.permutation(self.size)
+            if self.views > 1:
+                self._order = self._order + self.size * rng.integers(0, self.views, self.size)
         idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
         return jax.tree.map(lambda a: a[idx], self.arrays)
 

@@ -18,15 +18,16 @@ from kamal_jax.train.steps import make_train_step
 
 def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, cfg: Any,
                   arrays: dict[str, np.ndarray], frozen: Any, mesh, seed: int,
-                  crop_padding: int = 0, flip: bool = False, ckpt_dir: str | None = None,
+                  crop_padding: int = 0, flip: bool = False, views: int = 1, ckpt_dir: str | None = None,
                   log_every: int = 50, stop_after: int | None = None) -> tuple[dict, dict]:
     """Returns the student's variables and the last logged metrics.
 
-    `cfg` carries epochs, batch_size and the optimiser fields; `stop_after` ends early at that
+    `cfg` carries epochs, batch_size and the optimiser fields; `views` > 1 means `arrays` hold that
+    many pre-drawn views of each sample (`kamal_jax.train.views`); `stop_after` ends early at that
     step (used to test that an interrupted run resumes to the same result).
     """
     sharding.check_batch_size(cfg.batch_size, mesh, f'{name}.batch_size')
-    batches = EpochBatches(arrays, cfg.batch_size, seed)
+    batches = EpochBatches(arrays, cfg.batch_size, seed, views)
     total = int(cfg.epochs) * batches.steps_per_epoch
     if total <= 0:
         raise ValueError(f'{name}: epochs = {cfg.epochs} gives no training steps.')
