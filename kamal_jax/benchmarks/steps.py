@@ -1,5 +1,11 @@
 """Images/s of the stage-1, stage-2 and supervised train steps (compile time reported apart).
 
+Cases: the plain supervised student step (the yardstick); stage 1 and stage 2 with the frozen
+nets run in the step (on-the-fly augmentation); the same steps fed from the teacher / component
+caches (`*_cached`: stage 1 with offline selection and only the selected teacher's features, as
+`stage1.teacher_cache` stores them); and the caches' build rate (`*_cache_build`: the frozen nets'
+forward passes, paid once per view).
+
     python -m kamal_jax.benchmarks.steps --config configs/bench_steps.py [--json out.json]
 
 XLA:CPU's YNN fusion flag is on, as in launch.py; KAMAL_JAX_PLAIN_XLA=1 measures without it.
@@ -7,6 +13,7 @@ XLA:CPU's YNN fusion flag is on, as in launch.py; KAMAL_JAX_PLAIN_XLA=1 measures
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -24,7 +31,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from kamal_jax import models
-from kamal_jax.train import sharding
+from kamal_jax.train import sharding, teacher_cache
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import create_state, make_optimizer
 from kamal_jax.train.steps import LossWeights, Stage1, Stage2, Supervised, make_pairs, make_train_step
@@ -53,6 +60,17 @@ def _time_step(step, state, frozen, batch, rng, warmup: int, timed: int, batch_s
     elapsed = time.perf_counter() - t0
     return {'images_per_s': timed * batch_size / elapsed, 'step_ms': 1000 * elapsed / timed,
             'first_step_s': compile_s}
+
+
+def _cache_rows(stage, frozen, inputs) -> dict:
+    """What a stage's cache holds for these images, as the cache stores it (float16 features)."""
+    return jax.device_get(jax.jit(teacher_cache.outputs_fn(stage, 'float16'))(
+        frozen, {k: jnp.asarray(v) for k, v in inputs.items()}))
+
+
+def _print(name: str, r: dict) -> None:
+    print(f'{name:>18}: {r["images_per_s"]:7.1f} img/s  ({r["step_ms"]:.0f} ms/step; first step incl. compile '
+          f'{r["first_step_s"]:.1f}s)', flush=True)
 
 
 def run(c) -> dict:
@@ -85,10 +103,24 @@ def run(c) -> dict:
     supervised = Supervised(component, (tasks[0],))
     labels = {'labels': {tasks[0]: np.random.default_rng(1).integers(0, c.task_classes, bs).astype(np.int32)}}
 
+    # The caches' steps: offline selection with only the selected teacher's features stored (stage 1),
+    # every component's outputs (stage 2); the batch carries what the cache would hold for it.
+    offline = dataclasses.replace(stage1, selection='offline', cached=True)
+    selected = np.random.default_rng(2).integers(0, len(teachers), bs).astype(np.int32)
+    offline = dataclasses.replace(offline, selected_slots=teacher_cache.selected_slots(
+        offline, teacher_vars, images.shape[1:]))
+    stage2_cached = dataclasses.replace(stage2, cached=True)
+    cache_inputs = {'image': images, 'selected': selected}
+    stage1_cache = _cache_rows(offline, teacher_vars, cache_inputs)
+    stage2_cache = _cache_rows(stage2_cached, comp_vars, {'image': images})
+
     cases = {
         'supervised': (supervised.loss, component, {}, {}, labels),
         'stage1': (stage1.loss, component, stage1.init_bridges(rng), teacher_vars, {}),
         'stage2': (stage2.loss, target, stage2.init_bridges(rng), comp_vars, {}),
+        'stage1_cached': (offline.loss, component, offline.init_bridges(rng), {},
+                          {'selected': selected, **stage1_cache}),
+        'stage2_cached': (stage2_cached.loss, target, stage2_cached.init_bridges(rng), {}, stage2_cache),
     }
     results = {}
     for name, (loss_fn, student, bridges, frozen, extra) in cases.items():
@@ -99,9 +131,14 @@ def run(c) -> dict:
         b = dict(batch, **sharding.put_batch(extra, mesh)) if extra else batch
         results[name] = _time_step(step, state, sharding.put_replicated(frozen, mesh), b, rng,
                                    c.warmup_steps, c.timed_steps, bs)
-        print(f'{name:>10}: {results[name]["images_per_s"]:7.1f} img/s  '
-              f'({results[name]["step_ms"]:.0f} ms/step; first step incl. compile '
-              f'{results[name]["first_step_s"]:.1f}s)', flush=True)
+        _print(name, results[name])
+    for name, stage, frozen, inputs in (('stage1_cache_build', offline, teacher_vars, cache_inputs),
+                                        ('stage2_cache_build', stage2_cached, comp_vars, {'image': images})):
+        fn = jax.jit(teacher_cache.outputs_fn(stage, 'float16'))
+        results[name] = _time_step(lambda st, fr, b, r: (st, fn(fr, b)), None, frozen,
+                                   {k: jnp.asarray(v) for k, v in inputs.items()}, rng, c.warmup_steps,
+                                   c.timed_steps, bs)
+        _print(name, results[name])
     return {
         'config': c.to_dict(), 'results': results,
         'device': f'{jax.devices()[0].platform} x{len(jax.devices())} ({jax.devices()[0].device_kind})',
@@ -121,6 +158,23 @@ def _torch_reference(config_arg: str) -> dict:
         return json.load(open(f.name))
 
 
+def table(results: dict, torch_results: dict | None = None) -> str:
+    """Markdown: images/s per case, vs the plain supervised step and vs the PyTorch recipe's same stage."""
+    sup = results['supervised']['images_per_s']
+    head = '| step | kamal_jax img/s | / own supervised |' + (' PyTorch img/s | kamal_jax / PyTorch |'
+                                                              if torch_results else '')
+    lines = [head, '|---|' + '---:|' * (head.count('|') - 2)]
+    for name, r in results.items():
+        rate = r['images_per_s']
+        row = f'| {name} | {rate:.1f} | {rate / sup:.2f}x |'
+        if torch_results:
+            ref = torch_results.get(name.replace('_cached', ''))
+            row += (f' {ref["images_per_s"]:.1f} | {rate / ref["images_per_s"]:.2f}x |' if ref and
+                    not name.endswith('_build') else ' | |')
+        lines.append(row)
+    return '\n'.join(lines)
+
+
 def main(argv):
     del argv
     reference = None
@@ -130,12 +184,10 @@ def main(argv):
                                      else flags.FLAGS['config'].config_filename)
         print('kamal_jax:', flush=True)
     out = run(_CONFIG.value)
+    out['table'] = table(out['results'], reference['results'] if reference else None)
     if reference:
         out['torch_reference'] = reference
-        print(f'{"step":>10} | {"PyTorch":>9} | {"kamal_jax":>9} | ratio')
-        for name, r in out['results'].items():
-            t = reference['results'][name]['images_per_s']
-            print(f'{name:>10} | {t:9.1f} | {r["images_per_s"]:9.1f} | {r["images_per_s"] / t:.2f}x')
+    print(out['table'])
     if _JSON.value:
         with open(_JSON.value, 'w') as f:
             json.dump(out, f, indent=2)

@@ -1,0 +1,51 @@
+"""The step benchmark measures every case, including the cached steps, and tabulates the ratios."""
+import dataclasses
+import importlib.util
+import os
+
+import numpy as np
+
+import toy
+from kamal_jax.benchmarks import steps
+from kamal_jax.train import teacher_cache
+
+
+def _tiny():
+    spec = importlib.util.spec_from_file_location(
+        'bench_steps', os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'bench_steps.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config('tiny')
+    c.image_size, c.batch_size, c.warmup_steps, c.timed_steps = 16, 4, 1, 1
+    return c
+
+
+def test_benchmark_times_every_case_and_tabulates():
+    out = steps.run(_tiny())
+    cases = ('supervised', 'stage1', 'stage2', 'stage1_cached', 'stage2_cached', 'stage1_cache_build',
+             'stage2_cache_build')
+    assert tuple(out['results']) == cases
+    assert all(r['images_per_s'] > 0 and r['first_step_s'] > 0 for r in out['results'].values())
+    torch_like = {'supervised': {'images_per_s': 10.0}, 'stage1': {'images_per_s': 5.0},
+                  'stage2': {'images_per_s': 4.0}}
+    lines = steps.table(out['results'], torch_like).splitlines()
+    assert len(lines) == 2 + len(cases)
+    cached = next(l for l in lines if l.startswith('| stage1_cached |'))
+    rate = out['results']['stage1_cached']['images_per_s']
+    assert f'{rate / 5.0:.2f}x' in cached  # against the PyTorch recipe's stage 1
+    sup = out['results']['supervised']['images_per_s']
+    assert f'{rate / sup:.2f}x' in cached
+    assert lines[-1].endswith('| | |')  # cache builds have no PyTorch counterpart
+
+
+def test_cache_rows_hold_only_the_selected_teachers_features():
+    a, a_vars = toy.teacher('a_t', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=3)
+    b, b_vars = toy.teacher('b_t', 'cifar_resnet8', 7, {'a': (2, 7)}, seed=4)
+    stage = toy.stage1([a, b], selection='offline', cached=True)
+    frozen = {'a_t': a_vars, 'b_t': b_vars}
+    images = toy.images(4)
+    stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(stage, frozen, images.shape[1:]))
+    rows = steps._cache_rows(stage, frozen, {'image': images, 'selected': np.array([0, 1, 1, 0], np.int32)})
+    assert {'cache/a_t/logits', 'cache/b_t/logits'} <= set(rows)
+    assert not any(k.startswith(('cache/a_t/stage', 'cache/b_t/stage')) for k in rows)
+    assert all(np.asarray(v).dtype == np.float16 for k, v in rows.items() if k.startswith('cache/selected'))
