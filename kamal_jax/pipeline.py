@@ -190,11 +190,14 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
                    LossWeights.from_config(cfg),
                    selection=cfg.selection, mode=cfg.get('mode', 'select'), cached=cached)
     arrays = {'image': train.images}
-    if cfg.selection == 'offline':
-        arrays['selected'] = offline_selection(task, group, frozen, train.images, config.eval_batch_size)
     group_frozen = {t.name: frozen[t.name] for t in group}
+    # Cached, offline, selecting: the cache build selects from the logits it computes and stores only
+    # the selected teacher's features, so the teachers run once per image.
+    selected_only = cached and stage.selection == 'offline' and stage.mode == 'select'
+    if cfg.selection == 'offline' and not selected_only:
+        arrays['selected'] = offline_selection(task, group, frozen, train.images, config.eval_batch_size)
     if cached:
-        if stage.selection == 'offline' and stage.mode == 'select':  # only the selected teacher's features
+        if selected_only:
             stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(
                 stage, group_frozen, train.images.shape[1:]))
         arrays.update(_stage1_cache(task, plan, stage, group_frozen, train, config, workdir,

@@ -2,7 +2,8 @@
 
 One field may change between runs: `baselines`. Baselines train in their own subfolders and
 leave every other checkpoint alone, so a finished run can be given baselines later (the stages
-resume as complete and only the new baselines train).
+resume as complete and only the new baselines train). Fields added to the configs after a run
+was stored (`LATER_FIELDS`) compare equal to their default when the stored config lacks them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from kamal_jax.files import write_atomic
 
 CONFIG_FILE = 'config.json'
 ADDITIVE_FIELDS = ('baselines',)  # may change between runs of one workdir
+# Fields the configs gained later, with the value a config without them behaves as.
+LATER_FIELDS = {'data.views': 0, 'stage1.teacher_cache': False, 'stage1.cache_dtype': 'float16',
+                'stage1.cache_limit_gb': 8.0, 'stage2.component_cache': False, 'stage2.cache_dtype': 'float16',
+                'stage2.cache_limit_gb': 8.0}
 
 
 class WorkdirError(ValueError):
@@ -33,6 +38,11 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
 
 def first_difference(old: dict, new: dict) -> str | None:
     a, b = _flatten(old), _flatten(new)
+    for key, default in LATER_FIELDS.items():
+        section = key.split('.')[0]
+        for flat, tree in ((a, old), (b, new)):
+            if section in tree:
+                flat.setdefault(key, default)
     for key in sorted(set(a) | set(b)):
         if a.get(key, '<absent>') != b.get(key, '<absent>'):
             return f'{key} was {a.get(key, "<absent>")!r}, now {b.get(key, "<absent>")!r}'

@@ -4,9 +4,10 @@ import importlib.util
 import os
 
 import numpy as np
+import pytest
 
 import toy
-from kamal_jax.benchmarks import steps
+from kamal_jax.benchmarks import cache_run, steps
 from kamal_jax.train import teacher_cache
 
 
@@ -22,8 +23,8 @@ def _tiny():
 
 def test_benchmark_times_every_case_and_tabulates():
     out = steps.run(_tiny())
-    cases = ('supervised', 'stage1', 'stage2', 'stage1_cached', 'stage2_cached', 'stage1_cache_build',
-             'stage2_cache_build')
+    cases = ('supervised', 'supervised_target', 'stage1', 'stage2', 'stage1_cached', 'stage2_cached',
+             'stage1_cache_build', 'stage2_cache_build')
     assert tuple(out['results']) == cases
     assert all(r['images_per_s'] > 0 and r['first_step_s'] > 0 for r in out['results'].values())
     torch_like = {'supervised': {'images_per_s': 10.0}, 'stage1': {'images_per_s': 5.0},
@@ -35,6 +36,9 @@ def test_benchmark_times_every_case_and_tabulates():
     assert f'{rate / 5.0:.2f}x' in cached  # against the PyTorch recipe's stage 1
     sup = out['results']['supervised']['images_per_s']
     assert f'{rate / sup:.2f}x' in cached
+    stage2 = next(l for l in lines if l.startswith('| stage2_cached |'))  # against the target's own step
+    target_sup = out['results']['supervised_target']['images_per_s']
+    assert f"{out['results']['stage2_cached']['images_per_s'] / target_sup:.2f}x" in stage2
     assert lines[-1].endswith('| | |')  # cache builds have no PyTorch counterpart
 
 
@@ -49,3 +53,14 @@ def test_cache_rows_hold_only_the_selected_teachers_features():
     assert {'cache/a_t/logits', 'cache/b_t/logits'} <= set(rows)
     assert not any(k.startswith(('cache/a_t/stage', 'cache/b_t/stage')) for k in rows)
     assert all(np.asarray(v).dtype == np.float16 for k, v in rows.items() if k.startswith('cache/selected'))
+
+
+@pytest.mark.parametrize('stage', ['1', '2'])
+def test_cached_run_reports_throughput_and_memory(tmp_path, stage):
+    c = _tiny()
+    out = cache_run.run(c, images=12, epochs=2, stage_no=stage, workdir=str(tmp_path / 'w'))
+    files = os.listdir(tmp_path / 'w' / 'cache')
+    assert ('selected.npy' in files) == (stage == '1')  # stage 1: the build made the offline selection
+    assert out['cache_gib'] > 0 and out['peak_rss_gib'] >= out['peak_anon_gib'] > 0
+    assert out['train_images_per_s'] > 0 and out['build_images_per_s'] > 0
+    assert out['first_epoch_images_per_s'] < out['train_images_per_s']  # the build is counted in

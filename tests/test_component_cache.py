@@ -188,4 +188,8 @@ def test_offline_cached_stage1_run_keeps_selected_features_and_trains_alike(tmp_
     files = set(os.listdir(tmp_path / 'c' / 'cache' / 'stage1' / 'a'))
     assert {'cache__a_t__logits.npy', 'cache__b_t__logits.npy', 'cache__selected__tap0.npy'} <= files
     assert not any(f.startswith(('cache__a_t__stage', 'cache__b_t__stage')) for f in files)
+    # The build made the offline selection itself, from the logits it cached: the same as selecting apart.
+    made = np.load(tmp_path / 'c' / 'cache' / 'stage1' / 'a' / 'selected.npy')
+    np.testing.assert_array_equal(made, pipeline.offline_selection('a', stage.teachers, frozen, train.images, 8))
+    assert 0 < made.mean() < 1  # both teachers are selected for some samples
     _close(run(False, tmp_path / 'u'), got)

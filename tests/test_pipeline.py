@@ -92,6 +92,22 @@ def test_baselines_may_be_added_to_a_finished_workdir(tmp_path):
         workdir_lib.prepare(run, {**config, 'stage2': {'lr': 0.2}})
 
 
+def test_fields_added_later_resume_at_their_default(tmp_path):
+    """A run stored before `data.views` and the cache switches existed resumes under today's configs."""
+    from kamal_jax import workdir as workdir_lib
+    run = str(tmp_path / 'run')
+    old = {'data': {'crop_padding': 2}, 'stage1': {'lr': 0.1}, 'stage2': {'lr': 0.1}}
+    assert workdir_lib.prepare(run, old) is False
+    today = {'data': {'crop_padding': 2, 'views': 0},
+             'stage1': {'lr': 0.1, 'teacher_cache': False, 'cache_dtype': 'float16', 'cache_limit_gb': 8.0},
+             'stage2': {'lr': 0.1, 'component_cache': False, 'cache_dtype': 'float16', 'cache_limit_gb': 8.0}}
+    assert workdir_lib.prepare(run, today) is True
+    with pytest.raises(WorkdirError, match=r'data\.views was 0, now 4'):
+        workdir_lib.prepare(run, {**today, 'data': {'crop_padding': 2, 'views': 4}})
+    with pytest.raises(WorkdirError, match=r'stage1\.teacher_cache'):
+        workdir_lib.prepare(run, {**today, 'stage1': {**today['stage1'], 'teacher_cache': True}})
+
+
 def test_load_student_round_trip(tiny_run):
     config, workdir, summary = tiny_run
     student = kamal_jax.load_student(os.path.join(workdir, 'export'))

@@ -43,7 +43,7 @@ def _feature_mse(s, t):
 
 
 def run(c) -> dict:
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(len(os.sched_getaffinity(0)) or 1)  # the cores this process may use (taskset)
     torch.manual_seed(c.seed)
     bs, size, n = c.batch_size, c.image_size, c.task_classes
     x = torch.rand(bs, 3, size, size)

@@ -6,6 +6,9 @@ images, so their task logits (float32) and the features the stage matches (float
 float32) are computed once, chunk by chunk, and memory-mapped from `WORKDIR/cache/stage1/<task>/`
 or `WORKDIR/cache/stage2/`. With offline selection a sample needs the features of its selected
 teacher only, so one array per matched tap holds just those (`Stage1.selected_slots`).
+When no selection is given, the build makes the offline selection itself from the logits it has
+just computed (least ambiguous teacher per sample) and stores it as `selected`, so the teachers
+run once per image, not once to select and again to cache.
 A cache is written into a temporary folder and renamed when complete; its manifest holds
 everything its contents depend on (frozen nets' hashes, data, view recipe, selection, taps,
 dtypes), so a cache of other nets, other data or a killed build is rebuilt, never reused.
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
+from kamal_jax import ambiguity
 from kamal_jax.files import write_atomic
 from kamal_jax.tasks import ConfigError
 from kamal_jax.train.augment import to_unit
@@ -34,6 +38,7 @@ from kamal_jax.train.augment import to_unit
 log = logging.getLogger('kamal_jax')
 
 MANIFEST = 'manifest.json'
+SELECTED = 'selected'  # each sample's selected teacher, when the build made the selection
 FEATURE_DTYPES = {'float16': np.float16, 'bfloat16': ml_dtypes.bfloat16, 'float32': np.float32}
 
 
@@ -80,7 +85,8 @@ def _slots(stage) -> Mapping[str, Mapping[str, tuple[str, tuple[int, ...]]]] | N
 def outputs_fn(stage, feature_dtype: str = 'float16'):
     """`fn(frozen, inputs) -> {name: per-sample array}`: everything the stage's step reads from a cache.
 
-    `inputs` holds uint8 'image' and, for selected-only storage, each sample's 'selected' teacher.
+    `inputs` holds uint8 'image' and, for selected-only storage, each sample's 'selected' teacher;
+    without it the least ambiguous teacher is selected here, and returned as `SELECTED`.
     """
     dtype = FEATURE_DTYPES[feature_dtype]
     taps, slots = cached_taps(stage), _slots(stage)
@@ -93,7 +99,13 @@ def outputs_fn(stage, feature_dtype: str = 'float16'):
             logits[logits_key(net.name)] = net_logits[task].astype(jnp.float32)
             feats.update({feature_key(net.name, tap): net_feats[tap].astype(dtype) for tap in taps[net.name]})
         if slots:
-            feats = _keep_selected(feats, slots, [net.name for net, _ in frozen_nets(stage)], inputs['selected'])
+            names = [net.name for net, _ in frozen_nets(stage)]
+            selected = inputs.get('selected')
+            if selected is None:
+                selected = ambiguity.select_least_ambiguous(
+                    jnp.stack([ambiguity.entropy(logits[logits_key(n)]) for n in names])).astype(jnp.int32)
+                logits[SELECTED] = selected
+            feats = _keep_selected(feats, slots, names, selected)
         return {**logits, **feats}
     return fn
 
@@ -174,16 +186,18 @@ def variables_sha256(variables: Any) -> str:
 
 # ----------------------------------------------------------------------------- layout and size
 
-def _input_specs(stage, image_shape: tuple[int, ...]) -> dict:
+def _input_specs(stage, image_shape: tuple[int, ...], given_selection: bool) -> dict:
     specs = {'image': jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8)}
-    if _slots(stage):
+    if _slots(stage) and given_selection:
         specs['selected'] = jax.ShapeDtypeStruct((1,), jnp.int32)
     return specs
 
 
-def layout(stage, frozen, image_shape: tuple[int, ...], n: int, feature_dtype: str = 'float16') -> dict:
+def layout(stage, frozen, image_shape: tuple[int, ...], n: int, feature_dtype: str = 'float16',
+           given_selection: bool = True) -> dict:
     """name -> (shape, dtype) of every cached array, from shapes alone (nothing is computed)."""
-    shapes = jax.eval_shape(outputs_fn(stage, feature_dtype), frozen, _input_specs(stage, image_shape))
+    shapes = jax.eval_shape(outputs_fn(stage, feature_dtype), frozen,
+                            _input_specs(stage, image_shape, given_selection))
     return {k: ((n, *s.shape[1:]), np.dtype(s.dtype).name) for k, s in sorted(shapes.items())}
 
 
@@ -246,16 +260,15 @@ def load_or_build(path: str, *, stage, frozen, images: np.ndarray, key: Mapping[
 
     `key` names what the frozen nets and data are (hashes, data name/split/size/limit, view
     recipe); with the array layout and checksums of the images and the selection (selected-only
-    storage) it is the manifest.
+    storage) it is the manifest. Selected-only storage without `selected` makes the offline
+    selection in the build and returns it as `SELECTED`.
     """
     names = _names(stage)
     name, kind = names['log'], names['kind']
     inputs = {'image': images}
-    if _slots(stage):
-        if selected is None:
-            raise ValueError(f'{name}: selected-only storage needs each sample\'s selected teacher.')
+    if _slots(stage) and selected is not None:
         inputs['selected'] = np.asarray(selected, np.int32)
-    spec = layout(stage, frozen, images.shape[1:], len(images), feature_dtype)
+    spec = layout(stage, frozen, images.shape[1:], len(images), feature_dtype, 'selected' in inputs)
     manifest = {'key': dict(key), 'stage': name, 'feature_dtype': feature_dtype,
                 'inputs_crc32': {k: zlib.crc32(np.ascontiguousarray(v).data) for k, v in inputs.items()},
                 'arrays': {k: [list(s), d] for k, (s, d) in spec.items()}}
