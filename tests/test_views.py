@@ -54,13 +54,17 @@ def test_an_epoch_shows_each_sample_once_in_one_of_its_views():
 
 
 @pytest.mark.parametrize('data,match', [(dict(views=2, crop_padding=0, flip=False), 'data.views = 2 pre-draws'),
-                                        (dict(views=-1), 'data.views must be'),
-                                        (dict(views=1.5), 'data.views must be')])
+                                        (dict(views=-1), 'data.views must be')])
 def test_bad_views_config_names_the_field(data, match):
     c = toy.quickstart_config()
     c.data.update(data)
     with pytest.raises(ConfigError, match=match):
         pipeline.validate(c, 'runs/x')
+
+
+def test_views_must_be_a_whole_number():
+    with pytest.raises(ConfigError, match='data.views must be a whole number'):
+        views.check({'views': 1.5, 'crop_padding': 2})  # a config file may hold any value
 
 
 def test_caches_accept_predrawn_views():
