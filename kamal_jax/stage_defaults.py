@@ -9,18 +9,18 @@ _COMMON = dict(widths=(), epochs=30, batch_size=64, lr=1e-3, bridge_lr=1e-3, sch
                warmup_steps=0, weight_decay=0.0, feature_weight=1.0, logit_weight=1.0,
                logit_loss='mse', temperature=1.0, tap_pairs={}, checkpoint_every=200)
 # The frozen nets' output caches (fixed views only: data.crop_padding = 0 and no flip, or data.views = K).
-_CACHE = dict(cache_dtype='float16', cache_limit_gb=8.0)
+CACHE = dict(cache_dtype='float16', cache_limit_gb=8.0)
 
 
 def stage1(**overrides) -> dict:
     """Extraction: selection per sample, bridges on both sides, weight-norm on the teacher side."""
     return {**_COMMON, 'weight_norm': 1.0, 'selection': 'online', 'mode': 'select',
-            'bridge_width_ratio': 0.5, 'teacher_cache': False, **_CACHE, **overrides}
+            'bridge_width_ratio': 0.5, 'teacher_cache': False, **CACHE, **overrides}
 
 
 def stage2(**overrides) -> dict:
     """Amalgamation: target-side bridges onto each component's features."""
-    return {**_COMMON, 'component_cache': False, **_CACHE, **overrides}
+    return {**_COMMON, 'component_cache': False, **CACHE, **overrides}
 
 
 def shrink_to_tiny(c, *, batch_size: int = 32) -> None:

@@ -13,14 +13,14 @@ import os
 import shutil
 from typing import Any
 
+from kamal_jax import stage_defaults
 from kamal_jax.files import write_atomic
 
 CONFIG_FILE = 'config.json'
 ADDITIVE_FIELDS = ('baselines',)  # may change between runs of one workdir
 # Fields the configs gained later, with the value a config without them behaves as.
-LATER_FIELDS = {'data.views': 0, 'stage1.teacher_cache': False, 'stage1.cache_dtype': 'float16',
-                'stage1.cache_limit_gb': 8.0, 'stage2.component_cache': False, 'stage2.cache_dtype': 'float16',
-                'stage2.cache_limit_gb': 8.0}
+LATER_FIELDS = {'data.views': 0, 'stage1.teacher_cache': False, 'stage2.component_cache': False,
+                **{f'{stage}.{k}': v for stage in ('stage1', 'stage2') for k, v in stage_defaults.CACHE.items()}}
 
 
 class WorkdirError(ValueError):

@@ -38,6 +38,7 @@ from kamal_jax.train import sharding, teacher_cache  # noqa: E402
 from kamal_jax.train.steps import LossWeights, Stage1, Stage2, make_pairs  # noqa: E402
 from kamal_jax.train.trainer import train_student  # noqa: E402
 
+
 def _stage(c, stage_no: str, rng):
     """(stage with caching on, frozen variables, student) at the config's shapes, random weights."""
     teachers, teacher_vars, component, target, comps, comp_vars = steps.random_nets(c, rng)
