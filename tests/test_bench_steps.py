@@ -64,3 +64,19 @@ def test_cached_run_reports_throughput_and_memory(tmp_path, stage):
     assert out['cache_gib'] > 0 and out['peak_rss_gib'] >= out['peak_anon_gib'] > 0
     assert out['train_images_per_s'] > 0 and out['build_images_per_s'] > 0
     assert out['first_epoch_images_per_s'] < out['train_images_per_s']  # the build is counted in
+
+
+def test_benchmark_nets_compute_in_the_configured_dtype():
+    import jax
+    import jax.numpy as jnp
+    c = _tiny()
+    c.compute_dtype = 'bfloat16'
+    teachers, teacher_vars, component, target, comps, _ = steps.random_nets(c, jax.random.key(0))
+    nets = [*teachers, component, target, *(n for _, n in comps)]
+    assert all(n.dtype == jnp.bfloat16 for n in nets)
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(teacher_vars))  # params stay float32
+    logits, _ = component.module.apply(component.module.init(jax.random.key(1), jnp.zeros((1, 16, 16, 3))),
+                                       jnp.zeros((2, 16, 16, 3), jnp.bfloat16), train=False)
+    assert jax.tree.leaves(logits)[0].dtype == jnp.bfloat16
+    c.compute_dtype = 'float32'
+    assert steps.random_nets(c, jax.random.key(0))[2].dtype is None

@@ -9,6 +9,9 @@ forward passes, paid once per view).
     python -m kamal_jax.benchmarks.steps --config configs/bench_steps.py [--json out.json]
 
 XLA:CPU's YNN fusion flag is on, as in launch.py; KAMAL_JAX_PLAIN_XLA=1 measures without it.
+`--config.compute_dtype=bfloat16` times the steps in bf16 (params and optimizer state float32), the
+way `compute_dtype` runs them in a config; with `--compare_torch` the PyTorch recipe then runs under
+bf16 autocast. On a GPU both sides run on the GPU.
 """
 
 from __future__ import annotations
@@ -89,6 +92,10 @@ def random_nets(c, rng) -> tuple:
     comps = tuple((t, Net(f'component_{t}', c.component_arch,
                           models.multihead(c.component_arch, [(t, c.task_classes)]), MEAN, STD)) for t in tasks)
     comp_vars = {n.name: n.module.init(jax.random.fold_in(rng, 10 + i), x) for i, (_, n) in enumerate(comps)}
+    dtype = c.get('compute_dtype', 'float32')  # params were made in float32 above and stay so
+    teachers = [t.with_compute_dtype(dtype) for t in teachers]
+    component, target = component.with_compute_dtype(dtype), target.with_compute_dtype(dtype)
+    comps = tuple((t, n.with_compute_dtype(dtype)) for t, n in comps)
     return teachers, teacher_vars, component, target, comps, comp_vars
 
 
