@@ -80,3 +80,18 @@ def test_benchmark_nets_compute_in_the_configured_dtype():
     assert jax.tree.leaves(logits)[0].dtype == jnp.bfloat16
     c.compute_dtype = 'float32'
     assert steps.random_nets(c, jax.random.key(0))[2].dtype is None
+
+
+def test_torch_recipe_runs_under_bf16_autocast(tmp_path):
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / 'torch.json'
+    root = os.path.dirname(os.path.dirname(__file__))
+    subprocess.run([sys.executable, '-m', 'kamal_jax.benchmarks.torch_steps', '--config=configs/bench_steps.py:tiny',
+                    '--config.compute_dtype=bfloat16', '--config.timed_steps=1', '--config.warmup_steps=1',
+                    f'--json={out}'], check=True, cwd=root, capture_output=True)
+    result = json.loads(out.read_text())
+    assert set(result['results']) == {'supervised', 'stage1', 'stage2'}
+    assert all(r['images_per_s'] > 0 for r in result['results'].values())
+    assert result['config']['compute_dtype'] == 'bfloat16' and result['device'] == 'cpu'
