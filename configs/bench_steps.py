@@ -5,7 +5,7 @@ target widths 72/72/144/288/576 with two heads), batch 32, random weights and im
 
 Reports images/s of the stage-1, stage-2 and plain supervised steps after warm-up, compile time
 apart. `configs/bench_steps.py:cifar` is CIFAR scale (32 px, batch 128, CIFAR ResNet-20 teachers,
-component and target of widths 18/18/36/72, as in `configs/bench_cifar10_parts.py`);
+component and target of widths 18/18/36/72, as in the first `configs/bench_cifar10_parts.py` runs);
 `configs/bench_steps.py:tiny` runs a 32 px smoke version.
 """
 
