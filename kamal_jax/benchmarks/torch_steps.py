@@ -34,15 +34,21 @@ def _bridges(pairs):
     return torch.nn.ModuleList([torch.nn.Conv2d(cin, cout, 1) for cin, cout in pairs])
 
 
+# Entropies and losses in float32, also under bf16 autocast (as kamal_jax computes them).
 def _entropy(logits):
-    logp = F.log_softmax(logits, dim=-1)
+    logp = F.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
 def _feature_mse(s, t):
+    s, t = s.float(), t.float()
     if s.shape[-2:] != t.shape[-2:]:
         t = F.interpolate(t, size=s.shape[-2:], mode='bilinear', align_corners=False)
     return ((s - t) ** 2).mean(dim=(1, 2, 3))
+
+
+def _logit_mse(s, t):
+    return ((s.float() - t.float()) ** 2).mean(-1)
 
 
 def run(c) -> dict:
@@ -117,15 +123,15 @@ def run(c) -> dict:
     def stage1():
         with torch.no_grad(), autocast():
             outs = [t.forward_features(x) for t in teachers]
-            ent = torch.stack([_entropy(o[0][:, :n].float()) for o in outs])
+            ent = torch.stack([_entropy(o[0][:, :n]) for o in outs])
             mask = F.one_hot(ent.argmin(0), len(teachers)).float()
         with autocast():
             logits, feats = student.forward_features(x)
             per_teacher = []
             for k, (t_logits, t_f) in enumerate(outs):
-                feat = sum(_feature_mse(s_bridges[k][i](feats[name]).float(), t_bridges[k][i](t_f[name]).float())
+                feat = sum(_feature_mse(s_bridges[k][i](feats[name]), t_bridges[k][i](t_f[name]))
                            for i, name in enumerate(names))
-                per_teacher.append(feat + ((logits.float() - t_logits[:, :n].float()) ** 2).mean(-1))
+                per_teacher.append(feat + _logit_mse(logits, t_logits[:, :n]))
         loss = (torch.stack(per_teacher, 1) * mask).sum(1).mean()
         for bridges in t_bridges:
             for b in bridges:
@@ -154,9 +160,8 @@ def run(c) -> dict:
         with autocast():
             logits, feats = target.forward_features(x)
             for k, (c_logits, c_f) in enumerate(outs):
-                feat = sum(_feature_mse(bridges2[k][i](feats[name]).float(), c_f[name].float())
-                           for i, name in enumerate(names2))
-                loss = loss + (feat + ((logits[:, k * n:(k + 1) * n].float() - c_logits.float()) ** 2).mean(-1)).mean()
+                feat = sum(_feature_mse(bridges2[k][i](feats[name]), c_f[name]) for i, name in enumerate(names2))
+                loss = loss + (feat + _logit_mse(logits[:, k * n:(k + 1) * n], c_logits)).mean()
         opt2.zero_grad(set_to_none=True)
         loss.backward()
         opt2.step()
