@@ -7,7 +7,8 @@ from __future__ import annotations
 
 _COMMON = dict(widths=(), epochs=30, batch_size=64, lr=1e-3, bridge_lr=1e-3, schedule='cosine',
                warmup_steps=0, weight_decay=0.0, feature_weight=1.0, logit_weight=1.0,
-               logit_loss='mse', temperature=1.0, tap_pairs={}, checkpoint_every=200)
+               logit_loss='mse', temperature=1.0, tap_pairs={}, checkpoint_every=200,
+               checkpoint_min_interval_s=60.0)
 # The frozen nets' output caches (fixed views only: data.crop_padding = 0 and no flip, or data.views = K).
 CACHE = dict(cache_dtype='float16', cache_limit_gb=8.0)
 

@@ -1,9 +1,11 @@
 """A workdir belongs to one config: a rerun with the same config resumes, a different one is refused.
 
-One field may change between runs: `baselines`. Baselines train in their own subfolders and
+Some fields may change between runs. `baselines`: baselines train in their own subfolders and
 leave every other checkpoint alone, so a finished run can be given baselines later (the stages
-resume as complete and only the new baselines train). Fields added to the configs after a run
-was stored (`LATER_FIELDS`) compare equal to their default when the stored config lacks them.
+resume as complete and only the new baselines train). Fields that say how often to log or save
+(`RUN_CONTROL_FIELDS`) change nothing a run computes, so a run may resume with other values.
+Fields added to the configs after a run was stored (`LATER_FIELDS`) compare equal to their
+default when the stored config lacks them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from kamal_jax.files import write_atomic
 
 CONFIG_FILE = 'config.json'
 ADDITIVE_FIELDS = ('baselines',)  # may change between runs of one workdir
+RUN_CONTROL_FIELDS = ('log_every', 'checkpoint_every', 'checkpoint_min_interval_s')  # at any depth
 # Fields the configs gained later, with the value a config without them behaves as.
 LATER_FIELDS = {'data.views': 0, 'stage1.teacher_cache': False, 'stage2.component_cache': False,
                 **{f'{stage}.{k}': v for stage in ('stage1', 'stage2') for k, v in stage_defaults.CACHE.items()}}
@@ -36,7 +39,8 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
     return {prefix: tree}
 
 
-def first_difference(old: dict, new: dict) -> str | None:
+def first_difference(old: dict, new: dict, *, skip_run_control: bool = False) -> str | None:
+    """The first field in which two configs differ, as a sentence; None when they agree."""
     a, b = _flatten(old), _flatten(new)
     for key, default in LATER_FIELDS.items():
         section = key.split('.')[0]
@@ -44,6 +48,8 @@ def first_difference(old: dict, new: dict) -> str | None:
             if section in tree:
                 flat.setdefault(key, default)
     for key in sorted(set(a) | set(b)):
+        if skip_run_control and key.rsplit('.', 1)[-1] in RUN_CONTROL_FIELDS:
+            continue
         if a.get(key, '<absent>') != b.get(key, '<absent>'):
             return f'{key} was {a.get(key, "<absent>")!r}, now {b.get(key, "<absent>")!r}'
     return None
@@ -57,9 +63,10 @@ def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool
         if os.path.isfile(path):
             stored = json.load(open(path))
             diff = first_difference({k: v for k, v in stored.items() if k not in ADDITIVE_FIELDS},
-                                    {k: v for k, v in config_dict.items() if k not in ADDITIVE_FIELDS})
+                                    {k: v for k, v in config_dict.items() if k not in ADDITIVE_FIELDS},
+                                    skip_run_control=True)
             if diff is None:
-                if stored != config_dict:  # only additive fields changed: record the new ones
+                if stored != config_dict:  # only additive or run-control fields changed: record them
                     _write_config(path, config_dict)
                 return True
             reason = f'holds a run of a different config ({diff})'

@@ -92,6 +92,21 @@ def test_baselines_may_be_added_to_a_finished_workdir(tmp_path):
         workdir_lib.prepare(run, {**config, 'stage2': {'lr': 0.2}})
 
 
+def test_log_and_checkpoint_cadence_may_change_between_runs(tmp_path):
+    """How often a run logs or saves changes nothing it computes; a real change is still refused."""
+    from kamal_jax import workdir as workdir_lib
+    run = str(tmp_path / 'run')
+    config = {'log_every': 50, 'stage1': {'lr': 0.1, 'checkpoint_every': 200}}
+    assert workdir_lib.prepare(run, config) is False
+    later = {'log_every': 10, 'stage1': {'lr': 0.1, 'checkpoint_every': 1000, 'checkpoint_min_interval_s': 60.0}}
+    assert workdir_lib.prepare(run, later) is True
+    assert json.load(open(os.path.join(run, 'config.json')))['stage1']['checkpoint_every'] == 1000
+    with pytest.raises(WorkdirError, match=r'stage1\.lr'):
+        workdir_lib.prepare(run, {**later, 'stage1': {**later['stage1'], 'lr': 0.2}})
+    # Processes of one run must still agree on them (each makes the same calls into orbax).
+    assert workdir_lib.first_difference(config, later) == 'log_every was 50, now 10'
+
+
 def test_fields_added_later_resume_at_their_default(tmp_path):
     """A run stored before `data.views` and the cache switches existed resumes under today's configs."""
     from kamal_jax import workdir as workdir_lib

@@ -74,3 +74,23 @@ def test_interrupted_run_resumes_to_same_params(tmp_path):
     moved = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
                 for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(early)))
     assert moved > 1e-4
+
+
+def test_checkpoints_wait_for_the_minimum_interval(tmp_path, monkeypatch):
+    """Step multiples within `min_interval_s` of the last save are skipped; forced saves are not."""
+    from kamal_jax.train import checkpoint
+    clock = [100.0]
+    monkeypatch.setattr(checkpoint.time, 'monotonic', lambda: clock[0])
+    state = {'w': np.arange(4, dtype=np.float32)}
+    ckpt = checkpoint.Checkpointer(str(tmp_path / 'ckpt'), every_steps=2, min_interval_s=60.0)
+    saved = []
+    for step in range(1, 13):
+        clock[0] += 25.0  # 25 s per step: a multiple of 2 steps comes every 50 s
+        saved.append(ckpt.maybe_save(step, state))
+    assert [s for s, ok in zip(range(1, 13), saved) if ok] == [4, 8, 12]  # 100 s, 100 s, 100 s apart
+    assert ckpt.maybe_save(13, state, force=True)
+    ckpt.close()
+    assert sorted(os.listdir(tmp_path / 'ckpt'), key=int) == ['12', '13']  # max_to_keep = 2
+    every = checkpoint.Checkpointer(str(tmp_path / 'every'), every_steps=2)
+    assert [s for s in range(1, 7) if every.maybe_save(s, state)] == [2, 4, 6]
+    every.close()
