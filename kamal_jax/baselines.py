@@ -37,7 +37,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +47,7 @@ import numpy as np
 from kamal_jax import ambiguity, losses, summary as summary_lib
 from kamal_jax.models.bridges import apply_bridge, init_bridge
 from kamal_jax.tasks import ConfigError, Plan
-from kamal_jax.train import evaluate as eval_lib, views as views_lib
+from kamal_jax.train import distributed, evaluate as eval_lib, views as views_lib
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import count_params
 from kamal_jax.train.steps import LossWeights, Pairs, Supervised, make_pairs, pair_key
@@ -241,6 +241,13 @@ class Context:
         return eval_lib.evaluate(net, variables, self.held_out, tasks, self.config.eval_batch_size)
 
 
+class Result(NamedTuple):
+    """A trained baseline: its summary entry, and the net and variables to export."""
+    entry: dict
+    net: Net
+    variables: Any
+
+
 def _floats(metrics: Mapping[str, Any]) -> dict:
     return {k: round(float(v), 5) for k, v in metrics.items()}
 
@@ -252,19 +259,19 @@ def _target_net(ctx: Context, name: str, cfg: Any) -> Net:
 
 
 def _train_one_stage(ctx: Context, name: str, cfg: Any, target: Net, loss_fn, bridges, arrays, frozen,
-                     method: str) -> dict:
+                     method: str) -> Result:
     variables, metrics = train_student(
         name=f'baseline/{name}', student=target, loss_fn=loss_fn, bridges=bridges, cfg=cfg, arrays=arrays,
         frozen=frozen, mesh=ctx.mesh, seed=ctx.config.seed + 1,
         ckpt_dir=os.path.join(ctx.workdir, 'baselines', name), log_every=ctx.config.log_every,
         **views_lib.step_augmentation(ctx.config.data))
     acc = ctx.evaluate(target, variables)
-    return summary_lib.model_entry('baseline', target.arch, count_params(variables['params']),
-                                   ctx.plan.target_tasks, acc, method=method, epochs=int(cfg.epochs),
-                                   final_train_metrics=_floats(metrics))
+    return Result(summary_lib.model_entry('baseline', target.arch, count_params(variables['params']),
+                                          ctx.plan.target_tasks, acc, method=method, epochs=int(cfg.epochs),
+                                          final_train_metrics=_floats(metrics)), target, variables)
 
 
-def run_average(ctx: Context) -> dict:
+def run_average(ctx: Context) -> Result:
     cfg = one_stage_config(ctx.config)
     target = _target_net(ctx, 'average', cfg)
     groups = ctx.groups()
@@ -274,7 +281,7 @@ def run_average(ctx: Context) -> dict:
                             f'multi-teacher KD, averaged soft targets, T={stage.temperature:g}')
 
 
-def run_one_stage(ctx: Context) -> dict:
+def run_one_stage(ctx: Context) -> Result:
     from kamal_jax import pipeline
     cfg, s1 = one_stage_config(ctx.config), ctx.config.stage1
     target = _target_net(ctx, 'one_stage', cfg)
@@ -294,7 +301,7 @@ def run_one_stage(ctx: Context) -> dict:
                             f'one stage from the source nets, {s1.selection} least-ambiguous selection')
 
 
-def run_supervised(ctx: Context) -> dict:
+def run_supervised(ctx: Context) -> Result:
     cfg = one_stage_config(ctx.config)
     target = _target_net(ctx, 'supervised', cfg)
     stage = Supervised(target, ctx.plan.target_tasks)
@@ -320,7 +327,7 @@ def two_stage_config(config: Any, name: str) -> ml_collections.ConfigDict:
     return config
 
 
-def _two_stage(ctx: Context, name: str) -> dict:
+def _two_stage(ctx: Context, name: str) -> Result:
     from kamal_jax import pipeline
     config = two_stage_config(ctx.config, name)
     out = os.path.join(ctx.workdir, 'baselines', name)
@@ -333,18 +340,19 @@ def _two_stage(ctx: Context, name: str) -> dict:
         comp_metrics[task] = _floats(metrics)
     target, variables, metrics = pipeline.run_stage2(ctx.plan, components, ctx.train, config, ctx.mesh, out)
     acc = ctx.evaluate(target, variables)
-    return summary_lib.model_entry('baseline', target.arch, count_params(variables['params']),
-                                   ctx.plan.target_tasks, acc, method=TWO_STAGE[name][2],
-                                   epochs=[int(config.stage1.epochs), int(config.stage2.epochs)],
-                                   component_accuracy=comp_acc, component_train_metrics=comp_metrics,
-                                   final_train_metrics=_floats(metrics))
+    entry = summary_lib.model_entry('baseline', target.arch, count_params(variables['params']),
+                                    ctx.plan.target_tasks, acc, method=TWO_STAGE[name][2],
+                                    epochs=[int(config.stage1.epochs), int(config.stage2.epochs)],
+                                    component_accuracy=comp_acc, component_train_metrics=comp_metrics,
+                                    final_train_metrics=_floats(metrics))
+    return Result(entry, target, variables)
 
 
-def run_random(ctx: Context) -> dict:
+def run_random(ctx: Context) -> Result:
     return _two_stage(ctx, 'random')
 
 
-def run_logits_only(ctx: Context) -> dict:
+def run_logits_only(ctx: Context) -> Result:
     return _two_stage(ctx, 'logits_only')
 
 
@@ -354,7 +362,12 @@ RUNNERS = {'average': run_average, 'random': run_random, 'logits_only': run_logi
 
 def run_all(config: Any, plan: Plan, teachers: Mapping[str, Net], frozen: Mapping[str, Any], train: Any,
             held_out: Any, mesh: Any, workdir: str) -> tuple[dict, dict]:
-    """Trains (or resumes) every baseline of `config.baselines`; returns (summary entries, wall seconds)."""
+    """Trains (or resumes) every baseline of `config.baselines`; returns (summary entries, wall seconds).
+
+    Each baseline's net is exported to `WORKDIR/export/baselines/NAME`, loadable like the target
+    with `kamal_jax.load_student`: where a baseline scores higher, a user can take it instead.
+    """
+    from kamal_jax import pipeline
     names = check_config(config)
     if 'supervised' in names:
         task_label_arrays(plan, train)  # refuse missing labels before any baseline trains
@@ -362,8 +375,11 @@ def run_all(config: Any, plan: Plan, teachers: Mapping[str, Net], frozen: Mappin
     entries, wall = {}, {}
     for name in names:
         t0 = time.perf_counter()
-        entry = RUNNERS[name](ctx)
+        entry, net, variables = RUNNERS[name](ctx)
         wall[f'baseline_{name}'] = time.perf_counter() - t0
+        if distributed.is_primary():
+            pipeline.export_net(os.path.join(workdir, 'export', 'baselines', name), net, variables, plan,
+                                tuple(train.images.shape[1:3]))
         entries[f'baseline_{name}'] = entry
         log.info('baseline %s: %s', name, ', '.join(f'{t} {100 * a:.1f}%' for t, a in entry['accuracy'].items()))
     return entries, wall

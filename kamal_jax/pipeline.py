@@ -152,6 +152,13 @@ def student_net(name: str, cfg: Any, heads, data_cfg: Any, dtype: str = 'float32
     return net.with_compute_dtype(dtype)
 
 
+def export_net(directory: str, net: Net, variables: Any, plan: Plan, image_size) -> str:
+    """Writes a trained multi-head net where `kamal_jax.load_student` reads it (call on process 0)."""
+    return export.save_student(directory, arch=net.arch, widths=net.widths, heads=net.module.heads,
+                               variables=sharding.to_host(variables), tasks=plan.tasks, mean=net.mean,
+                               std=net.std, image_size=image_size)
+
+
 def offline_selection(task: str, teachers, frozen, images: np.ndarray, batch_size: int) -> np.ndarray:
     """The reference recipe: least-ambiguous teacher per sample, once, on the un-augmented view."""
     ent = np.stack([ambiguity.entropy(eval_lib.predict(t, frozen[t.name], images, batch_size)[task])
@@ -362,9 +369,7 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     wall['stage2'] = time.perf_counter() - t0
 
     if distributed.is_primary():
-        export.save_student(os.path.join(workdir, 'export'), arch=target.arch, widths=target.widths,
-                            heads=target.module.heads, variables=sharding.to_host(variables),
-                            tasks=plan.tasks, mean=target.mean, std=target.std, image_size=image_size)
+        export_net(os.path.join(workdir, 'export'), target, variables, plan, image_size)
     more, more_wall = baselines_lib.run_all(config, plan, teachers, frozen, train, held_out, mesh, workdir)
     for entry in more.values():  # every baseline has the target's architecture
         entry.setdefault('flops', entries['target']['flops'])

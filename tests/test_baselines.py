@@ -208,6 +208,25 @@ def test_every_baseline_trains_and_enters_the_summary(run_all):
     assert entries['baseline_average']['method'].endswith('T=2')
 
 
+def test_every_baseline_is_exported_like_the_target(run_all):
+    """WORKDIR/export/baselines/NAME loads with load_student and scores what the summary says."""
+    import kamal_jax
+    args, entries, _ = run_all
+    held_out, workdir = args[5], args[-1]
+    labels = held_out.labels['label']
+    valid = labels < 5  # task 'a' is classes c0..c4, in that order
+    outputs = {}
+    for name in ('average', 'one_stage', 'supervised', 'logits_only'):
+        student = kamal_jax.load_student(os.path.join(workdir, 'export', 'baselines', name))
+        assert student.card['heads'] == [['a', 5]] and student.card['image_size'] == [12, 12]
+        probs = outputs[name] = np.asarray(student.predict(held_out.images.astype(np.float32) / 255.0)['a'])
+        acc = float(np.mean(np.argmax(probs[valid], -1) == labels[valid]))
+        assert acc == pytest.approx(entries[f'baseline_{name}']['accuracy']['a'], abs=1e-6), name
+    # Each baseline wrote its own net, not one shared set of variables.
+    assert not np.allclose(outputs['average'], outputs['supervised'])
+    assert not np.allclose(outputs['one_stage'], outputs['logits_only'])
+
+
 def test_rerun_resumes_a_baseline(run_all):
     args, entries, _ = run_all
     config = ml_collections.ConfigDict(args[0].to_dict())
