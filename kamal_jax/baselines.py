@@ -37,7 +37,7 @@ import dataclasses
 import logging
 import os
 import time
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -361,8 +361,12 @@ RUNNERS = {'average': run_average, 'random': run_random, 'logits_only': run_logi
 
 
 def run_all(config: Any, plan: Plan, teachers: Mapping[str, Net], frozen: Mapping[str, Any], train: Any,
-            held_out: Any, mesh: Any, workdir: str) -> tuple[dict, dict]:
+            held_out: Any, mesh: Any, workdir: str,
+            on_result: Callable[[str, dict, float], None] | None = None) -> tuple[dict, dict]:
     """Trains (or resumes) every baseline of `config.baselines`; returns (summary entries, wall seconds).
+
+    `on_result(key, entry, seconds)` is called as each baseline finishes (the pipeline rewrites the
+    summary there, so hours-long benchmarks show each result as it comes).
 
     Each baseline's net is exported to `WORKDIR/export/baselines/NAME`, loadable like the target
     with `kamal_jax.load_student`: where a baseline scores higher, a user can take it instead.
@@ -382,4 +386,6 @@ def run_all(config: Any, plan: Plan, teachers: Mapping[str, Net], frozen: Mappin
                                 tuple(train.images.shape[1:3]))
         entries[f'baseline_{name}'] = entry
         log.info('baseline %s: %s', name, ', '.join(f'{t} {100 * a:.1f}%' for t, a in entry['accuracy'].items()))
+        if on_result is not None:
+            on_result(f'baseline_{name}', entry, wall[f'baseline_{name}'])
     return entries, wall

@@ -368,18 +368,33 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
                                                                              held_out.images.shape[1:]))
     wall['stage2'] = time.perf_counter() - t0
 
+    log.info('target: %s', _fmt(acc))
     if distributed.is_primary():
         export_net(os.path.join(workdir, 'export'), target, variables, plan, image_size)
-    more, more_wall = baselines_lib.run_all(config, plan, teachers, frozen, train, held_out, mesh, workdir)
-    for entry in more.values():  # every baseline has the target's architecture
-        entry.setdefault('flops', entries['target']['flops'])
-    entries.update(more)
-    wall.update(more_wall)
-    result = summary_lib.build(plan.tasks, plan.target_tasks, entries, wall,
-                               data={'name': config.data.name, 'train': len(train.images) // max(n_views, 1),
-                                     'eval': len(held_out.images)})
+
+    data_info = {'name': config.data.name, 'train': len(train.images) // max(n_views, 1),
+                 'eval': len(held_out.images)}
+    pending = list(baselines_lib.check_config(config))
+
+    def publish() -> tuple[dict, str]:
+        """Writes the summary as it stands, so a long run shows its main result before its baselines."""
+        extra = {'pending_baselines': list(pending)} if pending else {}
+        result = summary_lib.build(plan.tasks, plan.target_tasks, entries, wall, data=data_info, **extra)
+        return result, (summary_lib.write(workdir, result) if distributed.is_primary() else '')
+
+    def add_baseline(key: str, entry: dict, seconds: float) -> None:
+        entry.setdefault('flops', entries['target']['flops'])  # every baseline has the target's architecture
+        entries[key], wall[key] = entry, seconds
+        pending.remove(key[len('baseline_'):])
+        publish()
+
+    if pending:
+        publish()
+        log.info('summary so far in %s; baselines to train: %s', os.path.join(workdir, 'summary.md'),
+                 ', '.join(pending))
+    baselines_lib.run_all(config, plan, teachers, frozen, train, held_out, mesh, workdir, on_result=add_baseline)
+    result, table = publish()
     if distributed.is_primary():
-        table = summary_lib.write(workdir, result)
         log.info('summary (also in %s):\n%s', os.path.join(workdir, 'summary.md'), table)
     distributed.barrier('kamal_jax_run_done')
     return result

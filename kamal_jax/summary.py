@@ -6,6 +6,7 @@ import json
 import os
 from typing import Any, Mapping
 
+from kamal_jax.files import write_atomic
 from kamal_jax.tasks import Task
 
 ROLE_ORDER = {'teacher': 0, 'component': 1, 'baseline': 2, 'target': 3}
@@ -60,6 +61,9 @@ def markdown(summary: Mapping[str, Any]) -> str:
     wall = summary.get('wall_seconds', {})
     if wall:
         lines.append('Wall time: ' + ', '.join(f'{k} {v:.0f}s' for k, v in wall.items()))
+    pending = summary.get('pending_baselines')
+    if pending:
+        lines.append(f'Still training: {", ".join(pending)} (this summary is rewritten as each baseline finishes).')
     return '\n\n'.join(lines) + '\n'
 
 
@@ -86,9 +90,8 @@ def selection_markdown(summary: Mapping[str, Any]) -> str:
 
 
 def write(workdir: str, summary: Mapping[str, Any]) -> str:
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+    """Writes summary.json and summary.md (each whole or not at all: a run rewrites them as it goes)."""
+    write_atomic(os.path.join(workdir, 'summary.json'), json.dumps(summary, indent=2).encode())
     table = markdown(summary)
-    with open(os.path.join(workdir, 'summary.md'), 'w') as f:
-        f.write(table)
+    write_atomic(os.path.join(workdir, 'summary.md'), table.encode())
     return table

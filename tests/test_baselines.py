@@ -179,7 +179,11 @@ def run_all(tmp_path_factory):
     names = tuple(n for n in baselines.NAMES if n != 'random')
     args = (_config(names), plan, {'flat': flat, 'good': good}, {'flat': flat_vars, 'good': good_vars},
             train, held_out, mesh, workdir)
-    entries, wall = baselines.run_all(*args)
+    reported = []
+    entries, wall = baselines.run_all(*args, on_result=lambda *r: reported.append(r))
+    # Each result is handed over as it finishes, in the config's order.
+    assert [key for key, _, _ in reported] == [f'baseline_{n}' for n in names]
+    assert all(entry is entries[key] and seconds == wall[key] for key, entry, seconds in reported)
     return args, entries, wall
 
 

@@ -138,6 +138,29 @@ def test_load_student_round_trip(tiny_run):
         assert acc == pytest.approx(summary['models']['target']['accuracy'][task], abs=1e-6)
 
 
+def test_summary_shows_the_main_result_before_the_baselines_finish(tiny_run, tmp_path, monkeypatch):
+    """A run with baselines writes its summary after stage 2, marking what is still training."""
+    import shutil
+    from kamal_jax import baselines
+    config, workdir, summary = tiny_run
+    run = str(tmp_path / 'run')
+    shutil.copytree(workdir, run)
+    config = quickstart(data_dir=config.data.data_dir)
+    config.baselines = ('supervised',)
+
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+    monkeypatch.setitem(baselines.RUNNERS, 'supervised', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(config, run)  # the stages resume as complete, then the baseline is stopped
+    partial = json.load(open(os.path.join(run, 'summary.json')))
+    assert partial['pending_baselines'] == ['supervised']
+    assert partial['models']['target']['accuracy'] == pytest.approx(summary['models']['target']['accuracy'])
+    assert not any(m['role'] == 'baseline' for m in partial['models'].values())
+    assert 'Still training: supervised' in open(os.path.join(run, 'summary.md')).read()
+    assert 'Still training' not in open(os.path.join(workdir, 'summary.md')).read()
+
+
 def test_rerun_resumes_and_different_config_is_refused(tiny_run):
     config, workdir, summary = tiny_run
     again = pipeline.run(config, workdir)  # every stage is complete: nothing retrains
