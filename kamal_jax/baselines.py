@@ -378,14 +378,14 @@ def run_all(config: Any, plan: Plan, teachers: Mapping[str, Net], frozen: Mappin
     ctx = Context(config, plan, teachers, frozen, train, held_out, mesh, workdir)
     entries, wall = {}, {}
     for name in names:
-        t0 = time.perf_counter()
-        entry, net, variables = RUNNERS[name](ctx)
-        wall[f'baseline_{name}'] = time.perf_counter() - t0
+        key, t0 = f'baseline_{name}', time.perf_counter()
+        entries[key], net, variables = RUNNERS[name](ctx)
+        wall[key] = time.perf_counter() - t0
         if distributed.is_primary():
             pipeline.export_net(os.path.join(workdir, 'export', 'baselines', name), net, variables, plan,
                                 tuple(train.images.shape[1:3]))
-        entries[f'baseline_{name}'] = entry
-        log.info('baseline %s: %s', name, ', '.join(f'{t} {100 * a:.1f}%' for t, a in entry['accuracy'].items()))
+        accuracy = entries[key]['accuracy']
+        log.info('baseline %s: %s', name, ', '.join(f'{t} {100 * a:.1f}%' for t, a in accuracy.items()))
         if on_result is not None:
-            on_result(f'baseline_{name}', entry, wall[f'baseline_{name}'])
+            on_result(key, entries[key], wall[key])
     return entries, wall

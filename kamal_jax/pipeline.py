@@ -385,7 +385,7 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     def add_baseline(key: str, entry: dict, seconds: float) -> None:
         entry.setdefault('flops', entries['target']['flops'])  # every baseline has the target's architecture
         entries[key], wall[key] = entry, seconds
-        pending.remove(key[len('baseline_'):])
+        pending.remove(key.removeprefix('baseline_'))
         publish()
 
     if pending:
