@@ -1,0 +1,69 @@
+"""The `kamal-jax` command (and `python launch.py`): teachers -> stage 1 -> stage 2 -> summary and export.
+
+    kamal-jax --config kamal_jax:quickstart --workdir runs/quickstart
+    kamal-jax --config kamal_jax:quickstart:tiny --workdir runs/q --config.stage1.epochs=3
+    kamal-jax --config my_config.py --workdir runs/mine
+
+`kamal_jax:NAME[:ARG]` is a config that ships with the package (`configs/NAME.py` of the
+repository); any other value is a config file's path. All logic lives in `kamal_jax.pipeline`;
+this module only parses flags. Relaunching with the same workdir and config resumes from the last
+checkpoints.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from kamal_jax import config_files, xla
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'A config file (configs/*.py), or a shipped config as kamal_jax:NAME[:ARG], '
+    'e.g. kamal_jax:quickstart:tiny.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summary and export.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete what the workdir holds and start afresh.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def expand_config_flag(argv):
+    """argv with `--config kamal_jax:NAME[:ARG]` (or `--config=...`) replaced by the shipped file's path."""
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg in ('--config', '-config') and i + 1 < len(argv):
+            argv[i + 1] = config_files.resolve(argv[i + 1])
+        elif arg.startswith(('--config=', '-config=')):
+            flag, _, value = arg.partition('=')
+            argv[i] = f'{flag}={config_files.resolve(value)}'
+    return argv
+
+
+def _run(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    from kamal_jax import logs
+    logs.setup_console()
+    from kamal_jax.train import distributed
+    try:  # several processes (KAMAL_COORDINATOR_ADDRESS, ...): join them before any JAX use
+        distributed.maybe_initialize()
+    except distributed.DistributedError as e:
+        sys.exit(f'error: {e}')
+    from kamal_jax import pipeline
+    from kamal_jax.tasks import ConfigError
+    from kamal_jax.workdir import WorkdirError
+    try:
+        pipeline.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+    except (ConfigError, WorkdirError, distributed.DistributedError) as e:
+        sys.exit(f'error: {e}')
+
+
+def main():
+    """Entry point of the console script."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before anything imports TensorFlow.
+    os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # TF only decodes images here; keep it quiet.
+    xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+    try:
+        argv = expand_config_flag(sys.argv)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f'error: {e}')
+    app.run(_run, argv=argv)
