@@ -1,4 +1,9 @@
-"""Export of the finished student (params + a JSON card) and `load_student` for downstream Flax code."""
+"""Export of the finished student and `load_student` for downstream Flax code.
+
+An export directory holds the variables twice, as Flax msgpack and as safetensors with flat names
+('params/backbone/stem_conv/kernel', ...: any framework reads them), beside a JSON card
+(architecture, tasks and classes, normalisation) that `load_student` needs to rebuild the module.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,19 @@ from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from flax import serialization
+import numpy as np
+from flax import serialization, traverse_util
+from safetensors import numpy as safetensors_np
 
 from kamal_jax import models
 from kamal_jax.tasks import Task
 
 VARIABLES_FILE = 'variables.msgpack'
+SAFETENSORS_FILE = 'variables.safetensors'
+FILES = {'msgpack': VARIABLES_FILE, 'safetensors': SAFETENSORS_FILE}
 CARD_FILE = 'student.json'
 FORMAT_VERSION = 1
+SEP = '/'  # joins the nested variable names into the safetensors file's flat names
 
 
 class Student(NamedTuple):
@@ -34,8 +44,11 @@ class Student(NamedTuple):
 def save_student(directory: str, *, arch: str, widths, heads, variables: Any,
                  tasks: Mapping[str, Task], mean, std, image_size) -> str:
     os.makedirs(directory, exist_ok=True)
+    variables = jax.device_get(variables)
     with open(os.path.join(directory, VARIABLES_FILE), 'wb') as f:
-        f.write(serialization.msgpack_serialize(jax.device_get(variables)))
+        f.write(serialization.msgpack_serialize(variables))
+    safetensors_np.save_file(flatten(variables), os.path.join(directory, SAFETENSORS_FILE),
+                             metadata={'format': 'flax'})
     card = {
         'format_version': FORMAT_VERSION, 'arch': arch, 'widths': list(widths),
         'heads': [[t, int(n)] for t, n in heads],
@@ -49,8 +62,42 @@ def save_student(directory: str, *, arch: str, widths, heads, variables: Any,
     return directory
 
 
-def load_student(path: str) -> Student:
-    """Reads an export directory (or its student.json) into a Flax module and its variables."""
+def flatten(variables) -> dict:
+    """{'params': {'a': {'kernel': x}}} -> {'params/a/kernel': x}, the safetensors file's names."""
+    flat = traverse_util.flatten_dict(serialization.to_state_dict(variables))
+    for key in flat:
+        if any(SEP in str(k) for k in key):
+            raise ValueError(f'Variable {key!r} has {SEP!r} in a name; safetensors export joins the '
+                             f'names with {SEP!r}, so it cannot be split back.')
+    return {SEP.join(map(str, k)): np.ascontiguousarray(v) for k, v in flat.items()}
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+    """Inverse of `flatten`."""
+    return traverse_util.unflatten_dict({tuple(k.split(SEP)): v for k, v in flat.items()})
+
+
+def _read_variables(directory: str, fmt: str | None):
+    if fmt is None:  # msgpack first: exports written before safetensors have only that
+        fmt = next((f for f, name in FILES.items() if os.path.isfile(os.path.join(directory, name))), None)
+        if fmt is None:
+            raise FileNotFoundError(f'{directory!r} holds neither {VARIABLES_FILE} nor {SAFETENSORS_FILE}.')
+    if fmt not in FILES:
+        raise ValueError(f'format must be one of {sorted(FILES)} or None, got {fmt!r}.')
+    path = os.path.join(directory, FILES[fmt])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path!r} does not exist (format={fmt!r}).')
+    if fmt == 'safetensors':
+        return unflatten(safetensors_np.load_file(path))
+    with open(path, 'rb') as f:
+        return serialization.msgpack_restore(f.read())
+
+
+def load_student(path: str, format: str | None = None) -> Student:  # noqa: A002 (the file format)
+    """Reads an export directory (or its student.json) into a Flax module and its variables.
+
+    format: 'msgpack' or 'safetensors'; None takes the msgpack file, or the safetensors one alone.
+    """
     directory = os.path.dirname(path) if path.endswith('.json') else path
     card_path = os.path.join(directory, CARD_FILE)
     if not os.path.isfile(card_path):
@@ -61,6 +108,5 @@ def load_student(path: str) -> Student:
         raise ValueError(f'{card_path!r} has format_version {card.get("format_version")!r}; '
                          f'this kamal_jax reads version {FORMAT_VERSION}.')
     module = models.multihead(card['arch'], [tuple(h) for h in card['heads']], card['widths'] or None)
-    with open(os.path.join(directory, VARIABLES_FILE), 'rb') as f:
-        variables = jax.tree.map(jnp.asarray, serialization.msgpack_restore(f.read()))
+    variables = jax.tree.map(jnp.asarray, _read_variables(directory, format))
     return Student(module, variables, card)
