@@ -3,6 +3,12 @@
 Taps are the stem (conv+BN, before ReLU) and each stage's output taken before its final
 ReLU, the points Shen et al. match. Parameter names follow torchvision (`conv1`, `bn1`,
 `layer1_0`, ...) so that porting is a short rule table.
+
+Where a block changes resolution or width its shortcut is either a 1x1 conv + BN
+(`shortcut='projection'`, He et al.'s option B and torchvision's; the default for every net
+kamal_jax builds) or parameter-free (`shortcut='zero_pad'`, the original CIFAR option A:
+`x[:, ::2, ::2]` with `planes // 4` zero channels on each side), so teachers trained either
+way run exactly as they were trained.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from kamal_jax.models.taps import Tap
 
 _BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 _BN_EPS = 1e-5
+SHORTCUTS = ('projection', 'zero_pad')
 
 
 def _conv(features, kernel, stride, name, dtype=None):
@@ -30,11 +37,21 @@ def _norm(train, name, dtype=None):
                         name=name, dtype=dtype)
 
 
+def zero_pad_shortcut(x, planes: int):
+    """Option A: every other pixel, then `planes // 4` zero channels each side (NHWC)."""
+    pad = planes // 4
+    if x.shape[-1] + 2 * pad != planes:
+        raise ValueError(f'a zero-pad (option A) shortcut needs the width to double from '
+                         f'{x.shape[-1]} channels, got {planes}.')
+    return jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (pad, pad)))
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs; returns the residual sum *before* the ReLU (a tap point)."""
     filters: int
     stride: int = 1
     dtype: Any = None  # compute dtype (None: that of the inputs); params stay float32
+    shortcut: str = 'projection'  # or 'zero_pad' (option A)
     expansion = 1
 
     @nn.compact
@@ -43,8 +60,11 @@ class BasicBlock(nn.Module):
         y = nn.relu(_norm(train, 'bn1', dt)(_conv(self.filters, 3, self.stride, 'conv1', dt)(x)))
         y = _norm(train, 'bn2', dt)(_conv(self.filters, 3, 1, 'conv2', dt)(y))
         if self.stride != 1 or x.shape[-1] != self.filters:
-            x = _norm(train, 'downsample_bn', dt)(
-                _conv(self.filters, 1, self.stride, 'downsample_conv', dt)(x))
+            if self.shortcut == 'zero_pad':
+                x = zero_pad_shortcut(x, self.filters).astype(y.dtype)
+            else:
+                x = _norm(train, 'downsample_bn', dt)(
+                    _conv(self.filters, 1, self.stride, 'downsample_conv', dt)(x))
         return y + x
 
 
@@ -53,6 +73,7 @@ class Bottleneck(nn.Module):
     filters: int
     stride: int = 1
     dtype: Any = None
+    shortcut: str = 'projection'  # option A is defined for basic blocks only
     expansion = 4
 
     @nn.compact
@@ -80,6 +101,7 @@ class ResNet(nn.Module):
     block: str = 'basic'
     stem: str = 'imagenet'
     dtype: Any = None  # compute dtype (e.g. bfloat16); params stay float32
+    shortcut: str = 'projection'  # 'projection' (option B) or 'zero_pad' (option A)
 
     def taps(self) -> tuple[Tap, ...]:
         expansion = _BLOCKS[self.block].expansion
@@ -100,6 +122,7 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = False):
         block_cls = _BLOCKS[self.block]
+        check_shortcut(self.shortcut, self.block, self.stem_width, self.stage_widths)
         features, dt = {}, self.dtype
         if self.stem == 'imagenet':
             x = _norm(train, 'bn1', dt)(_conv(self.stem_width, 7, 2, 'conv1', dt)(x))
@@ -114,7 +137,7 @@ class ResNet(nn.Module):
         for i, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
             for j in range(size):
                 stride = 2 if (i > 0 and j == 0) else 1
-                x = block_cls(width, stride, dt, name=f'layer{i + 1}_{j}')(x, train)
+                x = block_cls(width, stride, dt, self.shortcut, name=f'layer{i + 1}_{j}')(x, train)
                 if j < size - 1:
                     x = nn.relu(x)
             features[f'stage{i + 1}'] = x
@@ -122,22 +145,47 @@ class ResNet(nn.Module):
         return jnp.mean(x, axis=(1, 2)), features
 
 
-def resnet(depth: int, *, widths: Sequence[int] | None = None, stem: str = 'imagenet') -> ResNet:
+def check_shortcut(shortcut: str, block: str, stem_width: int, stage_widths: Sequence[int]) -> None:
+    """Option A only exists where each stage doubles the width of the one before (PyTorch's too)."""
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f'ResNet shortcut must be one of {SHORTCUTS}, got {shortcut!r}.')
+    if shortcut == 'projection':
+        return
+    widths = (stem_width, *stage_widths)
+    if block != 'basic' or widths[0] != widths[1] or any(
+            b != 2 * a or b % 4 for a, b in zip(widths[1:], widths[2:])):
+        raise ValueError(f'zero-pad (option A) shortcuts need basic blocks, a stem as wide as stage 1 '
+                         f'and each later stage twice as wide as the one before (a multiple of 4); '
+                         f'got {block} blocks with widths {list(widths)}.')
+
+
+DEPTHS = {18: ((2, 2, 2, 2), 'basic'), 34: ((3, 4, 6, 3), 'basic'),
+          50: ((3, 4, 6, 3), 'bottleneck'), 101: ((3, 4, 23, 3), 'bottleneck')}
+
+
+def resnet(depth: int, *, widths: Sequence[int] | None = None, stem: str = 'imagenet',
+           shortcut: str = 'projection') -> ResNet:
     """torchvision ResNet-18/34/50/101; `widths` = (stem, stage1, ..., stage4)."""
-    table = {18: ((2, 2, 2, 2), 'basic'), 34: ((3, 4, 6, 3), 'basic'),
-             50: ((3, 4, 6, 3), 'bottleneck'), 101: ((3, 4, 23, 3), 'bottleneck')}
-    sizes, block = table[depth]
+    sizes, block = DEPTHS[depth]
     widths = tuple(widths or (64, 64, 128, 256, 512))
-    return ResNet(sizes, widths[1:], widths[0], block, stem)
+    check_shortcut(shortcut, block, widths[0], widths[1:])
+    return ResNet(sizes, widths[1:], widths[0], block, stem, shortcut=shortcut)
 
 
-def cifar_resnet(depth: int, *, widths: Sequence[int] | None = None) -> ResNet:
-    """He et al.'s CIFAR ResNet-(6n+2): three stages of n basic blocks, 16/32/64 wide."""
-    if (depth - 2) % 6:
-        raise ValueError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, ...), got {depth}.')
+def cifar_resnet(depth: int, *, widths: Sequence[int] | None = None,
+                 shortcut: str = 'projection') -> ResNet:
+    """He et al.'s CIFAR ResNet-(6n+2): three stages of n basic blocks, 16/32/64 wide.
+
+    Any depth 6n+2 and any widths (stem, stage1, ...; one stage per width after the stem).
+    """
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), '
+                         f'got {depth}.')
     n = (depth - 2) // 6
     widths = tuple(widths or (16, 16, 32, 64))
-    return ResNet((n,) * (len(widths) - 1), widths[1:], widths[0], 'basic', 'cifar')
+    check_shortcut(shortcut, 'basic', widths[0], widths[1:])
+    return ResNet((n,) * (len(widths) - 1), widths[1:], widths[0], 'basic', 'cifar',
+                  shortcut=shortcut)
 
 
 resnet18 = functools.partial(resnet, 18)

@@ -1,4 +1,4 @@
-"""Vision Transformer (torchvision layout) returning the class-token feature and patch-token taps.
+"""Vision Transformer (torchvision names; timm's ViT/DeiT port onto it too) returning the class-token feature and patch-token taps.
 
 Computes what `torchvision.models.vision_transformer.VisionTransformer` computes in eval mode:
 a patch-embedding conv (`conv_proj`), a learned class token, a learned position embedding,
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -165,9 +166,38 @@ CONFIGS = {
 }
 
 
-def vit(name: str, *, widths=None, image_size: int | None = None) -> VisionTransformer:
-    """A named ViT configuration; `image_size` overrides the size its position embedding is for."""
+# timm's ViT/DeiT sizes: name word -> (num_layers, num_heads, hidden_dim, mlp_dim). Names read
+# `{vit|deit}_{size}_patch{P}_{S}` (vit_small_patch16_224); the same Flax module computes them.
+TIMM_SIZES = {
+    'tiny': (12, 3, 192, 768),
+    'small': (12, 6, 384, 1536),
+    'base': (12, 12, 768, 3072),
+    'large': (24, 16, 1024, 4096),
+    'huge': (32, 16, 1280, 5120),
+}
+TIMM_NAME = re.compile(r'^(vit|deit)_(' + '|'.join(TIMM_SIZES) + r')_patch(\d+)_(\d+)$')
+
+
+def config(name: str) -> dict:
+    """The VisionTransformer fields of a named configuration (torchvision or timm name)."""
+    if name in CONFIGS:
+        size, patch, layers, heads, hidden, mlp = CONFIGS[name]
+    elif m := TIMM_NAME.match(name):
+        layers, heads, hidden, mlp = TIMM_SIZES[m.group(2)]
+        patch, size = int(m.group(3)), int(m.group(4))
+    else:
+        raise ValueError(f'unknown ViT {name!r}; known: {", ".join(sorted(CONFIGS))} and timm names '
+                         f'{{vit,deit}}_{{{",".join(TIMM_SIZES)}}}_patchP_S.')
+    return dict(image_size=size, patch_size=patch, num_layers=layers, num_heads=heads,
+                hidden_dim=hidden, mlp_dim=mlp)
+
+
+def vit(name: str, *, widths=None, **overrides) -> VisionTransformer:
+    """A named ViT configuration; `overrides` (e.g. `image_size`, read from a checkpoint) win."""
     if widths is not None:
         raise ValueError(f'{name} takes no widths (got {list(widths)}).')
-    size, patch, layers, heads, hidden, mlp = CONFIGS[name]
-    return VisionTransformer(image_size or size, patch, layers, heads, hidden, mlp)
+    fields = {**config(name), **{k: v for k, v in overrides.items() if v is not None}}
+    if fields['hidden_dim'] % fields['num_heads']:
+        raise ValueError(f'{name}: hidden width {fields["hidden_dim"]} is not divisible by '
+                         f'{fields["num_heads"]} heads.')
+    return VisionTransformer(**fields)

@@ -4,6 +4,8 @@ Block 1 has no expansion conv, so its `conv.0` is the depthwise conv; the generi
 handle the depthwise kernel (O1HW -> HW1O) and BatchNorm.
 """
 
+from kamal_jax.porting.architecture import Architecture
+
 RENAMES = (
     (r'^features/0/0$', r'backbone/stem_conv'),
     (r'^features/0/1$', r'backbone/stem_bn'),
@@ -22,3 +24,12 @@ RENAMES = (
     (r'^classifier/1$', r'fc'),
 )
 HEAD_KEY = 'classifier.1.weight'
+
+
+def detect(state_dict, hint=None):
+    """torchvision's MobileNetV2 at width 1.0 (the only one registered)."""
+    del hint
+    if 'features.0.0.weight' not in state_dict or HEAD_KEY not in state_dict:
+        return []
+    return [Architecture('mobilenet_v2', int(state_dict[HEAD_KEY].shape[0]), None, (),
+                         'mobilenet_v2', 'mobilenet_v2')]

@@ -22,6 +22,30 @@ IGNORED = (r'num_batches_tracked$',)
 class PortingError(ValueError):
     """The checkpoint does not fit the architecture; the message lists every offending key."""
 
+    def __init__(self, message: str, missing=(), unexpected=(), misshaped=()):
+        super().__init__(message)
+        self.missing, self.unexpected, self.misshaped = list(missing), list(unexpected), list(misshaped)
+
+    @property
+    def count(self) -> int:
+        """Offending keys (for ranking the nearest architecture); a bare message counts as many."""
+        n = len(self.missing) + len(self.unexpected) + len(self.misshaped)
+        return n if n else 10 ** 9
+
+    def first(self, n: int = 5) -> list[str]:
+        """The first `n` offending keys, each with what is wrong."""
+        items = ([f'missing {k}' for k in self.missing] + [f'unexpected {k}' for k in self.unexpected]
+                 + [f'mis-shaped {k}' for k in self.misshaped])
+        return items[:n] or [str(self)]
+
+
+def rename(key: str, renames: Sequence[Rename]) -> str:
+    """A PyTorch module path (dotted) through the rename table, as a '/'-joined path."""
+    path = key.replace('.', '/')
+    for pattern, repl in renames:
+        path = re.sub(pattern, repl, path)
+    return path
+
 
 def default_leaf(path: str, leaf: str, value: np.ndarray):
     """Maps one PyTorch leaf to (flax key tuple, array)."""
@@ -54,9 +78,7 @@ def convert(state_dict: Mapping[str, np.ndarray], target: Mapping, renames: Sequ
         if any(re.search(p, key) for p in ignored):
             continue
         module, _, leaf = key.rpartition('.')
-        path = module.replace('.', '/')
-        for pattern, repl in renames:
-            path = re.sub(pattern, repl, path)
+        path = rename(module, renames)
         mapped = None
         for rule in tuple(leaf_rules) + (default_leaf,):
             mapped = rule(path, leaf, np.asarray(value))
@@ -78,5 +100,6 @@ def convert(state_dict: Mapping[str, np.ndarray], target: Mapping, renames: Sequ
                              ('mis-shaped', misshaped)):
             if items:
                 lines.append(f'{len(items)} {title}: ' + '; '.join(items))
-        raise PortingError('checkpoint does not match the architecture: ' + ' | '.join(lines))
+        raise PortingError('checkpoint does not match the architecture: ' + ' | '.join(lines),
+                           missing, unexpected, misshaped)
     return traverse_util.unflatten_dict(got)
