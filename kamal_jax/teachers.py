@@ -1,4 +1,11 @@
-"""Teachers from their checkpoints: ported to Flax once, then cached in the workdir by content hash."""
+"""Teachers from their checkpoints: ported to Flax once, then cached in the workdir by content hash.
+
+`arch='auto'` ports a teacher as the registered architecture its weights match; the resolved
+record (name, widths, shortcut kind or ViT sizes) is cached with the variables, and the `Net`
+reports the resolved name. A timm `pretrained_cfg` next to the checkpoint (`config.json`) gives a
+ViT's head count by its architecture name, and the mean/std/input size when the teacher's config
+leaves them at their defaults.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +20,24 @@ from flax import serialization
 
 from kamal_jax import porting
 from kamal_jax.files import sha256, write_atomic
+from kamal_jax.porting import pretrained_cfg as pretrained_cfg_lib
 from kamal_jax.tasks import ConfigError, TeacherSpec
 from kamal_jax.train.nets import Net
 
 log = logging.getLogger('kamal_jax')
+
+_CACHE_VERSION = 2  # 2: the resolved architecture record is cached beside the variables
+_DEFAULT_MEAN, _DEFAULT_STD = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+
+
+def _preprocessing(spec: TeacherSpec, cfg: pretrained_cfg_lib.PretrainedCfg | None):
+    """(mean, std, input_size): the config's, else a timm pretrained_cfg's where the config is silent."""
+    mean, std, size = tuple(spec.mean), tuple(spec.std), tuple(spec.input_size)
+    if cfg is None:
+        return mean, std, size
+    if mean == _DEFAULT_MEAN and std == _DEFAULT_STD and cfg.mean and cfg.std:
+        mean, std = cfg.mean, cfg.std
+    return mean, std, size or tuple(cfg.input_size or ())
 
 
 def load_teacher(spec: TeacherSpec, cache_dir: str, image_size: tuple[int, int]) -> tuple[Net, Any]:
@@ -25,22 +46,31 @@ def load_teacher(spec: TeacherSpec, cache_dir: str, image_size: tuple[int, int])
         raise ConfigError(f'teachers.{spec.name}.checkpoint = {spec.checkpoint!r} does not exist.')
     os.makedirs(cache_dir, exist_ok=True)
     cache, meta_path = (os.path.join(cache_dir, f'{spec.name}.{ext}') for ext in ('msgpack', 'json'))
-    key = {'sha256': sha256(spec.checkpoint), 'arch': spec.arch, 'widths': list(spec.widths)}
+    ema = bool(getattr(spec, 'ema', False))
+    cfg = pretrained_cfg_lib.beside(spec.checkpoint)
+    key = {'version': _CACHE_VERSION, 'sha256': sha256(spec.checkpoint), 'arch': spec.arch,
+           'widths': list(spec.widths), 'ema': ema,
+           'pretrained_cfg': sha256(cfg.source) if cfg else None}
     meta = json.load(open(meta_path)) if os.path.isfile(meta_path) and os.path.isfile(cache) else {}
+    mean, std, input_size = _preprocessing(spec, cfg)
     if meta.get('key') == key:
         variables = jax.tree.map(jnp.asarray, serialization.msgpack_restore(open(cache, 'rb').read()))
-        module = porting.build_teacher(spec.arch, meta['num_classes'], spec.widths or None)
+        architecture = porting.Architecture.from_json(meta['architecture'])
+        module = porting.build(architecture)
         log.info('teacher %s: ported variables read from the cache', spec.name)
     else:
-        size = spec.input_size or image_size
+        size = input_size or image_size
         try:
-            module, variables = porting.port_file(spec.arch, spec.checkpoint, spec.widths or None,
-                                                  input_shape=(1, *size, 3))
+            state_dict = porting.load_state_dict(spec.checkpoint, ema)
+            architecture = porting.resolve(spec.arch, state_dict, spec.widths or None,
+                                           cfg.architecture if cfg else None)
+            module, variables = porting.port_architecture(architecture, state_dict, (1, *size, 3))
         except (porting.PortingError, porting.CheckpointFormatError, ValueError) as e:
-            raise ConfigError(f'teachers.{spec.name}: {e}') from None
+            raise ConfigError(f'teachers.{spec.name} ({spec.checkpoint}): {e}') from None
         write_atomic(cache, serialization.msgpack_serialize(jax.device_get(variables)))
-        write_atomic(meta_path, json.dumps({'key': key, 'num_classes': module.num_classes}).encode())
-        log.info('teacher %s: ported %s from %s', spec.name, spec.arch, spec.checkpoint)
-    net = Net(spec.name, spec.arch, module, spec.mean, spec.std, spec.input_size, dict(spec.heads),
+        write_atomic(meta_path, json.dumps({'key': key, 'num_classes': module.num_classes,
+                                            'architecture': architecture.to_json()}).encode())
+        log.info('teacher %s: ported %s from %s', spec.name, architecture.describe(), spec.checkpoint)
+    net = Net(spec.name, architecture.arch, module, mean, std, input_size, dict(spec.heads),
               spec.widths)
     return net, variables

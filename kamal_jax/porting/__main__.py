@@ -1,14 +1,20 @@
-"""Converts one PyTorch teacher checkpoint into Flax variables.
+"""Converts one PyTorch teacher checkpoint into Flax variables, or says what a checkpoint is.
 
     python -m kamal_jax.porting --arch resnet18 --checkpoint teacher.pth --out ported/ \
-        [--resolution 32] [--widths 64,64,128,256,512]
+        [--resolution 32] [--widths 64,64,128,256,512] [--ema] [--pretrained-cfg config.json]
+    python -m kamal_jax.porting --arch auto --checkpoint resnet20.th --out ported/
+    python -m kamal_jax.porting inspect resnet20.th [--ema] [--pretrained-cfg config.json]
 
 Writes `OUT/variables.msgpack` (`flax.serialization.msgpack_serialize` of the numpy variables)
-and `OUT/teacher.json` (arch, num_classes, widths, checkpoint sha256, parity). When PyTorch is
-installed and `kamal_jax.zoo.torch_models` can build the architecture, the ported model is run
-next to the PyTorch one on random inputs and the largest differences are printed. A teacher card
-next to the checkpoint (`teacher.json` for `teacher.pth`, as the zoo writes them) is copied in,
-and its widths are used when `--widths` is not given.
+and `OUT/teacher.json` (arch, num_classes, widths, the resolved `architecture` record that
+`kamal_jax.porting.Architecture.from_json` reads back, checkpoint sha256, parity, and a timm
+pretrained_cfg's mean/std/input size when there is one). `--arch auto` ports as the registered
+architecture the weights match. When PyTorch is installed and `kamal_jax.zoo.torch_models` can
+build the architecture, the ported model is run next to the PyTorch one on random inputs and the
+largest differences are printed. A teacher card next to the checkpoint (`teacher.json` for
+`teacher.pth`, as the zoo writes them) is copied in, and its widths are used when `--widths` is
+not given. `inspect` prints every registered architecture (family, depth, widths, classes,
+shortcut kind) the file matches, or the nearest one and its first offending keys (exit status 1).
 """
 
 from __future__ import annotations
@@ -46,20 +52,22 @@ def _sibling_card(checkpoint: str):
     return None
 
 
-def parity(arch, num_classes, widths, state_dict, module, variables, resolution, seed=0):
+def parity(architecture, state_dict, module, variables, resolution, seed=0):
     """Max |logit diff| and per-tap relative error vs. the PyTorch twin; None if unavailable."""
     if torch is None:
         return None
+    from kamal_jax.porting import resnet as resnet_rules
     from kamal_jax.zoo import torch_models
-    if arch not in torch_models.ARCHS:
-        return None
-    model = torch_models.build(arch, num_classes, widths)
-    tensors = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
+    if architecture.arch not in torch_models.ARCHS or architecture.options:
+        return None  # no twin (e.g. option-A shortcuts): the tests check those against PyTorch
+    model = torch_models.build(architecture.arch, architecture.num_classes, architecture.widths)
+    tensors = {k: torch.from_numpy(np.array(v))
+               for k, v in resnet_rules.canonical(state_dict).items()}
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     missing = [k for k in missing if not k.endswith('num_batches_tracked')]
     if missing or unexpected:
-        raise RuntimeError(f'PyTorch {arch} does not load the checkpoint: missing {missing}, '
-                           f'unexpected {unexpected}.')
+        raise RuntimeError(f'PyTorch {architecture.arch} does not load the checkpoint: missing '
+                           f'{missing}, unexpected {unexpected}.')
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(2, 3, resolution, resolution, generator=gen)
@@ -76,16 +84,71 @@ def parity(arch, num_classes, widths, state_dict, module, variables, resolution,
             'tap_max_rel_error': taps}
 
 
+def _pretrained_cfg(args):
+    from kamal_jax.porting import pretrained_cfg
+    if args.pretrained_cfg:
+        return pretrained_cfg.read(args.pretrained_cfg)
+    return pretrained_cfg.beside(args.checkpoint)
+
+
+def inspect_main(argv) -> int:
+    parser = argparse.ArgumentParser(prog='python -m kamal_jax.porting inspect',
+                                     description='Which registered architectures a checkpoint is.')
+    parser.add_argument('checkpoint', help='a state_dict file')
+    parser.add_argument('--ema', action='store_true', help='read the EMA weights of the checkpoint')
+    parser.add_argument('--pretrained-cfg', default=None,
+                        help='timm pretrained_cfg / config.json naming the architecture')
+    args = parser.parse_args(argv)
+    from kamal_jax import porting
+    try:
+        cfg = _pretrained_cfg(args)
+        ckpt = porting.read_checkpoint(args.checkpoint, args.ema)
+        found = porting.inspect(ckpt.tensors, cfg.architecture if cfg else None)
+    except (FileNotFoundError, ValueError) as e:  # CheckpointFormatError included.
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    how = [f'{len(ckpt.tensors)} tensors']
+    if ckpt.wrappers:
+        how.append('under ' + ' > '.join(repr(w) for w in ckpt.wrappers))
+    if ckpt.prefixes:
+        how.append('prefix ' + ''.join(ckpt.prefixes) + ' removed')
+    if ckpt.extras:
+        how.append('beside ' + ', '.join(ckpt.extras[:6]))
+    print(f'{args.checkpoint}: {"; ".join(how)}')
+    if cfg:
+        print(f'pretrained_cfg {cfg.source}: architecture {cfg.architecture}, mean {cfg.mean}, '
+              f'std {cfg.std}, input size {cfg.input_size}')
+    if found.matches:
+        print('matches:')
+        for a in found.matches:
+            print(f'  {a.describe()}')
+        return 0
+    print(f'no registered architecture matches; nearest: {found.nearest.describe()}')
+    print(f'  {found.error.count} offending keys; first:')
+    for line in found.error.first(8):
+        print(f'    {line}')
+    return 1
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ['inspect']:
+        return inspect_main(argv[1:])
     parser = argparse.ArgumentParser(prog='python -m kamal_jax.porting', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--arch', required=True, help='architecture name, e.g. resnet18')
-    parser.add_argument('--checkpoint', required=True, help='.pth/.pt state_dict or .safetensors')
+    parser.add_argument('--arch', required=True,
+                        help="architecture name, e.g. resnet18, or 'auto' (read from the weights)")
+    parser.add_argument('--checkpoint', required=True,
+                        help='.pth .pt .th .tar .bin .ckpt (torch.save) or .safetensors')
     parser.add_argument('--out', required=True, help='output directory')
-    parser.add_argument('--resolution', type=int, default=32,
-                        help='input size used to build the model and for the parity check')
+    parser.add_argument('--resolution', type=int, default=None,
+                        help='input size for the parity check (default: 32, a ViT its own size)')
     parser.add_argument('--widths', nargs='*', default=None,
                         help='(stem, stage1, ...) widths, comma or space separated')
+    parser.add_argument('--ema', action='store_true', help='port the EMA weights of the checkpoint')
+    parser.add_argument('--pretrained-cfg', default=None,
+                        help='timm pretrained_cfg / config.json (architecture, mean, std, input '
+                             'size); config.json next to the checkpoint is read by default')
     parser.add_argument('--no-parity', action='store_true', help='skip the PyTorch comparison')
     args = parser.parse_args(argv)
 
@@ -98,17 +161,22 @@ def main(argv=None) -> int:
     widths = _parse_widths(args.widths)
     if widths is None and card and card.get('widths'):
         widths = tuple(int(w) for w in card['widths'])
-    if card and card.get('arch') not in (None, args.arch):
-        print(f'warning: the teacher card next to the checkpoint says arch {card["arch"]!r}, '
-              f'porting as {args.arch!r}.', file=sys.stderr)
-
-    input_shape = (1, args.resolution, args.resolution, 3)
     try:
-        state_dict = porting.load_state_dict(args.checkpoint)
-        module, variables = porting.port(args.arch, state_dict, widths, input_shape)
+        cfg = _pretrained_cfg(args)
+        state_dict = porting.load_state_dict(args.checkpoint, args.ema)
+        architecture = porting.resolve(args.arch, state_dict, widths,
+                                       cfg.architecture if cfg else None)
+        resolution = args.resolution or architecture.input_size
+        module, variables = porting.port_architecture(architecture, state_dict,
+                                                      (1, resolution, resolution, 3))
     except (FileNotFoundError, ValueError) as e:  # PortingError, CheckpointFormatError included.
         print(f'error: {e}', file=sys.stderr)
         return 1
+    if card and card.get('arch') not in (None, architecture.arch):
+        print(f'warning: the teacher card next to the checkpoint says arch {card["arch"]!r}, '
+              f'ported as {architecture.arch!r}.', file=sys.stderr)
+    if args.arch == porting.AUTO:
+        print(f'auto: {architecture.describe()}')
     variables = jax.tree.map(np.asarray, variables)
     num_classes = int(module.num_classes)
 
@@ -118,34 +186,40 @@ def main(argv=None) -> int:
 
     result = None
     if not args.no_parity:
-        result = parity(args.arch, num_classes, widths, state_dict, module, variables,
-                        args.resolution)
+        result = parity(architecture, state_dict, module, variables, resolution)
         if result is None:
             print('parity: skipped (PyTorch or a PyTorch twin of this architecture is unavailable)')
         else:
             worst = max(result['tap_max_rel_error'].items(), key=lambda kv: kv[1])
-            print(f'parity at {args.resolution}px: logits max |diff| '
+            print(f'parity at {resolution}px: logits max |diff| '
                   f'{result["logits_max_abs_diff"]:.3g}; worst tap {worst[0]} relative error '
                   f'{worst[1]:.3g}')
             for name, err in result['tap_max_rel_error'].items():
                 print(f'  {name}: {err:.3g}')
 
     meta = {
-        'arch': args.arch,
+        'arch': architecture.arch,
+        'requested_arch': args.arch,
         'num_classes': num_classes,
-        'widths': list(widths) if widths else None,
-        'resolution': args.resolution,
+        'widths': list(architecture.widths) if architecture.widths else None,
+        'architecture': architecture.to_json(),
+        'resolution': resolution,
         'checkpoint': os.path.basename(args.checkpoint),
         'checkpoint_sha256': sha256(args.checkpoint),
+        'ema': bool(args.ema),
         'num_params': int(sum(np.size(x) for x in jax.tree.leaves(variables.get('params', {})))),
         'parity': result,
     }
+    if cfg is not None:
+        meta['pretrained_cfg'] = {'source': os.path.basename(cfg.source),
+                                  'architecture': cfg.architecture, 'mean': cfg.mean,
+                                  'std': cfg.std, 'input_size': cfg.input_size}
     if card is not None:
         meta['card'] = card
     with open(os.path.join(args.out, 'teacher.json'), 'w') as f:
         json.dump(meta, f, indent=2)
     print(f'wrote {os.path.join(args.out, "variables.msgpack")} and '
-          f'{os.path.join(args.out, "teacher.json")} ({args.arch}, {num_classes} classes)')
+          f'{os.path.join(args.out, "teacher.json")} ({architecture.arch}, {num_classes} classes)')
     return 0
 
 

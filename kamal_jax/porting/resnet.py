@@ -40,15 +40,19 @@ def canonical(state_dict: Mapping) -> dict:
 
 
 def _stage_sizes(keys) -> tuple[int, ...] | None:
+    """Blocks per stage, counting stages 1, 2, ... and blocks 0, 1, ... while they run on.
+
+    Stray blocks beyond are left for `convert` to report as unexpected keys.
+    """
     blocks = {}
     for key in keys:
         if m := _BLOCK.match(key):
             blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    if not blocks or sorted(blocks) != list(range(1, len(blocks) + 1)):
-        return None
-    if any(sorted(b) != list(range(len(b))) for b in blocks.values()):
-        return None
-    return tuple(len(blocks[i]) for i in sorted(blocks))
+    sizes, i = [], 1
+    while 0 in blocks.get(i, ()):
+        sizes.append(next(j for j in range(len(blocks[i]) + 1) if j not in blocks[i]))
+        i += 1
+    return tuple(sizes) or None
 
 
 def _shortcut(sd: Mapping, sizes, widths, block: str) -> str:
