@@ -133,6 +133,7 @@ def check_parity(module, variables, model, size=16, seed=1):
     assert sorted(taps_j) == sorted(taps_t)
     for name, ref in taps_t.items():
         errors[name] = _rel(taps_j[name], ref.numpy().transpose(0, 2, 3, 1))
+    print(f'max relative error: {max(errors.values()):.2e}')
     assert max(errors.values()) <= TOL, errors
     return max(errors.values())
 
