@@ -91,6 +91,8 @@ def mobilenet(tmp_path_factory):
 def test_mobilenet_v2_parity(mobilenet, size):
     model, path = mobilenet
     module, variables = porting.port_file('mobilenet_v2', str(path), input_shape=(1, size, size, 3))
+    assert [a.arch for a in porting.inspect(porting.load_state_dict(str(path))).matches] == [
+        'mobilenet_v2']
     assert set(variables) == {'params', 'batch_stats'}
     torch.manual_seed(size)
     x = torch.randn(2, 3, size, size)
@@ -167,6 +169,8 @@ def tiny_vit(tmp_path_factory):
 def test_tiny_vit_parity(tiny_vit, size):
     model, path = tiny_vit
     module, variables = porting.port_file('vit_tiny_4', str(path), input_shape=(1, size, size, 3))
+    assert [a.arch for a in porting.inspect(porting.load_state_dict(str(path))).matches] == [
+        'vit_tiny_4']
     assert set(variables) == {'params'}
     torch.manual_seed(size)
     x = torch.randn(2, 3, size, size)
@@ -198,6 +202,7 @@ def test_vit_b_16_key_mapping():
             shapes = {k: tuple(v.shape) for k, v in build(num_classes=3).state_dict().items()}
         state = {k: np.broadcast_to(np.float32(0), s) for k, s in shapes.items()}
         module, variables = porting.port(arch, state, input_shape=(1, 224, 224, 3))
+        assert [a.arch for a in porting.inspect(state).matches] == [arch]
         n_torch = sum(int(np.prod(s)) for s in shapes.values())
         assert sum(v.size for v in jax.tree.leaves(variables)) == n_torch
         assert variables['params']['fc']['kernel'].shape == (768, 3)
