@@ -124,7 +124,7 @@ def inspect_main(argv) -> int:
             print(f'  {a.describe()}')
         return 0
     print(f'no registered architecture matches; nearest: {found.nearest.describe()}')
-    print(f'  {found.error.count} offending keys; first:')
+    print(f'  {found.error.count} offending key{"s" * (found.error.count != 1)}; first:')
     for line in found.error.first(8):
         print(f'    {line}')
     return 1
@@ -169,7 +169,10 @@ def main(argv=None) -> int:
         resolution = args.resolution or architecture.input_size
         module, variables = porting.port_architecture(architecture, state_dict,
                                                       (1, resolution, resolution, 3))
-    except (FileNotFoundError, ValueError) as e:  # PortingError, CheckpointFormatError included.
+    except porting.PortingError as e:
+        print(f'error: {args.checkpoint}: {e}', file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as e:  # CheckpointFormatError included: names the file
         print(f'error: {e}', file=sys.stderr)
         return 1
     if card and card.get('arch') not in (None, architecture.arch):

@@ -38,7 +38,10 @@ class Architecture:
     @property
     def input_size(self) -> int:
         """A square input the module accepts (a ViT's own size; 32 for the convnets)."""
-        return int(dict(self.options).get('image_size') or 32)
+        size = dict(self.options).get('image_size')
+        if size is None and (self.arch in models.vit.CONFIGS or models.vit.TIMM_NAME.match(self.arch)):
+            size = models.vit.config(self.arch)['image_size']
+        return int(size or 32)
 
     def with_widths(self, widths) -> 'Architecture':
         return dataclasses.replace(self, widths=tuple(int(w) for w in widths) if widths else None)

@@ -30,9 +30,10 @@ class Inspection:
     def explain(self, what: str = 'the checkpoint', n: int = 5) -> str:
         if self.matches:
             return f'{what} matches ' + '; '.join(a.describe() for a in self.matches)
+        count = self.error.count
         return (f'{what} matches no registered architecture; the nearest is '
-                f'{self.nearest.describe()}, with {self.error.count} offending keys, first: '
-                f'{"; ".join(self.error.first(n))}.')
+                f'{self.nearest.describe()}, with {count} offending key{"s" * (count != 1)}, '
+                f'first: {"; ".join(self.error.first(n))}.')
 
 
 def _fallback(arch: str, state_dict: Mapping) -> Architecture:

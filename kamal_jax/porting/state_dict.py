@@ -70,8 +70,9 @@ def _read_torch(path: str):
     except Exception as e:  # weights_only refuses pickled modules and arbitrary objects.
         first = (str(e).splitlines() or [''])[0]
         raise CheckpointFormatError(
-            f'{path!r} cannot be read without running code from it ({type(e).__name__}: {first}); '
-            'if it is a pickled whole model or holds custom objects, save its weights instead: '
+            f'{path!r} cannot be read safely as a state_dict ({type(e).__name__}: {first}): '
+            'torch.load(weights_only=True) refuses pickled modules and custom objects, which would '
+            'run code from the file; save the weights instead: '
             'torch.save(model.state_dict(), "teacher.pth").') from None
 
 
