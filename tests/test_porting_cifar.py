@@ -5,11 +5,6 @@ option-A `LambdaLayer` shortcut or a `shortcut`/`downsample` 1x1 conv + BN, clas
 or `fc`); parity is max relative error (max |diff| / max |ref|) <= 1e-4 on logits and every tap.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
@@ -22,7 +17,6 @@ from kamal_jax import porting  # noqa: E402
 from kamal_jax.porting import CheckpointFormatError, PortingError  # noqa: E402
 
 TOL = 1e-4
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class LambdaLayer(nn.Module):
@@ -268,10 +262,12 @@ def test_refused_formats(small, tmp_path):
 
 # ----------------------------------------------------------------------------- inspect
 
-def _cli(*args):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    return subprocess.run([sys.executable, '-m', 'kamal_jax.porting', *args], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=300)
+def _cli(capsys, *args):
+    """The CLI in this process (the subprocess run is in test_porting_public_cifar.py)."""
+    from kamal_jax.porting.__main__ import main
+    capsys.readouterr()
+    code = main(list(args))
+    return code, capsys.readouterr().out
 
 
 def test_inspect_nearest_when_nothing_matches(small):
@@ -289,17 +285,16 @@ def test_inspect_nearest_when_nothing_matches(small):
     assert 'unexpected features.conv.weight (4, 3, 3, 3)' in found.error.first(10 ** 4)
 
 
-def test_inspect_cli(small, tmp_path):
+def test_inspect_cli(small, tmp_path, capsys):
     path = str(tmp_path / 'resnet8.th')
     torch.save({'state_dict': _prefixed(small[0].state_dict(), 'module.'), 'best_prec1': 50.0}, path)
-    proc = _cli('inspect', path)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "under 'state_dict'" in proc.stdout and 'prefix module. removed' in proc.stdout
-    assert ('cifar_resnet8: cifar_resnet, depth 8, widths 8,8,16,32, 5 classes, shortcut option A'
-            in proc.stdout)
+    code, out = _cli(capsys, 'inspect', path)
+    assert code == 0, out
+    assert "under 'state_dict'" in out and 'prefix module. removed' in out
+    assert 'cifar_resnet8: cifar_resnet, depth 8, widths 8,8,16,32, 5 classes, shortcut option A' in out
     state = _prefixed(small[0].state_dict(), 'module.')
     state['module.layer9.0.conv1.weight'] = torch.zeros(2, 2, 3, 3)
     torch.save(state, path)
-    proc = _cli('inspect', path)
-    assert proc.returncode == 1
-    assert 'nearest: cifar_resnet8' in proc.stdout and 'unexpected layer9.0.conv1.weight' in proc.stdout
+    code, out = _cli(capsys, 'inspect', path)
+    assert code == 1
+    assert 'nearest: cifar_resnet8' in out and 'unexpected layer9.0.conv1.weight' in out
