@@ -74,12 +74,13 @@ def get_config(arg: str = ''):
         c.teachers[name] = dict(arch=arch, widths=widths, input_size=size, checkpoint='{workdir}/zoo/%s.pth' % name,
                                 mean=MEAN, std=STD, heads=decl)
     c.target_tasks = ('gender', 'race')
+    c.recipe = 'paper'  # kamal_jax.recipes.RECIPES: the paper's two stages
 
     # The quickstart's recipe: tempered KL on logits, feature matching at 0.1 in stage 2.
-    recipe = dict(lr=2e-3, bridge_lr=2e-3, logit_loss='kl', temperature=4.0)
-    c.stage1 = stage_defaults.stage1(arch='resnet18', widths=(16, 16, 32, 64, 128), epochs=12, **recipe)
+    hparams = dict(lr=2e-3, bridge_lr=2e-3, logit_loss='kl', temperature=4.0)
+    c.stage1 = stage_defaults.stage1(arch='resnet18', widths=(16, 16, 32, 64, 128), epochs=12, **hparams)
     c.stage2 = stage_defaults.stage2(arch='resnet18', widths=(20, 20, 40, 80, 160), feature_weight=0.1, epochs=14,
-                                     **recipe)
+                                     **hparams)
     c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
     c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
     c.eval_batch_size = 250

@@ -1,4 +1,4 @@
-"""Prediction ambiguity per sample and the least-ambiguous-teacher selection (pure functions)."""
+"""Prediction ambiguity per sample (pure functions); the selectors that use it are in `selection.py`."""
 
 from __future__ import annotations
 
@@ -21,16 +21,3 @@ def entropy(logits: jax.Array) -> jax.Array:
     logp = jax.nn.log_softmax(as_categorical(logits).astype(jnp.float32), axis=-1)
     p = jnp.exp(logp)
     return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
-
-
-def select_least_ambiguous(entropies: jax.Array) -> jax.Array:
-    """Index of the least ambiguous teacher per sample; `entropies` is (teachers, batch).
-
-    Ties go to the teacher declared first, so selection is deterministic.
-    """
-    return jnp.argmin(entropies, axis=0)
-
-
-def selection_mask(selected: jax.Array, num_teachers: int) -> jax.Array:
-    """(batch, teachers) one-hot float mask of the selected teacher."""
-    return jax.nn.one_hot(selected, num_teachers, dtype=jnp.float32)

@@ -53,6 +53,20 @@ def weight_norm_penalty(kernel: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(jnp.sum(jnp.square(kernel), axis=0) - 1.0))
 
 
-def select_per_sample(per_teacher: jax.Array, mask: jax.Array) -> jax.Array:
-    """Picks each sample's loss from its selected teacher: (teachers, batch) x (batch, teachers)."""
-    return jnp.sum(per_teacher.T * mask, axis=-1)
+def weighted_per_sample(per_teacher: jax.Array, weights: jax.Array) -> jax.Array:
+    """Mixes each sample's per-teacher losses by its selector weights: (teachers, batch) x (batch, teachers)."""
+    return jnp.sum(per_teacher.T * weights, axis=-1)
+
+
+def average_probabilities(teacher_logits, temperature: float = 1.0) -> jax.Array:
+    """Mean over teachers of softmax(logits / T): the combined soft target of multi-teacher KD."""
+    probs = [jax.nn.softmax(as_categorical(l).astype(jnp.float32) / temperature, axis=-1)
+             for l in teacher_logits]
+    return jnp.mean(jnp.stack(probs), axis=0)
+
+
+def soft_target_kl(student: jax.Array, target_probs: jax.Array, *, temperature: float = 1.0) -> jax.Array:
+    """Per-sample KL(target || softmax(student / T)) x T^2, for a target given as probabilities."""
+    logq = jax.nn.log_softmax(as_categorical(student).astype(jnp.float32) / temperature, axis=-1)
+    logp = jnp.log(jnp.maximum(target_probs, 1e-12))
+    return jnp.sum(jnp.where(target_probs > 0, target_probs * (logp - logq), 0.0), axis=-1) * temperature ** 2

@@ -14,8 +14,12 @@ CACHE = dict(cache_dtype='float16', cache_limit_gb=8.0)
 
 
 def stage1(**overrides) -> dict:
-    """Extraction: selection per sample, bridges on both sides, weight-norm on the teacher side."""
-    return {**_COMMON, 'weight_norm': 1.0, 'selection': 'online', 'mode': 'select',
+    """Extraction: selection per sample, bridges on both sides, weight-norm on the teacher side.
+
+    `selector` (kamal_jax.selection.SELECTORS) says which teacher each sample learns from;
+    `selection` where it runs: 'online' in the step on the view the student sees, 'offline' once.
+    """
+    return {**_COMMON, 'weight_norm': 1.0, 'selection': 'online', 'selector': 'least_entropy',
             'bridge_width_ratio': 0.5, 'teacher_cache': False, **CACHE, **overrides}
 
 

@@ -5,7 +5,7 @@ leave every other checkpoint alone, so a finished run can be given baselines lat
 resume as complete and only the new baselines train). Fields that say how often to log or save
 (`RUN_CONTROL_FIELDS`) change nothing a run computes, so a run may resume with other values.
 Fields added to the configs after a run was stored (`LATER_FIELDS`) compare equal to their
-default when the stored config lacks them.
+default when the stored config lacks them, and renamed ones (`RENAMED_FIELDS`) by their new name.
 """
 
 from __future__ import annotations
@@ -23,7 +23,12 @@ ADDITIVE_FIELDS = ('baselines',)  # may change between runs of one workdir
 RUN_CONTROL_FIELDS = ('log_every', 'checkpoint_every', 'checkpoint_min_interval_s')  # at any depth
 # Fields the configs gained later, with the value a config without them behaves as.
 LATER_FIELDS = {'data.views': 0, 'stage1.teacher_cache': False, 'stage2.component_cache': False,
-                **{f'{stage}.{k}': v for stage in ('stage1', 'stage2') for k, v in stage_defaults.CACHE.items()}}
+                **{f'{stage}.{k}': v for stage in ('stage1', 'stage2') for k, v in stage_defaults.CACHE.items()},
+                'recipe': 'paper'}
+# Fields renamed since: old name -> (new name, old value -> new value). A run stored with
+# `stage1.mode` resumes under the selector that does what that mode did.
+RENAMED_FIELDS = {'stage1.mode': ('stage1.selector', {'select': 'least_entropy', 'random': 'random',
+                                                      'average': 'uniform'})}
 
 
 class WorkdirError(ValueError):
@@ -42,10 +47,15 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
 def first_difference(old: dict, new: dict, *, skip_run_control: bool = False) -> str | None:
     """The first field in which two configs differ, as a sentence; None when they agree."""
     a, b = _flatten(old), _flatten(new)
+    for flat in (a, b):
+        for key, (renamed, values) in RENAMED_FIELDS.items():
+            if key in flat and renamed not in flat:
+                value = flat.pop(key)
+                flat[renamed] = values.get(value, value)
     for key, default in LATER_FIELDS.items():
         section = key.split('.')[0]
         for flat, tree in ((a, old), (b, new)):
-            if section in tree:
+            if '.' not in key or section in tree:
                 flat.setdefault(key, default)
     for key in sorted(set(a) | set(b)):
         if skip_run_control and key.rsplit('.', 1)[-1] in RUN_CONTROL_FIELDS:

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kamal_jax import ambiguity, losses
+from kamal_jax import ambiguity, losses, selection
 
 
 def test_entropy_matches_definition():
@@ -34,17 +34,16 @@ def test_selection_picks_least_ambiguous_per_sample():
     t0 = jnp.array([[9.0, 0, 0], [0, 0, 0], [1, 0, 0]])
     t1 = jnp.array([[1.0, 0, 0], [0, 8, 0], [1, 0, 0]])
     t2 = jnp.array([[0.0, 0, 0], [0, 0, 0], [0, 0, 20]])
-    ent = jnp.stack([ambiguity.entropy(t) for t in (t0, t1, t2)])
-    np.testing.assert_array_equal(ambiguity.select_least_ambiguous(ent), [0, 1, 2])
+    np.testing.assert_array_equal(selection.choice(selection.least_entropy(selection.Context((t0, t1, t2)))),
+                                  [0, 1, 2])
 
 
 def test_selection_ties_go_to_first_teacher():
     same = jnp.array([[2.0, 1.0], [0.0, 0.0]])
-    ent = jnp.stack([ambiguity.entropy(same)] * 3)
-    np.testing.assert_array_equal(ambiguity.select_least_ambiguous(ent), [0, 0])
+    least = selection.SELECTORS['least_entropy']
+    np.testing.assert_array_equal(selection.choice(least(selection.Context((same,) * 3))), [0, 0])
     # Logit shift does not change entropy: still a tie, still the first teacher.
-    ent = jnp.stack([ambiguity.entropy(same + 100.0), ambiguity.entropy(same)])
-    np.testing.assert_array_equal(ambiguity.select_least_ambiguous(ent), [0, 0])
+    np.testing.assert_array_equal(selection.choice(least(selection.Context((same + 100.0, same)))), [0, 0])
 
 
 def test_weight_norm_zero_exactly_at_unit_filters():
@@ -72,7 +71,7 @@ def test_logit_losses_per_sample():
     assert kl[0] == pytest.approx(0.0, abs=1e-7) and kl[1] > 0
 
 
-def test_select_per_sample_uses_mask():
+def test_weighted_per_sample_uses_weights():
     per_teacher = jnp.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])  # (teachers, batch)
-    mask = ambiguity.selection_mask(jnp.array([1, 0, 1]), 2)
-    np.testing.assert_allclose(losses.select_per_sample(per_teacher, mask), [10.0, 2.0, 30.0])
+    mask = selection.one_hot(jnp.array([1, 0, 1]), 2)
+    np.testing.assert_allclose(losses.weighted_per_sample(per_teacher, mask), [10.0, 2.0, 30.0])

@@ -1,4 +1,4 @@
-"""Baselines: the pure losses, every baseline through `run_all` on tiny random nets, config checks."""
+"""Recipes as baselines: their pure losses, every recipe through `run_recipes` on tiny random nets, config checks."""
 import importlib.util
 import os
 
@@ -9,16 +9,17 @@ import numpy as np
 import pytest
 
 import toy
-from kamal_jax import baselines, models, pipeline
+from kamal_jax import losses, models, pipeline, recipes, selection
 from kamal_jax.data.datasets import ArraySplit
 from kamal_jax.tasks import ConfigError, Plan, Task, TeacherSpec
 from kamal_jax.train import sharding
 from kamal_jax.train.augment import to_unit
 from kamal_jax.train.nets import Net
-from kamal_jax.train.steps import LossWeights, make_pairs
+from kamal_jax.train.objectives import Distill, LossWeights, make_pairs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = [f'c{i}' for i in range(7)]
+NAMES = ('average', 'random', 'logits_only', 'one_stage', 'supervised')  # every recipe but 'paper'
 
 
 def _target(tasks=(('a', 5),), arch='cifar_resnet8'):
@@ -38,7 +39,8 @@ def test_average_distils_towards_the_mean_of_teacher_probabilities():
     v1 = {**v1, 'params': {**v1['params'], 'fc': jax.tree.map(lambda x: 30 * x, v1['params']['fc'])}}
     target = _target()
     temperature = 2.0
-    stage = baselines.AverageKD(target, (('a', (t1, t2)),), temperature)
+    stage = Distill(target, (('a', (t1, t2)),), {}, LossWeights(temperature=temperature),
+                    combine=selection.COMBINERS['average'])
     params, stats = _init(target)
     x = to_unit(jnp.asarray(toy.images(8)))
     frozen = {'t1': v1, 't2': v2}
@@ -63,7 +65,7 @@ def test_average_distils_towards_the_mean_of_teacher_probabilities():
     p_wrong = softmax(np.mean(t_logits, axis=0) / temperature)
     wrong = np.mean(np.sum(p_wrong * (np.log(p_wrong) - log_q), -1)) * temperature ** 2
     assert abs(wrong - expected) > 1e-2 * abs(expected)
-    np.testing.assert_allclose(baselines.average_soft_targets([jnp.asarray(l) for l in t_logits], temperature),
+    np.testing.assert_allclose(losses.average_probabilities([jnp.asarray(l) for l in t_logits], temperature),
                                p, rtol=1e-5)
 
 
@@ -73,7 +75,7 @@ def test_one_stage_takes_signal_only_from_the_unambiguous_teacher():
     target = _target((('a', 5), ('b', 2)))
     groups = (('a', (flat, good)), ('b', (good,)))
     pairs = {task: {t.name: make_pairs(t, target, None) for t in ts} for task, ts in groups}
-    stage = baselines.OneStage(target, groups, pairs, LossWeights())
+    stage = Distill(target, groups, pairs, LossWeights())
     params, stats = _init(target, stage.init_bridges(jax.random.key(3)))
     x = to_unit(jnp.asarray(toy.images(8)))
     frozen = {'flat': flat_vars, 'good': good_vars}
@@ -92,11 +94,10 @@ def test_one_stage_takes_signal_only_from_the_unambiguous_teacher():
     # Task 'a' alone from the good teacher alone gives the same 'a' terms: the flat teacher adds
     # only its bridges' weight-norm term, never signal.
     groups_good = (('a', (good,)), ('b', (good,)))
-    alone = baselines.OneStage(target, groups_good, {t: {'good': pairs[t]['good']} for t in ('a', 'b')},
+    alone = Distill(target, groups_good, {t: {'good': pairs[t]['good']} for t in ('a', 'b')},
                                LossWeights())
     alone_params = {'net': params['net'], 'bridges': {t: {'good': params['bridges'][t]['good']} for t in ('a', 'b')}}
     loss_alone, (_, m_alone) = jax.jit(alone.loss)(alone_params, stats, {'good': good_vars}, x, {})
-    from kamal_jax import losses
     wn_flat = sum(losses.weight_norm_penalty(b['kernel']) for b in params['bridges']['a']['flat']['teacher'].values())
     np.testing.assert_allclose(float(loss), float(loss_alone + wn_flat), rtol=1e-5)
     for k in ('feature/a', 'logit/a', 'feature/b', 'logit/b'):
@@ -109,7 +110,7 @@ def test_one_stage_with_one_task_is_stage1_on_the_target():
     t2, v2 = toy.teacher('t2', 'cifar_resnet14', 7, {'a': (2, 7)}, seed=2)
     s1 = toy.stage1([t1, t2])
     comp = s1.student
-    one = baselines.OneStage(comp, (('a', (t1, t2)),), {'a': s1.pairs}, LossWeights())
+    one = Distill(comp, (('a', (t1, t2)),), s1.pairs, LossWeights())
     params, stats = _init(comp, s1.init_bridges(jax.random.key(4)))
     x = to_unit(jnp.asarray(toy.images(8)))
     frozen = {'t1': v1, 't2': v2}
@@ -124,20 +125,20 @@ def test_task_label_arrays_mark_other_classes_minus_one():
     plan = Plan({'a': Task('a', 'multiclass', ('c3', 'c1'))}, (), ('a',))
     split = ArraySplit(np.zeros((5, 2, 2, 3), np.uint8), {'label': np.array([0, 1, 3, 6, 1])},
                        {'label': CLASSES}, 'toy', 'train')
-    np.testing.assert_array_equal(baselines.task_label_arrays(plan, split)['a'], [-1, 1, 0, -1, 1])
+    np.testing.assert_array_equal(recipes.task_label_arrays(plan, split)['a'], [-1, 1, 0, -1, 1])
     with pytest.raises(ConfigError, match="reads label 'label'"):
-        baselines.task_label_arrays(plan, ArraySplit(split.images, {}, {}, 'toy', 'train'))
+        recipes.task_label_arrays(plan, ArraySplit(split.images, {}, {}, 'toy', 'train'))
 
 
 def test_random_draws_teachers_the_least_ambiguous_rule_would_not():
-    config = _config(baselines.NAMES)
-    changed = baselines.two_stage_config(config, 'random')
-    assert changed.stage1.mode == 'random' and config.stage1.mode == 'select'  # main config untouched
-    only_logits = baselines.two_stage_config(config, 'logits_only')
+    config = _config(NAMES)
+    changed = recipes.RECIPES['random'].config(config)
+    assert changed.stage1.selector == 'random' and config.stage1.selector == 'least_entropy'  # main config untouched
+    only_logits = recipes.RECIPES['logits_only'].config(config)
     assert only_logits.stage1.feature_weight == 0.0 and only_logits.stage2.feature_weight == 0.0
     flat, flat_vars = toy.uniform_teacher('flat', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
     good, good_vars = toy.teacher('good', 'cifar_resnet8', 7, {'a': (2, 7)}, seed=2)
-    stage = toy.stage1([flat, good], mode=changed.stage1.mode)
+    stage = toy.stage1([flat, good], selector=changed.stage1.selector)
     params, stats = _init(stage.student, stage.init_bridges(jax.random.key(1)))
     x = to_unit(jnp.asarray(toy.images(64)))
     _, (_, m) = jax.jit(stage.loss)(params, stats, {'flat': flat_vars, 'good': good_vars}, x, {},
@@ -151,7 +152,7 @@ def _config(names):
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(mean=toy.MEAN, std=toy.STD, crop_padding=1, flip=True)
-    c.stage1 = toy.stage_config(epochs=1, selection='online', mode='select', bridge_width_ratio=0.5, tap_pairs={},
+    c.stage1 = toy.stage_config(epochs=1, selection='online', selector='least_entropy', bridge_width_ratio=0.5, tap_pairs={},
                                 checkpoint_every=100)
     c.stage2 = toy.stage_config(epochs=1, widths=(8, 8, 16, 32), tap_pairs={}, checkpoint_every=100)
     c.baselines = names
@@ -174,23 +175,24 @@ def run_all(tmp_path_factory):
                           'test')
     mesh = sharding.make_mesh(1)
     workdir = str(tmp_path_factory.mktemp('baselines'))
-    # Every baseline but 'random' (its two stages are logits_only's with another stage-1 mode,
-    # checked above; leaving it out saves a third of this test's time).
-    names = tuple(n for n in baselines.NAMES if n != 'random')
+    # Every baseline but 'paper' (the main recipe) and 'random' (its two stages are logits_only's
+    # with another stage-1 selector, checked above; leaving it out saves a third of this test's time).
+    names = tuple(n for n in NAMES if n != 'random')
     args = (_config(names), plan, {'flat': flat, 'good': good}, {'flat': flat_vars, 'good': good_vars},
             train, held_out, mesh, workdir)
     reported = []
-    entries, wall = baselines.run_all(*args, on_result=lambda *r: reported.append(r))
+    entries, wall = pipeline.run_recipes(recipes.Run(*args), names, on_result=lambda *r: reported.append(r))
     # Each result is handed over as it finishes, in the config's order.
-    assert [key for key, _, _ in reported] == [f'baseline_{n}' for n in names]
-    assert all(entry is entries[key] and seconds == wall[key] for key, entry, seconds in reported)
+    assert [name for name, _ in reported] == list(names)
+    assert all(outcome.entries[f'baseline_{name}'] is entries[f'baseline_{name}'] and
+               outcome.wall[f'baseline_{name}'] == wall[f'baseline_{name}'] for name, outcome in reported)
     return args, entries, wall
 
 
 def test_every_baseline_trains_and_enters_the_summary(run_all):
     args, entries, wall = run_all
     workdir = args[-1]
-    assert list(entries) == [f'baseline_{n}' for n in baselines.NAMES if n != 'random']
+    assert list(entries) == [f'baseline_{n}' for n in NAMES if n != 'random']
     assert set(wall) == set(entries) and all(w > 0 for w in wall.values())
     for name, entry in entries.items():
         assert entry['role'] == 'baseline' and entry['tasks'] == ['a']
@@ -235,7 +237,7 @@ def test_rerun_resumes_a_baseline(run_all):
     args, entries, _ = run_all
     config = ml_collections.ConfigDict(args[0].to_dict())
     config.baselines = ('supervised',)  # one is enough to see the checkpoint read back (and cheaper)
-    again, _ = baselines.run_all(config, *args[1:])
+    again, _ = pipeline.run_recipes(recipes.Run(config, *args[1:]), config.baselines)
     assert list(again) == ['baseline_supervised']
     assert again['baseline_supervised']['accuracy'] == pytest.approx(entries['baseline_supervised']['accuracy'])
     assert again['baseline_supervised']['final_train_metrics'] == {}  # nothing retrained
@@ -253,8 +255,8 @@ def _load(path, arg=''):
 def test_unknown_baseline_is_refused_before_work(tmp_path):
     config = _load('configs/quickstart.py', 'tiny')
     config.baselines = ('average', 'oracle')
-    with pytest.raises(ConfigError, match=r"baselines names \['oracle'\].*average, random, logits_only, "
-                                          r"one_stage, supervised"):
+    with pytest.raises(ConfigError, match=r"baselines names \['oracle'\].*paper, random, logits_only, "
+                                          r"one_stage, average, supervised"):
         pipeline.run(config, str(tmp_path / 'run'))
     assert not (tmp_path / 'run').exists()
     config.baselines = ('average',)
@@ -270,7 +272,7 @@ def test_unknown_baseline_is_refused_before_work(tmp_path):
 def test_bench_configs_validate(path, arg):
     config = _load(path, arg)
     plan = pipeline.validate(config)
-    assert set(config.baselines) == set(baselines.NAMES)
+    assert set(config.baselines) == set(NAMES)
     assert len(plan.target_tasks) == 2
     for task in plan.target_tasks:
         assert len(plan.group(task)) >= 2  # a choice of teachers per task

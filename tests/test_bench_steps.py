@@ -45,10 +45,10 @@ def test_benchmark_times_every_case_and_tabulates():
 def test_cache_rows_hold_only_the_selected_teachers_features():
     a, a_vars = toy.teacher('a_t', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=3)
     b, b_vars = toy.teacher('b_t', 'cifar_resnet8', 7, {'a': (2, 7)}, seed=4)
-    stage = toy.stage1([a, b], selection='offline', cached=True)
+    stage = toy.stage1([a, b], offline=True, cached=True)
     frozen = {'a_t': a_vars, 'b_t': b_vars}
     images = toy.images(4)
-    stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(stage, frozen, images.shape[1:]))
+    stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(stage.cache_spec(), frozen, images.shape[1:]))
     rows = steps._cache_rows(stage, frozen, {'image': images, 'selected': np.array([0, 1, 1, 0], np.int32)})
     assert {'cache/a_t/logits', 'cache/b_t/logits'} <= set(rows)
     assert not any(k.startswith(('cache/a_t/stage', 'cache/b_t/stage')) for k in rows)

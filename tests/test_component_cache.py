@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import toy
-from kamal_jax import models, pipeline
+from kamal_jax import models, selection
+from kamal_jax.recipes import stages
 from kamal_jax.tasks import ConfigError, Plan, Task, TeacherSpec
 from kamal_jax.train import sharding, teacher_cache
 from kamal_jax.train.nets import Net
-from kamal_jax.train.steps import LossWeights, Stage2, make_pairs
+from kamal_jax.train.objectives import Amalgamate, LossWeights, make_pairs
 from kamal_jax.train.trainer import train_student
 
 PLAN = types.SimpleNamespace(target_tasks=('a', 'b'), tasks={'a': types.SimpleNamespace(num_classes=5),
@@ -51,9 +52,9 @@ def test_cached_stage2_trains_like_running_the_components(tmp_path):
     comps = _components()
     train = types.SimpleNamespace(images=toy.images(20))  # eval batch 8: the cache's last chunk is padded
     mesh = sharding.make_mesh(1)
-    _, expected, m_ref = pipeline.run_stage2(PLAN, comps, train, _config(component_cache=False), mesh,
+    _, expected, m_ref = stages.run_stage2(PLAN, comps, train, _config(component_cache=False), mesh,
                                              str(tmp_path / 'u'))
-    _, got, m = pipeline.run_stage2(PLAN, comps, train, _config(component_cache=True), mesh, str(tmp_path / 'c'))
+    _, got, m = stages.run_stage2(PLAN, comps, train, _config(component_cache=True), mesh, str(tmp_path / 'c'))
     assert not os.path.exists(tmp_path / 'u' / 'cache')
     cache = tmp_path / 'c' / 'cache' / 'stage2'
     assert {'cache__component_a__logits.npy', 'cache__component_b__stage3.npy'} <= set(os.listdir(cache))
@@ -65,7 +66,7 @@ def _stage2(comps):
     target = Net('target', 'cifar_resnet8', models.multihead('cifar_resnet8', [('a', 5), ('b', 4)]),
                  toy.MEAN, toy.STD)
     nets = tuple((task, net) for task, (net, _) in comps.items())
-    return Stage2(target, nets, {n.name: make_pairs(n, target, None) for _, n in nets}, LossWeights(), cached=True)
+    return Amalgamate(target, nets, {n.name: make_pairs(n, target, None) for _, n in nets}, LossWeights(), cached=True)
 
 
 def _mtime(path):
@@ -77,15 +78,15 @@ def test_stale_stage2_cache_is_rebuilt(tmp_path):
     stage, config = _stage2(comps), _config(component_cache=True)
     train = types.SimpleNamespace(images=toy.images(8))
     frozen = {net.name: v for net, v in comps.values()}
-    first = pipeline._stage2_cache(stage, frozen, train, config, str(tmp_path))['cache/component_a/logits']
+    first = stages._stage2_cache(stage, frozen, train, config, str(tmp_path))['cache/component_a/logits']
     first = np.array(first)
     path = tmp_path / 'cache' / 'stage2'
     built = _mtime(path)
-    pipeline._stage2_cache(stage, frozen, train, config, str(tmp_path))
+    stages._stage2_cache(stage, frozen, train, config, str(tmp_path))
     assert _mtime(path) == built  # same components: reused
     # One component trained further (other params, same shapes): its hash changes, the cache is rebuilt.
     moved = jax.tree.map(lambda x: x + 0.05, frozen['component_a'])
-    again = pipeline._stage2_cache(stage, {**frozen, 'component_a': moved}, train, config, str(tmp_path))
+    again = stages._stage2_cache(stage, {**frozen, 'component_a': moved}, train, config, str(tmp_path))
     assert _mtime(path) != built
     assert not np.allclose(first, np.asarray(again['cache/component_a/logits']))
     assert teacher_cache.variables_sha256(moved) != teacher_cache.variables_sha256(frozen['component_a'])
@@ -95,9 +96,9 @@ def test_stage2_cache_over_limit_names_the_field(tmp_path):
     comps = _components()
     stage = _stage2(comps)
     frozen = {net.name: v for net, v in comps.values()}
+    train = types.SimpleNamespace(images=toy.images(8))
     with pytest.raises(ConfigError, match=r'stage2\.cache_limit_gb.*stage2\.component_cache = False'):
-        teacher_cache.load_or_build(str(tmp_path / 's2'), stage=stage, frozen=frozen, images=toy.images(8),
-                                    key={}, batch_size=8, limit_gb=1e-6)
+        stages._stage2_cache(stage, frozen, train, _config(cache_limit_gb=1e-6), str(tmp_path / 's2'))
     assert not os.listdir(tmp_path)
 
 
@@ -107,7 +108,7 @@ def _offline_stage1():
     # Teachers of different widths: their taps share slots of different sizes (zero-padded).
     a, a_vars = toy.teacher('a_t', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=3)
     b, b_vars = toy.teacher('b_t', 'cifar_resnet14', 6, {'a': (1, 6)}, seed=4, widths=(8, 8, 16, 24))
-    return toy.stage1([a, b], selection='offline', cached=True), {'a_t': a_vars, 'b_t': b_vars}
+    return toy.stage1([a, b], offline=True, cached=True), {'a_t': a_vars, 'b_t': b_vars}
 
 
 def _disk_bytes(path):
@@ -118,13 +119,13 @@ def test_selected_teacher_storage_trains_like_the_full_cache(tmp_path):
     full_stage, frozen = _offline_stage1()
     images = toy.images(20)
     selected = np.random.default_rng(0).integers(0, 2, 20).astype(np.int32)
-    slots = teacher_cache.selected_slots(full_stage, frozen, images.shape[1:])
+    slots = teacher_cache.selected_slots(full_stage.cache_spec(), frozen, images.shape[1:])
     assert slots['a_t']['stage3'] == ('cache/selected/tap3', (3, 3, 64))
     assert slots['b_t']['stage3'] == ('cache/selected/tap3', (3, 3, 24))
     sel_stage = dataclasses.replace(full_stage, selected_slots=slots)
     kw = dict(images=images, key={}, batch_size=8, feature_dtype='float32')
-    full = teacher_cache.load_or_build(str(tmp_path / 'full'), stage=full_stage, frozen=frozen, **kw)
-    only = teacher_cache.load_or_build(str(tmp_path / 'sel'), stage=sel_stage, frozen=frozen, selected=selected,
+    full = teacher_cache.load_or_build(str(tmp_path / 'full'), spec=full_stage.cache_spec(), frozen=frozen, **kw)
+    only = teacher_cache.load_or_build(str(tmp_path / 'sel'), spec=sel_stage.cache_spec(), frozen=frozen, selected=selected,
                                        **kw)
     assert 'cache/a_t/stage3' not in only and only['cache/selected/tap3'].shape == (20, 3 * 3 * 64)
     np.testing.assert_array_equal(only['cache/b_t/logits'], full['cache/b_t/logits'])  # every teacher's
@@ -151,9 +152,9 @@ def test_selected_teacher_storage_trains_like_the_full_cache(tmp_path):
 def test_other_selection_rebuilds_the_selected_teacher_cache(tmp_path):
     stage, frozen = _offline_stage1()
     images = toy.images(8)
-    slots = teacher_cache.selected_slots(stage, frozen, images.shape[1:])
+    slots = teacher_cache.selected_slots(stage.cache_spec(), frozen, images.shape[1:])
     stage = dataclasses.replace(stage, selected_slots=slots)
-    kw = dict(stage=stage, frozen=frozen, images=images, key={}, batch_size=8)
+    kw = dict(spec=stage.cache_spec(), frozen=frozen, images=images, key={}, batch_size=8)
     path = tmp_path / 'sel'
     teacher_cache.load_or_build(str(path), selected=np.zeros(8, np.int32), **kw)
     built = _mtime(path)
@@ -174,9 +175,9 @@ def test_offline_cached_stage1_run_keeps_selected_features_and_trains_alike(tmp_
         sharding.make_mesh(1)
 
     def run(cache, workdir):
-        config = _config('stage1', selection='offline', mode='select', bridge_width_ratio=0.5, tap_pairs={},
+        config = _config('stage1', selection='offline', selector='least_entropy', bridge_width_ratio=0.5, tap_pairs={},
                          teacher_cache=cache)
-        return pipeline.run_stage1('a', plan, teachers, frozen, train, config, mesh, str(workdir))[1]
+        return stages.run_stage1('a', plan, teachers, frozen, train, config, mesh, str(workdir))[1]
     log = logging.getLogger('kamal_jax')
     log.addHandler(caplog.handler)
     try:
@@ -190,6 +191,7 @@ def test_offline_cached_stage1_run_keeps_selected_features_and_trains_alike(tmp_
     assert not any(f.startswith(('cache__a_t__stage', 'cache__b_t__stage')) for f in files)
     # The build made the offline selection itself, from the logits it cached: the same as selecting apart.
     made = np.load(tmp_path / 'c' / 'cache' / 'stage1' / 'a' / 'selected.npy')
-    np.testing.assert_array_equal(made, pipeline.offline_selection('a', stage.teachers, frozen, train.images, 8))
+    weights = stages.offline_selection('a', stage.teachers, frozen, train.images, 8)
+    np.testing.assert_array_equal(made, selection.choice(weights))
     assert 0 < made.mean() < 1  # both teachers are selected for some samples
     _close(run(False, tmp_path / 'u'), got)

@@ -29,7 +29,7 @@ def test_resnet_and_mobilenet_teach_one_component(tmp_path):
     mobilenet = Net('mobilenet', 'mobilenet_v2', m_module, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
                     input_size=(32, 32), heads={'a': (1, 6)})
     stage = toy.stage1([resnet, mobilenet])
-    assert [t.name for t, _ in stage.pairs['mobilenet']] == ['stride2', 'stride8', 'stride16', 'stride32']
+    assert [t.name for t, _ in stage.pairs['a']['mobilenet']] == ['stride2', 'stride8', 'stride16', 'stride32']
     variables, metrics = train_student(
         name='mixed', student=stage.student, loss_fn=stage.loss,
         bridges=stage.init_bridges(jax.random.key(0)), cfg=toy.stage_config(epochs=3),

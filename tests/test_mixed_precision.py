@@ -1,4 +1,5 @@
 """compute_dtype='bfloat16': bf16 activations, float32 params/optimiser state, float32 losses."""
+import dataclasses
 import importlib.util
 import os
 
@@ -20,8 +21,7 @@ def _train(dtype):
     t1, v1 = toy.teacher('t1', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
     t2, v2 = toy.teacher('t2', 'cifar_resnet8', 7, {'a': (2, 7)}, seed=2)
     stage = toy.stage1([t1.with_compute_dtype(dtype), t2.with_compute_dtype(dtype)])
-    stage = type(stage)(stage.task, stage.student.with_compute_dtype(dtype), stage.teachers, stage.pairs,
-                        stage.weights)
+    stage = dataclasses.replace(stage, student=stage.student.with_compute_dtype(dtype))
     return train_student(
         name=f'mp_{dtype}', student=stage.student, loss_fn=stage.loss,
         bridges=stage.init_bridges(jax.random.key(0)), cfg=toy.stage_config(epochs=1, batch_size=8),

@@ -141,16 +141,17 @@ def test_load_student_round_trip(tiny_run):
 def test_summary_shows_the_main_result_before_the_baselines_finish(tiny_run, tmp_path, monkeypatch):
     """A run with baselines writes its summary after stage 2, marking what is still training."""
     import shutil
-    from kamal_jax import baselines
+    from kamal_jax import recipes
     config, workdir, summary = tiny_run
     run = str(tmp_path / 'run')
     shutil.copytree(workdir, run)
     config = quickstart(data_dir=config.data.data_dir)
     config.baselines = ('supervised',)
 
-    def interrupted(ctx):
-        raise KeyboardInterrupt
-    monkeypatch.setitem(baselines.RUNNERS, 'supervised', interrupted)
+    class Interrupted:
+        def run(self, *args):
+            raise KeyboardInterrupt
+    monkeypatch.setitem(recipes.RECIPES, 'supervised', Interrupted())
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(config, run)  # the stages resume as complete, then the baseline is stopped
     partial = json.load(open(os.path.join(run, 'summary.json')))

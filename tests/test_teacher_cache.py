@@ -1,13 +1,16 @@
 """Stage 1 from cached teacher outputs: same result as running the teachers; stale caches rebuilt."""
 import dataclasses
 import os
+import types
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 import toy
 from kamal_jax import pipeline
+from kamal_jax.recipes import stages
 from kamal_jax.tasks import ConfigError
 from kamal_jax.train import sharding, teacher_cache
 from kamal_jax.train.trainer import train_student
@@ -23,7 +26,7 @@ def _setup():
 
 
 def _build(path, stage, frozen, images, key=KEY, **kw):
-    return teacher_cache.load_or_build(str(path), stage=stage, frozen=frozen, images=images, key=key,
+    return teacher_cache.load_or_build(str(path), spec=stage.cache_spec(), frozen=frozen, images=images, key=key,
                                        batch_size=8, **kw)
 
 
@@ -103,11 +106,19 @@ def test_half_written_cache_is_rebuilt(tmp_path):
 def test_over_limit_refuses_before_building(tmp_path):
     stage, frozen = _setup()
     images = toy.images(8)
-    spec = teacher_cache.layout(stage, frozen, images.shape[1:], len(images))
+    spec = teacher_cache.layout(stage.cache_spec(), frozen, images.shape[1:], len(images))
     nbytes = teacher_cache.size_bytes(spec)
     assert nbytes == sum(np.prod(s) * np.dtype(d).itemsize for s, d in spec.values())
-    with pytest.raises(ConfigError, match='stage1.cache_limit_gb'):
+    with pytest.raises(teacher_cache.CacheTooLarge):
         _build(tmp_path / 'a', stage, frozen, images, limit_gb=nbytes / 2 ** 30 / 2)
+    assert not os.listdir(tmp_path)
+    # A run names the config fields to change.
+    config = ml_collections.ConfigDict(dict(
+        seed=0, eval_batch_size=8, stage1=dict(cache_limit_gb=nbytes / 2 ** 30 / 2, cache_dtype='float16'),
+        data=dict(name='toy', train_split='train', train_limit=0, image_size=(12, 12), crop_padding=0, flip=False)))
+    with pytest.raises(ConfigError, match=r'stage1\.cache_limit_gb.*stage1\.teacher_cache = False'):
+        stages._load_cache('stage-1 teacher cache', str(tmp_path / 'b'), stage.cache_spec(), frozen,
+                           types.SimpleNamespace(images=images), config, 'stage1', 'teacher_cache', {})
     assert not os.listdir(tmp_path)
 
 

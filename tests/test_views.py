@@ -8,6 +8,7 @@ import pytest
 
 import toy
 from kamal_jax import pipeline
+from kamal_jax.recipes import stages
 from kamal_jax.tasks import ConfigError, Plan, Task, TeacherSpec
 from kamal_jax.train import sharding, views
 from kamal_jax.train.loop import EpochBatches
@@ -90,12 +91,12 @@ def test_cached_stage1_on_predrawn_views_trains_like_running_the_teachers(tmp_pa
     train = types.SimpleNamespace(images=views.predraw(toy.images(16), 2, crop_padding=2, flip=True, seed=0))
 
     def run(cache):
-        stage = dict(toy.stage_config(epochs=2).to_dict(), selection='online', mode='select',
+        stage = dict(toy.stage_config(epochs=2).to_dict(), selection='online', selector='least_entropy',
                      bridge_width_ratio=0.5, tap_pairs={}, teacher_cache=cache, cache_dtype='float32',
                      cache_limit_gb=1.0)
         config = ml_collections.ConfigDict(dict(seed=0, eval_batch_size=8, log_every=2,
                                                 compute_dtype='float32', data=data, stage1=stage))
-        return pipeline.run_stage1('a', plan, {'a_t': a, 'b_t': b}, {'a_t': a_vars, 'b_t': b_vars}, train,
+        return stages.run_stage1('a', plan, {'a_t': a, 'b_t': b}, {'a_t': a_vars, 'b_t': b_vars}, train,
                                    config, sharding.make_mesh(1), str(tmp_path / ('c' if cache else 'u')))
 
     _, expected, m_ref = run(False)

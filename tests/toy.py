@@ -9,7 +9,8 @@ import numpy as np
 
 from kamal_jax import models
 from kamal_jax.train.nets import Net
-from kamal_jax.train.steps import LossWeights, Stage1, make_pairs
+from kamal_jax import selection
+from kamal_jax.train.objectives import Distill, LossWeights, make_pairs
 
 MEAN, STD = (0.5,) * 3, (0.5,) * 3
 
@@ -40,10 +41,11 @@ def student(task='a', n=5, arch='cifar_resnet8'):
     return Net(f'component_{task}', arch, models.multihead(arch, [(task, n)]), MEAN, STD)
 
 
-def stage1(teachers, task='a', n=5, **kw):
+def stage1(teachers, task='a', n=5, selector='least_entropy', **kw):
+    """Stage 1's loss for one component net; `selector` by name, other fields as `Distill`'s."""
     s = student(task, n)
     pairs = {t.name: make_pairs(t, s, None) for t in teachers}
-    return Stage1(task, s, tuple(teachers), pairs, LossWeights(), **kw)
+    return Distill.component(task, s, teachers, pairs, LossWeights(), selector=selection.get(selector), **kw)
 
 
 def images(n=16, size=12, seed=0):

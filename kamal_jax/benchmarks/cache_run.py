@@ -35,7 +35,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from kamal_jax.benchmarks import steps  # noqa: E402
 from kamal_jax.train import sharding, teacher_cache  # noqa: E402
-from kamal_jax.train.steps import LossWeights, Stage1, Stage2, make_pairs  # noqa: E402
+from kamal_jax.train.objectives import Amalgamate, Distill, LossWeights, make_pairs  # noqa: E402
 from kamal_jax.train.trainer import train_student  # noqa: E402
 
 
@@ -43,11 +43,11 @@ def _stage(c, stage_no: str, rng):
     """(stage with caching on, frozen variables, student) at the config's shapes, random weights."""
     teachers, teacher_vars, component, target, comps, comp_vars = steps.random_nets(c, rng)
     if stage_no == '1':
-        stage = Stage1('task0', component, tuple(teachers),
-                       {t.name: make_pairs(t, component, None) for t in teachers}, LossWeights(),
-                       selection='offline', cached=True)
+        stage = Distill.component('task0', component, teachers,
+                                  {t.name: make_pairs(t, component, None) for t in teachers}, LossWeights(),
+                                  offline=True, cached=True)
         return stage, teacher_vars, component
-    stage = Stage2(target, comps, {n.name: make_pairs(n, target, None) for _, n in comps}, LossWeights(),
+    stage = Amalgamate(target, comps, {n.name: make_pairs(n, target, None) for _, n in comps}, LossWeights(),
                    cached=True)
     return stage, comp_vars, target
 
@@ -102,10 +102,11 @@ def _run(c, *, images: int, epochs: int, stage_no: str, workdir: str) -> dict:
     data = np.random.default_rng(c.seed).integers(0, 256, (images, c.image_size, c.image_size, 3), np.uint8)
     stage, frozen, student = _stage(c, stage_no, rng)
     if stage_no == '1':  # only the selected teacher's features, selection made by the build
-        stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(stage, frozen, data.shape[1:]))
+        stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(stage.cache_spec(), frozen,
+                                                                                       data.shape[1:]))
     shutil.rmtree(workdir, ignore_errors=True)
     t0 = time.perf_counter()
-    cache = teacher_cache.load_or_build(os.path.join(workdir, 'cache'), stage=stage, frozen=frozen, images=data,
+    cache = teacher_cache.load_or_build(os.path.join(workdir, 'cache'), spec=stage.cache_spec(), frozen=frozen, images=data,
                                         key={'benchmark': 'cache_run'}, batch_size=c.batch_size, limit_gb=64.0)
     build_s = time.perf_counter() - t0
     cache_bytes = sum(a.nbytes for a in cache.values())

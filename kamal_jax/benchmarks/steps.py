@@ -37,7 +37,8 @@ from kamal_jax import models
 from kamal_jax.train import sharding, teacher_cache
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import create_state, make_optimizer
-from kamal_jax.train.steps import LossWeights, Stage1, Stage2, Supervised, make_pairs, make_train_step
+from kamal_jax.train.objectives import Amalgamate, Distill, LossWeights, Supervised, make_pairs
+from kamal_jax.train.steps import make_train_step
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 OPT = ml_collections.ConfigDict(dict(lr=5e-4, bridge_lr=1e-3, schedule='constant'))
@@ -64,7 +65,7 @@ def _cache_rows(stage, frozen, inputs, fn=None) -> dict:
     """What a stage's cache holds for these images, as the cache stores it (float16 features).
 
     `fn`: the stage's jitted `teacher_cache.outputs_fn`, when the caller already has one."""
-    fn = fn or jax.jit(teacher_cache.outputs_fn(stage, 'float16'))
+    fn = fn or jax.jit(teacher_cache.outputs_fn(stage.cache_spec(), 'float16'))
     return jax.device_get(fn(frozen, {k: jnp.asarray(v) for k, v in inputs.items()}))
 
 
@@ -110,22 +111,23 @@ def run(c) -> dict:
 
     teachers, teacher_vars, component, target, comps, comp_vars = random_nets(c, rng)
 
-    stage1 = Stage1(tasks[0], component, tuple(teachers),
-                    {t.name: make_pairs(t, component, None) for t in teachers}, LossWeights())
-    stage2 = Stage2(target, comps, {n.name: make_pairs(n, target, None) for _, n in comps}, LossWeights())
+    stage1 = Distill.component(tasks[0], component, teachers,
+                               {t.name: make_pairs(t, component, None) for t in teachers}, LossWeights())
+    stage2 = Amalgamate(target, comps, {n.name: make_pairs(n, target, None) for _, n in comps}, LossWeights())
     supervised = Supervised(component, (tasks[0],))
     labels = {'labels': {t: np.random.default_rng(1 + i).integers(0, c.task_classes, bs).astype(np.int32)
                          for i, t in enumerate(tasks)}}
 
     # The caches' steps: offline selection with only the selected teacher's features stored (stage 1),
     # every component's outputs (stage 2); the batch carries what the cache would hold for it.
-    offline = dataclasses.replace(stage1, selection='offline', cached=True)
+    offline = dataclasses.replace(stage1, offline=True, cached=True)
     selected = np.random.default_rng(2).integers(0, len(teachers), bs).astype(np.int32)
     offline = dataclasses.replace(offline, selected_slots=teacher_cache.selected_slots(
-        offline, teacher_vars, images.shape[1:]))
+        offline.cache_spec(), teacher_vars, images.shape[1:]))
     stage2_cached = dataclasses.replace(stage2, cached=True)
     cache_inputs = {'image': images, 'selected': selected}
-    build_fns = {stage: jax.jit(teacher_cache.outputs_fn(stage, 'float16')) for stage in (offline, stage2_cached)}
+    build_fns = {stage: jax.jit(teacher_cache.outputs_fn(stage.cache_spec(), 'float16'))
+                 for stage in (offline, stage2_cached)}
     stage1_cache = _cache_rows(offline, teacher_vars, cache_inputs, build_fns[offline])
     stage2_cache = _cache_rows(stage2_cached, comp_vars, {'image': images}, build_fns[stage2_cached])
 

@@ -5,9 +5,9 @@ With `data.crop_padding == 0` and no flip every step shows the frozen nets the s
 images, so their task logits (float32) and the features the stage matches (float16, bfloat16 or
 float32) are computed once, chunk by chunk, and memory-mapped from `WORKDIR/cache/stage1/<task>/`
 or `WORKDIR/cache/stage2/`. With offline selection a sample needs the features of its selected
-teacher only, so one array per matched tap holds just those (`Stage1.selected_slots`).
+teacher only, so one array per matched tap holds just those (`Distill.selected_slots`).
 When no selection is given, the build makes the offline selection itself from the logits it has
-just computed (least ambiguous teacher per sample) and stores it as `selected`, so the teachers
+just computed (the stage's hard selector) and stores it as `selected`, so the teachers
 run once per image, not once to select and again to cache.
 A cache is written into a temporary folder and renamed when complete; its manifest holds
 everything its contents depend on (frozen nets' hashes, data, view recipe, selection, taps,
@@ -23,16 +23,15 @@ import logging
 import os
 import shutil
 import zlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from kamal_jax import ambiguity
+from kamal_jax import selection
 from kamal_jax.files import write_atomic
-from kamal_jax.tasks import ConfigError
 from kamal_jax.train.augment import to_unit
 
 log = logging.getLogger('kamal_jax')
@@ -56,72 +55,66 @@ def slot_key(i: int) -> str:
 
 # ----------------------------------------------------------------------------- what a stage caches
 
-def frozen_nets(stage) -> tuple[tuple[Any, str], ...]:
-    """(frozen net, the task whose logits the stage reads): stage 1's teachers or stage 2's components."""
-    if hasattr(stage, 'components'):
-        return tuple((net, task) for task, net in stage.components)
-    return tuple((net, stage.task) for net in stage.teachers)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Spec:
+    """What one stage reads from its frozen nets, as the cache must hold it (`Distill.cache_spec`,
+    `Amalgamate.cache_spec`)."""
+    name: str                             # how logs name the stage: 'stage1/<task>' or 'stage2'
+    kind: str                             # 'teacher' or 'component'
+    nets: tuple[tuple[Any, str], ...]     # (frozen net, the task whose logits the stage reads)
+    taps: Mapping[str, tuple[str, ...]]   # frozen net name -> the names of its matched taps
+    # Selected-teacher-only storage: teacher -> tap -> (slot, per-sample shape); see `selected_slots`.
+    selected_slots: Mapping[str, Mapping[str, tuple[str, tuple[int, ...]]]] | None = None
+    select: Callable | None = None        # a hard selector, when the build makes the selection
 
 
-def _names(stage) -> dict[str, str]:
-    """How messages name the stage's cache: log name, config section and switch, the frozen nets."""
-    if hasattr(stage, 'components'):
-        return dict(log='stage2', section='stage2', switch='component_cache', kind='component',
-                    what='The stage-2 component cache')
-    return dict(log=f'stage1/{stage.task}', section='stage1', switch='teacher_cache', kind='teacher',
-                what=f'The stage-1 teacher cache of task {stage.task!r}')
+class CacheTooLarge(ValueError):
+    """The cache would exceed its size limit (the caller names the config fields to change)."""
+
+    def __init__(self, nbytes: int, limit_gb: float):
+        super().__init__(f'the cache would take {nbytes / 2 ** 30:.2f} GiB, more than its limit of {limit_gb:g} GiB.')
+        self.nbytes, self.limit_gb = nbytes, limit_gb
 
 
-def cached_taps(stage) -> dict[str, tuple[str, ...]]:
-    """Frozen net name -> the names of its taps that the stage matches (sorted, no repeats)."""
-    return {net.name: tuple(sorted({pair[0].name for pair in stage.pairs[net.name]}))
-            for net, _ in frozen_nets(stage)}
-
-
-def _slots(stage) -> Mapping[str, Mapping[str, tuple[str, tuple[int, ...]]]] | None:
-    return getattr(stage, 'selected_slots', None) or None
-
-
-def outputs_fn(stage, feature_dtype: str = 'float16'):
+def outputs_fn(spec: Spec, feature_dtype: str = 'float16'):
     """`fn(frozen, inputs) -> {name: per-sample array}`: everything the stage's step reads from a cache.
 
     `inputs` holds uint8 'image' and, for selected-only storage, each sample's 'selected' teacher;
-    without it the least ambiguous teacher is selected here, and returned as `SELECTED`.
+    without it the selector picks one here, and it is returned as `SELECTED`.
     """
     dtype = FEATURE_DTYPES[feature_dtype]
-    taps, slots = cached_taps(stage), _slots(stage)
 
     def fn(frozen, inputs):
         x = to_unit(inputs['image'])
         logits, feats = {}, {}
-        for net, task in frozen_nets(stage):
+        for net, task in spec.nets:
             net_logits, net_feats = net.apply_eval(frozen[net.name], x)
             logits[logits_key(net.name)] = net_logits[task].astype(jnp.float32)
-            feats.update({feature_key(net.name, tap): net_feats[tap].astype(dtype) for tap in taps[net.name]})
-        if slots:
-            names = [net.name for net, _ in frozen_nets(stage)]
+            feats.update({feature_key(net.name, tap): net_feats[tap].astype(dtype) for tap in spec.taps[net.name]})
+        if spec.selected_slots:
+            names = [net.name for net, _ in spec.nets]
             selected = inputs.get('selected')
             if selected is None:
-                selected = ambiguity.select_least_ambiguous(
-                    jnp.stack([ambiguity.entropy(logits[logits_key(n)]) for n in names])).astype(jnp.int32)
+                context = selection.Context(tuple(logits[logits_key(n)] for n in names))
+                selected = selection.choice(spec.select(context, None, None))
                 logits[SELECTED] = selected
-            feats = _keep_selected(feats, slots, names, selected)
+            feats = _keep_selected(feats, spec.selected_slots, names, selected)
         return {**logits, **feats}
     return fn
 
 
-def selected_slots(stage, frozen, image_shape: tuple[int, ...]) -> dict:
+def selected_slots(spec: Spec, frozen, image_shape: tuple[int, ...]) -> dict:
     """Teacher -> tap -> (slot, per-sample shape) for storing only each sample's selected teacher.
 
     Slot i holds the selected teacher's i-th matched tap, flattened and zero-padded to the widest
     teacher's, so teachers of any architecture share one array per slot.
     """
-    plain = dataclasses.replace(stage, selected_slots=None)
-    spec, taps = layout(plain, frozen, image_shape, 1, 'float32'), cached_taps(plain)
+    plain = dataclasses.replace(spec, selected_slots=None)
+    shapes = layout(plain, frozen, image_shape, 1, 'float32')
     out = {}
-    for net, _ in frozen_nets(plain):
-        by_depth = [tap.name for tap in net.taps() if tap.name in taps[net.name]]  # slot i: i-th from the input
-        out[net.name] = {tap: (slot_key(i), tuple(spec[feature_key(net.name, tap)][0][1:]))
+    for net, _ in plain.nets:
+        by_depth = [tap.name for tap in net.taps() if tap.name in plain.taps[net.name]]  # slot i: i-th from the input
+        out[net.name] = {tap: (slot_key(i), tuple(shapes[feature_key(net.name, tap)][0][1:]))
                          for i, tap in enumerate(by_depth)}
     return out
 
@@ -186,18 +179,18 @@ def variables_sha256(variables: Any) -> str:
 
 # ----------------------------------------------------------------------------- layout and size
 
-def _input_specs(stage, image_shape: tuple[int, ...], given_selection: bool) -> dict:
+def _input_specs(spec: Spec, image_shape: tuple[int, ...], given_selection: bool) -> dict:
     specs = {'image': jax.ShapeDtypeStruct((1, *image_shape), jnp.uint8)}
-    if _slots(stage) and given_selection:
+    if spec.selected_slots and given_selection:
         specs['selected'] = jax.ShapeDtypeStruct((1,), jnp.int32)
     return specs
 
 
-def layout(stage, frozen, image_shape: tuple[int, ...], n: int, feature_dtype: str = 'float16',
+def layout(spec: Spec, frozen, image_shape: tuple[int, ...], n: int, feature_dtype: str = 'float16',
            given_selection: bool = True) -> dict:
     """name -> (shape, dtype) of every cached array, from shapes alone (nothing is computed)."""
-    shapes = jax.eval_shape(outputs_fn(stage, feature_dtype), frozen,
-                            _input_specs(stage, image_shape, given_selection))
+    shapes = jax.eval_shape(outputs_fn(spec, feature_dtype), frozen,
+                            _input_specs(spec, image_shape, given_selection))
     return {k: ((n, *s.shape[1:]), np.dtype(s.dtype).name) for k, s in sorted(shapes.items())}
 
 
@@ -209,19 +202,11 @@ def _dtype(name: str):
     return FEATURE_DTYPES.get(name, name)
 
 
-def check_limit(nbytes: int, limit_gb: float, what: str, section: str = 'stage1',
-                switch: str = 'teacher_cache') -> None:
-    if nbytes > limit_gb * 2 ** 30:
-        raise ConfigError(f'{what} would take {nbytes / 2 ** 30:.2f} GiB, more than {section}.cache_limit_gb = '
-                          f'{limit_gb:g}; raise the limit, use fewer or smaller images, or set '
-                          f'{section}.{switch} = False.')
-
-
-def _saving_note(stage, frozen, image_shape, n, feature_dtype, nbytes) -> str:
+def _saving_note(spec: Spec, frozen, image_shape, n, feature_dtype, nbytes) -> str:
     """With selected-only storage: how much smaller the cache is than one of every teacher's features."""
-    if not _slots(stage):
+    if not spec.selected_slots:
         return ''
-    full = size_bytes(layout(dataclasses.replace(stage, selected_slots=None), frozen, image_shape, n,
+    full = size_bytes(layout(dataclasses.replace(spec, selected_slots=None), frozen, image_shape, n,
                              feature_dtype))
     return (f'; selected-teacher features only: {(full - nbytes) / 2 ** 20:.1f} MiB saved '
             f'({full - nbytes} bytes, {full / 2 ** 20:.1f} MiB with every teacher\'s)')
@@ -253,42 +238,42 @@ def _open(path: str, spec: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
     return arrays
 
 
-def load_or_build(path: str, *, stage, frozen, images: np.ndarray, key: Mapping[str, Any],
+def load_or_build(path: str, *, spec: Spec, frozen, images: np.ndarray, key: Mapping[str, Any],
                   selected: np.ndarray | None = None, batch_size: int = 256, limit_gb: float = 8.0,
                   feature_dtype: str = 'float16') -> dict[str, np.ndarray]:
-    """The cached arrays for `stage` on `images` (memory-mapped), built first if missing or stale.
+    """The cached arrays for `spec` on `images` (memory-mapped), built first if missing or stale.
 
     `key` names what the frozen nets and data are (hashes, data name/split/size/limit, view
     recipe); with the array layout and checksums of the images and the selection (selected-only
     storage) it is the manifest. Selected-only storage without `selected` makes the offline
-    selection in the build and returns it as `SELECTED`.
+    selection in the build and returns it as `SELECTED`. Raises `CacheTooLarge` over `limit_gb`.
     """
-    names = _names(stage)
-    name, kind = names['log'], names['kind']
+    name, kind = spec.name, spec.kind
     inputs = {'image': images}
-    if _slots(stage) and selected is not None:
+    if spec.selected_slots and selected is not None:
         inputs['selected'] = np.asarray(selected, np.int32)
-    spec = layout(stage, frozen, images.shape[1:], len(images), feature_dtype, 'selected' in inputs)
+    arrays_spec = layout(spec, frozen, images.shape[1:], len(images), feature_dtype, 'selected' in inputs)
     manifest = {'key': dict(key), 'stage': name, 'feature_dtype': feature_dtype,
                 'inputs_crc32': {k: zlib.crc32(np.ascontiguousarray(v).data) for k, v in inputs.items()},
-                'arrays': {k: [list(s), d] for k, (s, d) in spec.items()}}
+                'arrays': {k: [list(s), d] for k, (s, d) in arrays_spec.items()}}
     manifest = json.loads(json.dumps(manifest))  # as it reads back from disk
     found = _read_manifest(path)
     if found == manifest:
-        arrays = _open(path, spec)
+        arrays = _open(path, arrays_spec)
         if arrays is not None:
             log.info('%s: %s outputs from the cache in %s', name, kind, path)
             return arrays
     if os.path.exists(path):
         log.info('%s: the %s cache in %s is %s; rebuilding it.', name, kind, path,
                  'incomplete' if found is None else f'for other {kind}s, data, views or selection')
-    nbytes = size_bytes(spec)
+    nbytes = size_bytes(arrays_spec)
     log.info('%s: caching %s outputs for %d images: %.1f MiB (limit %g GiB)%s', name, kind, len(images),
-             nbytes / 2 ** 20, limit_gb, _saving_note(stage, frozen, images.shape[1:], len(images),
+             nbytes / 2 ** 20, limit_gb, _saving_note(spec, frozen, images.shape[1:], len(images),
                                                       feature_dtype, nbytes))
-    check_limit(nbytes, limit_gb, names['what'], names['section'], names['switch'])
-    _build(path, outputs_fn(stage, feature_dtype), frozen, inputs, spec, manifest, batch_size)
-    arrays = _open(path, spec)
+    if nbytes > limit_gb * 2 ** 30:
+        raise CacheTooLarge(nbytes, limit_gb)
+    _build(path, outputs_fn(spec, feature_dtype), frozen, inputs, arrays_spec, manifest, batch_size)
+    arrays = _open(path, arrays_spec)
     assert arrays is not None, path
     return arrays
 

@@ -1,0 +1,115 @@
+"""Every check of a run's config that needs no data or weights, in one place: each failure is one
+`ConfigError` sentence naming the field, raised before the workdir is claimed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kamal_jax import models, selection
+from kamal_jax.recipes import RECIPES, one_stage_config
+from kamal_jax.recipes.context import compute_dtype
+from kamal_jax.tasks import ConfigError, Plan, check_logit_slices, plan_from_config
+from kamal_jax.train import teacher_cache, views as views_lib
+
+SELECTIONS = ('online', 'offline')
+# stage1.mode (before selectors existed) -> the selector that does the same.
+MODE_TO_SELECTOR = {'select': 'least_entropy', 'random': 'random', 'average': 'uniform'}
+
+
+def check_stage(cfg: Any, field: str) -> None:
+    if cfg.arch not in models.BACKBONES:
+        raise ConfigError(f'{field}.arch = {cfg.arch!r} is unknown; supported: '
+                          f'{", ".join(sorted(models.BACKBONES))}.')
+    for key in ('epochs', 'batch_size'):
+        if int(cfg[key]) <= 0:
+            raise ConfigError(f'{field}.{key} must be positive, got {cfg[key]}.')
+    if float(cfg.lr) <= 0:
+        raise ConfigError(f'{field}.lr must be positive, got {cfg.lr}.')
+
+
+def check_selection(cfg: Any) -> None:
+    """`stage1.selection` says where selection runs, `stage1.selector` what it computes."""
+    if 'mode' in cfg:
+        raise ConfigError(f'stage1.mode was replaced by stage1.selector; for mode = {cfg.mode!r} set '
+                          f'stage1.selector = {MODE_TO_SELECTOR.get(cfg.mode, "least_entropy")!r}.')
+    if cfg.selection not in SELECTIONS:
+        raise ConfigError(f'stage1.selection must be one of {SELECTIONS}, got {cfg.selection!r}.')
+    name = cfg.get('selector', 'least_entropy')
+    if name not in selection.SELECTORS:
+        raise ConfigError(f'stage1.selector = {name!r} is unknown; valid selectors: '
+                          f'{", ".join(selection.SELECTORS)}.')
+    if cfg.selection == 'online' and not selection.SELECTORS[name].online:
+        raise ConfigError(f'stage1.selector = {name!r} can only run offline; set stage1.selection = \'offline\'.')
+
+
+def check_cache(config: Any, section: str, switch: str) -> None:
+    """A cache of frozen nets' outputs needs fixed views, a positive size limit and a known dtype."""
+    cfg = config[section]
+    if not cfg.get(switch, False):
+        return
+    d = config.data
+    if (d.get('crop_padding', 0) or d.get('flip', False)) and not views_lib.count(d):
+        field = 'data.crop_padding' if d.get('crop_padding', 0) else 'data.flip'
+        raise ConfigError(f'{section}.{switch} = True needs fixed views, but {field} = '
+                          f'{d.get(field.split(".")[1])!r} draws a random view each step; set '
+                          f'{field} to {0 if field == "data.crop_padding" else False}, pre-draw a '
+                          f'fixed number of views (data.views = K), or set '
+                          f'{section}.{switch} = False.')
+    if float(cfg.get('cache_limit_gb', 8.0)) <= 0:
+        raise ConfigError(f'{section}.cache_limit_gb must be positive, got {cfg.cache_limit_gb}.')
+    if cfg.get('cache_dtype', 'float16') not in teacher_cache.FEATURE_DTYPES:
+        raise ConfigError(f'{section}.cache_dtype must be one of {tuple(teacher_cache.FEATURE_DTYPES)}, '
+                          f'got {cfg.cache_dtype!r}.')
+
+
+def check_recipes(config: Any) -> tuple[str, tuple[str, ...]]:
+    """The main recipe (`recipe`, default 'paper') and the baselines (`baselines`, default none)."""
+    valid = ', '.join(RECIPES)
+    main = config.get('recipe', 'paper') or 'paper'
+    if main not in RECIPES:
+        raise ConfigError(f'recipe = {main!r} is unknown; valid recipes: {valid}.')
+    if isinstance(config.get('baselines'), str):
+        raise ConfigError(f'baselines must be a tuple of names, got the string {config.baselines!r}; '
+                          f'valid baselines: {valid}.')
+    names = tuple(config.get('baselines', ()) or ())
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise ConfigError(f'baselines names {unknown}, which are not baselines; valid baselines: {valid}.')
+    if len(set(names)) != len(names):
+        raise ConfigError(f'baselines lists a baseline twice: {list(names)}.')
+    if main in names:
+        raise ConfigError(f'baselines lists {main!r}, the main recipe (recipe = {main!r}); remove it from baselines.')
+    overrides = config.get('baseline_stage') or {}
+    extra = sorted(k for k in overrides if k not in config.stage2)
+    if extra:
+        raise ConfigError(f'baseline_stage sets {extra}, which are not fields of stage2 '
+                          f'({", ".join(sorted(config.stage2))}).')
+    if int(one_stage_config(config).epochs) <= 0:
+        raise ConfigError('baseline_stage.epochs must be positive.')
+    return main, names
+
+
+def validate(config: Any, workdir: str = '') -> Plan:
+    """Everything that can be checked without touching data or weights."""
+    plan = plan_from_config(config, workdir)
+    check_stage(config.stage1, 'stage1')
+    check_stage(config.stage2, 'stage2')
+    check_selection(config.stage1)
+    if compute_dtype(config) not in models.registry.COMPUTE_DTYPES:
+        raise ConfigError(f'compute_dtype = {config.compute_dtype!r} is not supported; choose one of '
+                          f'{", ".join(models.registry.COMPUTE_DTYPES)}.')
+    views_lib.check(config.data)
+    check_cache(config, 'stage1', 'teacher_cache')
+    check_cache(config, 'stage2', 'component_cache')
+    check_recipes(config)
+    for teacher in plan.used_teachers:
+        if teacher.arch not in models.BACKBONES and teacher.arch != 'auto':
+            raise ConfigError(f'teachers.{teacher.name}.arch = {teacher.arch!r} is unknown; supported: '
+                              f'{", ".join(sorted(models.BACKBONES))}, or \'auto\' (read from the checkpoint).')
+    zoo = config.get('zoo')
+    if zoo:  # teachers the run trains itself: their output width is known now
+        widths = {name: len(t.classes) if t.get('classes') else sum(len(c) for _, c in t.heads)
+                  for name, t in zoo.teachers.items()}  # one softmax, or several heads
+        check_logit_slices(Plan(plan.tasks, tuple(t for t in plan.teachers if t.name in widths),
+                                plan.target_tasks), widths)
+    return plan

@@ -1,0 +1,50 @@
+"""Recipes: the paper's two stages and every comparison, one small entry each.
+
+A recipe turns the ported teachers and the unlabelled training images into one net of the target's
+architecture (`config.stage2.arch` and `widths`, one head per target task). `config.recipe` (default
+'paper') is the run's main recipe; `config.baselines` lists more to train on the same data, scored
+on the same held-out images and entered in the summary as `baseline_<name>`:
+
+  paper        the paper: per sample the teacher `stage1.selector` picks (least entropy), through
+               bridges and logits, into one component net per task; then the target from them.
+  random       the two stages with a random teacher per sample (what selection is worth).
+  logits_only  the two stages without transfer bridges (feature_weight = 0 in both stages).
+  one_stage    the target learns straight from the source nets: per task stage 1's distillation
+               into the shared trunk and that task's head, all tasks in one loss.
+  average      Hinton-style multi-teacher KD in one stage: per head, KL (x T^2) from the mean of the
+               task's teachers' softmax(logits / T); logits only (T: the one-stage budget's
+               `temperature`).
+  supervised   the target on the true training labels (the upper reference; it sees labels).
+
+Two-stage recipes use `config.stage1` and `config.stage2` (changed as the entry says); one-stage
+ones the budget of `one_stage.one_stage_config`. Adding a recipe is one entry in `RECIPES`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kamal_jax.recipes.context import Outcome, Run
+from kamal_jax.recipes.one_stage import Labelled, OneStage, one_stage_config, task_label_arrays
+from kamal_jax.recipes.two_stage import TwoStage
+
+RECIPES = {
+    'paper': TwoStage('two stages, the teacher stage1.selector picks per sample'),
+    'random': TwoStage('two stages, a random teacher per sample',
+                       stage1={'selector': 'random', 'selection': 'online'}),
+    'logits_only': TwoStage('two stages without transfer bridges (logits only)',
+                            stage1={'feature_weight': 0.0}, stage2={'feature_weight': 0.0}),
+    'one_stage': OneStage('one stage from the source nets, {selection} {selector} selection'),
+    'average': OneStage('multi-teacher KD, averaged soft targets, T={temperature:g}', combine='average'),
+    'supervised': Labelled('cross-entropy on the true training labels'),
+}
+
+
+def run_recipe(name: str, run: Run, main: bool) -> Outcome:
+    """Trains (or resumes) recipe `name`: as the run's main recipe in the workdir itself, or as a
+    baseline in WORKDIR/baselines/NAME."""
+    out = run.workdir if main else os.path.join(run.workdir, 'baselines', name)
+    return RECIPES[name].run(run, name, out, main)
+
+
+__all__ = ['Outcome', 'RECIPES', 'Run', 'one_stage_config', 'run_recipe', 'task_label_arrays']

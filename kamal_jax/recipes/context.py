@@ -1,0 +1,98 @@
+"""What every recipe is given (`Run`) and gives back (`Outcome`), and the config reading they share."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple
+
+import ml_collections
+
+from kamal_jax import models, selection, summary as summary_lib
+from kamal_jax.tasks import Plan
+from kamal_jax.train import evaluate as eval_lib
+from kamal_jax.train.nets import Net
+from kamal_jax.train.objectives import Groups, LossWeights
+from kamal_jax.train.state import count_params
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    """The run as the pipeline holds it: config, plan, ported teachers, data, mesh, workdir."""
+    config: Any
+    plan: Plan
+    teachers: Mapping[str, Net]
+    frozen: Mapping[str, Any]
+    train: Any
+    held_out: Any
+    mesh: Any
+    workdir: str
+
+    def groups(self) -> Groups:
+        """Per target task, the teachers that declare it."""
+        return tuple((task, tuple(self.teachers[t.name] for t in self.plan.group(task)))
+                     for task in self.plan.target_tasks)
+
+    def evaluate(self, net: Net, variables: Any) -> dict[str, float]:
+        """Accuracy on the held-out split for each target task the net has a head for."""
+        tasks = {t: self.plan.tasks[t] for t in self.plan.target_tasks if t in dict(net.module.heads)}
+        return eval_lib.evaluate(net, variables, self.held_out, tasks, self.config.eval_batch_size)
+
+    def target_net(self, name: str, cfg: Any) -> Net:
+        """A multi-head net with one head per target task, of `cfg`'s architecture and widths."""
+        return student_net(name, cfg, [(t, self.plan.tasks[t].num_classes) for t in self.plan.target_tasks],
+                           self.config.data, compute_dtype(self.config))
+
+    def entry(self, role: str, net: Net, variables: Any, tasks, **extra) -> dict:
+        """The summary entry of a trained net, scored on the held-out split."""
+        acc = extra.pop('accuracy', None) or self.evaluate(net, variables)
+        return summary_lib.model_entry(role, net.arch, count_params(variables['params']), tasks, acc,
+                                       flops=eval_lib.forward_flops(net, variables, self.held_out.images.shape[1:]),
+                                       **extra)
+
+
+class Outcome(NamedTuple):
+    """A finished recipe: summary entries by key, wall seconds by key, and the net to export."""
+    entries: dict
+    wall: dict
+    net: Net
+    variables: Any
+
+
+def compute_dtype(config: Any) -> str:
+    """'float32' (default) or 'bfloat16': activations of trained and frozen nets in training steps;
+    params, optimiser state, losses and entropies stay float32."""
+    return str(config.get('compute_dtype', 'float32') or 'float32')
+
+
+def student_net(name: str, cfg: Any, heads, data_cfg: Any, dtype: str = 'float32') -> Net:
+    widths = tuple(cfg.get('widths') or ())
+    net = Net(name, cfg.arch, models.multihead(cfg.arch, heads, widths or None),
+              tuple(data_cfg.mean), tuple(data_cfg.std), widths=widths)
+    return net.with_compute_dtype(dtype)
+
+
+def loss_weights(cfg: Any) -> LossWeights:
+    return LossWeights(feature=float(cfg.feature_weight), logit=float(cfg.logit_weight),
+                       weight_norm=float(cfg.get('weight_norm', 1.0)), logit_loss=cfg.get('logit_loss', 'mse'),
+                       temperature=float(cfg.get('temperature', 1.0)))
+
+
+def selector_of(cfg: Any) -> selection.Selector:
+    """The stage's selector (`stageN.selector`, default the paper's least entropy)."""
+    return selection.get(cfg.get('selector', 'least_entropy'))
+
+
+def with_changes(config: Any, **sections: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """A copy of `config` with some fields of some sections changed (the main config is untouched)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for section, fields in sections.items():
+        config[section].update(dict(fields))
+    return config
+
+
+def floats(metrics: Mapping[str, Any]) -> dict:
+    return {k: round(float(v), 5) for k, v in metrics.items()}
+
+
+def fmt(acc: Mapping[str, float]) -> str:
+    return ', '.join(f'{t} {100 * a:.1f}%' for t, a in acc.items())

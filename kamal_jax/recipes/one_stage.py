@@ -1,0 +1,115 @@
+"""One-stage recipes: the multi-head target learns straight from the source nets (or the labels).
+
+Budget: they train the target with `config.stage2`'s optimiser and batch size for
+`stage1.epochs + stage2.epochs` epochs (as many as a two-stage run's component and target
+together); any field of `config.baseline_stage` (optional, e.g. `dict(epochs=60, temperature=4.0)`)
+overrides them. Checkpoints: WORKDIR/target (main recipe) or WORKDIR/baselines/NAME (baseline).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from kamal_jax import selection
+from kamal_jax.recipes.context import Outcome, Run, floats, loss_weights, selector_of
+from kamal_jax.recipes.stages import offline_selection, selection_arrays
+from kamal_jax.tasks import ConfigError, Plan
+from kamal_jax.train import evaluate as eval_lib, views as views_lib
+from kamal_jax.train.objectives import Distill, LossWeights, Supervised, make_pairs
+from kamal_jax.train.trainer import train_student
+
+
+def one_stage_config(config: Any) -> ml_collections.ConfigDict:
+    """Optimiser, batch size and budget of the one-stage recipes (see the module docstring)."""
+    cfg = ml_collections.ConfigDict(config.stage2.to_dict())
+    cfg.epochs = int(config.stage1.epochs) + int(config.stage2.epochs)
+    overrides = config.get('baseline_stage') or {}
+    cfg.update(overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides))
+    return cfg
+
+
+def _train(run: Run, name: str, main: bool, method: str, cfg: Any, target, loss_fn, bridges, arrays,
+           frozen) -> Outcome:
+    t0 = time.perf_counter()
+    ckpt = os.path.join(run.workdir, 'target') if main else os.path.join(run.workdir, 'baselines', name)
+    variables, metrics = train_student(
+        name='target' if main else f'baseline/{name}', student=target, loss_fn=loss_fn, bridges=bridges, cfg=cfg,
+        arrays=arrays, frozen=frozen, mesh=run.mesh, seed=run.config.seed + 1, ckpt_dir=ckpt,
+        log_every=run.config.log_every, **views_lib.step_augmentation(run.config.data))
+    key = 'target' if main else f'baseline_{name}'
+    entry = run.entry(key if main else 'baseline', target, variables, run.plan.target_tasks, method=method,
+                      epochs=int(cfg.epochs), final_train_metrics=floats(metrics))
+    return Outcome({key: entry}, {key: time.perf_counter() - t0}, target, variables)
+
+
+@dataclasses.dataclass(frozen=True)
+class OneStage:
+    """Per task, stage 1's distillation into the target's trunk and that task's head, all tasks in one
+    loss: from each sample's selected teachers (stage1's selector, selection, loss weights, bridge
+    width ratio; taps paired by depth), or with `combine`, from the teachers' combined soft target
+    at `temperature` of the one-stage budget (logits only)."""
+    method: str
+    combine: str = ''
+
+    def run(self, run: Run, name: str, out: str, main: bool) -> Outcome:
+        cfg, s1 = one_stage_config(run.config), run.config.stage1
+        target = run.target_net('target' if main else f'baseline_{name}', cfg)
+        groups = run.groups()
+        frozen = {t.name: run.frozen[t.name] for _, ts in groups for t in ts}
+        arrays = {'image': run.train.images}
+        if self.combine:
+            temperature = float(cfg.get('temperature', 1.0))
+            stage = Distill(target, groups, {}, LossWeights(temperature=temperature),
+                            combine=selection.COMBINERS[self.combine])
+            return _train(run, name, main, self.method.format(temperature=temperature), cfg, target, stage.loss,
+                          {}, arrays, frozen)
+        pairs = {task: {t.name: (make_pairs(t, target, None) if s1.feature_weight else ()) for t in ts}
+                 for task, ts in groups}
+        selector, offline = selector_of(s1), s1.selection == 'offline'
+        stage = Distill(target, groups, pairs, loss_weights(s1), selector=selector, offline=offline)
+        if offline:
+            weights = {task: offline_selection(task, ts, run.frozen, run.train.images, run.config.eval_batch_size,
+                                               selector, jax.random.fold_in(jax.random.key(run.config.seed), i))
+                       for i, (task, ts) in enumerate(groups)}
+            for key in ('selected', 'teacher_weights'):
+                per_task = {t: a[key] for t, a in ((t, selection_arrays(w, selector)) for t, w in weights.items())
+                            if key in a}
+                if per_task:
+                    arrays[key] = per_task
+        bridges = stage.init_bridges(jax.random.fold_in(jax.random.key(run.config.seed), 3),
+                                     s1.get('bridge_width_ratio', 0.5))
+        method = self.method.format(selection=s1.selection, selector=selector.name.replace('_', ' '))
+        return _train(run, name, main, method, cfg, target, stage.loss, bridges, arrays, frozen)
+
+
+def task_label_arrays(plan: Plan, split: Any) -> dict[str, np.ndarray]:
+    """Per target task: index into the task's classes per sample, -1 outside the task (int32)."""
+    out = {}
+    for name in plan.target_tasks:
+        task = plan.tasks[name]
+        if task.label_key not in split.labels or not split.label_names.get(task.label_key):
+            raise ConfigError(f'recipe supervised: task {name!r} reads label {task.label_key!r}, which the '
+                              f'training split does not have as classes; it has {sorted(split.labels)}.')
+        out[name] = eval_lib.task_targets(task, split.labels, split.label_names).astype(np.int32)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Labelled:
+    """The target trained with cross-entropy on the true training labels, each head on the samples of
+    its task's classes (the upper reference; the only recipe that sees labels)."""
+    method: str
+
+    def run(self, run: Run, name: str, out: str, main: bool) -> Outcome:
+        cfg = one_stage_config(run.config)
+        target = run.target_net('target' if main else f'baseline_{name}', cfg)
+        stage = Supervised(target, run.plan.target_tasks)
+        arrays = {'image': run.train.images, 'labels': task_label_arrays(run.plan, run.train)}
+        return _train(run, name, main, self.method, cfg, target, stage.loss, {}, arrays, {})

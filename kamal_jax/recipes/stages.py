@@ -1,0 +1,173 @@
+"""The paper's two stages as steps of a recipe: stage 1 (one component net per task, from its
+teachers) and stage 2 (the target net, from the components), with their selection and caches."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from typing import Any
+
+import jax
+import numpy as np
+
+from kamal_jax import selection
+from kamal_jax.files import sha256
+from kamal_jax.recipes.context import compute_dtype, loss_weights, selector_of, student_net
+from kamal_jax.tasks import ConfigError, Plan
+from kamal_jax.train import distributed, evaluate as eval_lib, teacher_cache, views as views_lib
+from kamal_jax.train.nets import Net
+from kamal_jax.train.objectives import Amalgamate, Distill, make_pairs
+from kamal_jax.train.trainer import train_student
+
+
+def offline_selection(task: str, teachers, frozen, images: np.ndarray, batch_size: int,
+                      selector: selection.Selector = selection.SELECTORS['least_entropy'],
+                      rng: jax.Array | None = None) -> np.ndarray:
+    """Per-sample teacher weights [N, teachers], once, on the un-augmented view (as the authors' code)."""
+    logits = tuple(eval_lib.predict(t, frozen[t.name], images, batch_size)[task] for t in teachers)
+    return np.asarray(selector(selection.Context(logits), rng, None), np.float32)
+
+
+def selection_arrays(weights: np.ndarray, selector: selection.Selector) -> dict:
+    """The batch arrays an offline selection travels as: teacher indices when hard, else weights."""
+    if selector.hard:
+        return {'selected': np.asarray(selection.choice(weights))}
+    return {'teacher_weights': weights}
+
+
+def selection_report(task: str, teachers, frozen, split, plan: Plan, batch_size: int,
+                     selector: selection.Selector = selection.SELECTORS['least_entropy']) -> dict:
+    """On labelled held-out data: each teacher's share of the selector's weight, and how often the
+    selected teacher is right (weighted by the selector's weights), against the oracle."""
+    t = plan.tasks[task]
+    if t.label_key not in split.labels:
+        return {}
+    target = eval_lib.task_targets(t, split.labels, split.label_names)
+    valid = target >= 0
+    logits = [eval_lib.predict(n, frozen[n.name], split.images, batch_size)[task][valid] for n in teachers]
+    weights = np.asarray(selector(selection.Context(tuple(logits)), jax.random.key(0), None), np.float64)
+    correct = np.stack([np.argmax(l, -1) == target[valid] for l in logits])
+    return {
+        'selected_fraction': {n.name: float(np.mean(weights[:, i])) for i, n in enumerate(teachers)},
+        'selected_teacher_accuracy': float(np.mean(np.sum(weights * correct.T, axis=-1))),
+        'oracle_accuracy': float(np.mean(correct.any(0))),
+    }
+
+
+def _task_rng(seed: int, task: str) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), zlib.crc32(task.encode()) % (1 << 30))
+
+
+def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
+    """Trains (or resumes) the component net of `task` in WORKDIR/stage1/<task>."""
+    cfg = config.stage1
+    dtype = compute_dtype(config)
+    group = [teachers[t.name] for t in plan.group(task)]
+    student = student_net(f'component_{task}', cfg, [(task, plan.tasks[task].num_classes)], config.data,
+                          dtype)
+    overrides = cfg.get('tap_pairs') or {}
+    pairs = {t.name: (make_pairs(t, student, overrides.get(t.name)) if cfg.feature_weight else ())
+             for t in group}
+    selector, offline = selector_of(cfg), cfg.selection == 'offline'
+    cached = bool(cfg.get('teacher_cache', False))
+    stage = Distill(student, ((task, tuple(t.with_compute_dtype(dtype) for t in group)),), {task: pairs},
+                    loss_weights(cfg), selector=selector, offline=offline, by_task=False, cached=cached)
+    arrays = {'image': train.images}
+    group_frozen = {t.name: frozen[t.name] for t in group}
+    # Cached, offline, hard selection: the cache build selects from the logits it computes and stores
+    # only the selected teacher's features, so the teachers run once per image.
+    selected_only = cached and offline and selector.hard
+    if offline and not selected_only:
+        arrays.update(selection_arrays(offline_selection(task, group, frozen, train.images, config.eval_batch_size,
+                                                         selector, _task_rng(config.seed, task)), selector))
+    if cached:
+        if selected_only:
+            stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(
+                stage.cache_spec(), group_frozen, train.images.shape[1:]))
+        arrays.update(_stage1_cache(task, plan, stage, group_frozen, train, config, workdir,
+                                    arrays.get('selected')))
+        group_frozen = {}  # the step never runs the teachers
+    variables, metrics = train_student(
+        name=f'stage1/{task}', student=student, loss_fn=stage.loss,
+        bridges=stage.init_bridges(_task_rng(config.seed, task), cfg.get('bridge_width_ratio', 0.5)), cfg=cfg,
+        arrays=arrays, frozen=group_frozen, mesh=mesh, seed=config.seed,
+        ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every,
+        **views_lib.step_augmentation(config.data))
+    return student, variables, metrics
+
+
+def run_stage2(plan, components, train, config, mesh, workdir):
+    """Trains (or resumes) the target net from the component nets in WORKDIR/stage2."""
+    cfg = config.stage2
+    dtype = compute_dtype(config)
+    target = student_net('target', cfg, [(t, plan.tasks[t].num_classes) for t in plan.target_tasks],
+                         config.data, dtype)
+    comps = tuple((task, components[task][0].with_compute_dtype(dtype)) for task in plan.target_tasks)
+    overrides = cfg.get('tap_pairs') or {}
+    pairs = {c.name: (make_pairs(c, target, overrides.get(c.name)) if cfg.feature_weight else ())
+             for _, c in comps}
+    cached = bool(cfg.get('component_cache', False))
+    stage = Amalgamate(target, comps, pairs, loss_weights(cfg), cached=cached)
+    arrays = {'image': train.images}
+    frozen = {c.name: components[t][1] for t, c in comps}
+    if cached:
+        arrays.update(_stage2_cache(stage, frozen, train, config, workdir))
+        frozen = {}  # the step never runs the component nets
+    variables, metrics = train_student(
+        name='stage2', student=target, loss_fn=stage.loss,
+        bridges=stage.init_bridges(jax.random.fold_in(jax.random.key(config.seed), 2)), cfg=cfg,
+        arrays=arrays, frozen=frozen, mesh=mesh,
+        seed=config.seed + 1, ckpt_dir=os.path.join(workdir, 'stage2'), log_every=config.log_every,
+        **views_lib.step_augmentation(config.data))
+    return target, variables, metrics
+
+
+# ----------------------------------------------------------------------------- caches
+
+def _data_key(config: Any, train) -> dict:
+    """What the training images are and how the frozen nets see them: part of every cache's key."""
+    d = config.data
+    return {'data': {'name': d.name, 'split': d.train_split, 'size': len(train.images),
+                     'train_limit': int(d.get('train_limit', 0) or 0), 'seed': config.seed,
+                     'image_size': list(d.get('image_size') or ())},
+            'views': views_lib.cache_key(d, train.images.shape[1:])}
+
+
+def _net_key(net: Net, digest: str, widths) -> dict:
+    return {'sha256': digest, 'arch': net.arch, 'widths': list(widths), 'mean': list(net.mean),
+            'std': list(net.std), 'compute_dtype': str(net.dtype or 'float32')}
+
+
+def _load_cache(what, path, spec, frozen, train, config, section, switch, key, selected=None) -> dict:
+    """The stage's cached frozen outputs on the fixed views (process 0 builds, the others then read)."""
+    cfg = config[section]
+
+    def build():
+        try:
+            return teacher_cache.load_or_build(
+                path, spec=spec, frozen=frozen, images=train.images, key={**key, **_data_key(config, train)},
+                selected=selected, batch_size=config.eval_batch_size, limit_gb=float(cfg.get('cache_limit_gb', 8.0)),
+                feature_dtype=cfg.get('cache_dtype', 'float16'))
+        except teacher_cache.CacheTooLarge as e:
+            raise ConfigError(f'The {what} would take {e.nbytes / 2 ** 30:.2f} GiB, more than '
+                              f'{section}.cache_limit_gb = {e.limit_gb:g}; raise the limit, use fewer or smaller '
+                              f'images, or set {section}.{switch} = False.') from None
+    return distributed.primary_first(build, f'building the {what.split(" of ")[0]}')
+
+
+def _stage1_cache(task, plan, stage, frozen, train, config, workdir, selected=None) -> dict:
+    """The teachers' cached outputs, keyed by their checkpoints' hashes."""
+    specs = {t.name: t for t in plan.group(task)}
+    key = {'teachers': {t.name: _net_key(t, sha256(specs[t.name].checkpoint), specs[t.name].widths)
+                        for t in stage.teachers}}
+    return _load_cache(f'stage-1 teacher cache of task {task!r}', os.path.join(workdir, 'cache', 'stage1', task),
+                       stage.cache_spec(), frozen, train, config, 'stage1', 'teacher_cache', key, selected)
+
+
+def _stage2_cache(stage, frozen, train, config, workdir) -> dict:
+    """The component nets' cached outputs, keyed by hashes of their trained variables."""
+    key = {'components': {c.name: {**_net_key(c, teacher_cache.variables_sha256(frozen[c.name]), c.widths),
+                                   'task': task} for task, c in stage.components}}
+    return _load_cache('stage-2 component cache', os.path.join(workdir, 'cache', 'stage2'), stage.cache_spec(),
+                       frozen, train, config, 'stage2', 'component_cache', key)
