@@ -174,3 +174,23 @@ def test_timm_deit_parity_with_pretrained_cfg(deit, tmp_path):
     net, _ = load_teacher(spec, str(tmp_path / 'teachers'), (32, 32))
     assert net.arch == 'deit_tiny_patch16_224' and net.module.backbone.num_heads == 3
     assert net.mean == pytest.approx((0.485, 0.456, 0.406)) and net.input_size == (224, 224)
+
+
+def test_inspect_cli_reads_the_pretrained_cfg(deit, tmp_path, capsys):
+    from kamal_jax.porting.__main__ import main
+    _, path = deit
+    assert main(['inspect', path]) == 0
+    out = capsys.readouterr().out
+    assert 'pretrained_cfg' in out and 'architecture deit_tiny_patch16_224' in out
+    assert ('deit_tiny_patch16_224: vit, depth 12, 12 layers, width 192, 3 heads, patch 16, 224 px, '
+            '7 classes' in out)
+    # A pretrained_cfg naming a model of another width is not believed (and the output says so).
+    other = tmp_path / 'cfg.json'
+    other.write_text(json.dumps({'architecture': 'vit_small_patch16_224', 'mean': [0.5] * 3,
+                                 'std': [0.5] * 3, 'input_size': [3, 224, 224]}))
+    assert main(['inspect', path, '--pretrained-cfg', str(other)]) == 0
+    out = capsys.readouterr().out
+    assert 'vit_tiny_patch16_224: vit' in out and '3 heads' in out
+    assert 'vit_small_patch16_224 is 384 wide, the weights 192: name ignored' in out
+    with pytest.raises(porting.PortingError, match=r'mis-shaped.*blocks\.0\.attn\.qkv\.weight'):
+        porting.port('vit_small_patch16_224', porting.load_state_dict(path))

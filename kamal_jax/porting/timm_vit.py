@@ -10,7 +10,8 @@ are timm's defaults for these models.
 The weights give the depth, width, MLP width, patch size (`patch_embed.proj.weight`'s kernel)
 and image size (`pos_embed`'s grid) but not the number of heads: that comes from the name
 (`vit_small_patch16_224` -> 6, from `models.vit.TIMM_SIZES`), given as the architecture, found in
-a timm `pretrained_cfg`, or else assumed from the standard model of that width (and said so).
+a timm `pretrained_cfg`, or else assumed from the standard model of that width (and said so); a
+name whose standard width is not the weights' is not used.
 Not covered: distilled DeiT (`dist_token`), DeiT-3 / `no_embed_class`, register tokens, layer
 scale; their extra keys are reported. At an input size other than the checkpoint's, the position
 embedding is resized as torchvision does (timm models refuse other sizes unless built dynamic).
@@ -67,14 +68,18 @@ def detect(state_dict: Mapping, hint: str | None = None) -> list[Architecture]:
         return []
     heads, word = _heads_from_name(hint)
     name, notes = hint, ()
+    if word and vit_models.TIMM_SIZES[word][2] != dims['hidden_dim']:  # the name is another model's
+        notes = (f'{hint} is {vit_models.TIMM_SIZES[word][2]} wide, the weights '
+                 f'{dims["hidden_dim"]}: name ignored',)
+        heads = None
     if heads is None:
         word = next((w for w, s in vit_models.TIMM_SIZES.items() if s[2] == dims['hidden_dim']), None)
         if word is None:
             return []
         heads = vit_models.TIMM_SIZES[word][1]
         name = f'vit_{word}_patch{dims["patch_size"]}_{dims["image_size"]}'
-        notes = (f'{heads} heads assumed from the standard vit_{word}: the weights cannot tell; '
-                 f'give the timm name to be sure',)
+        notes += (f'{heads} heads assumed from the standard vit_{word}: the weights cannot tell; '
+                  f'give the timm name to be sure',)
     if dims['hidden_dim'] % heads:
         return []
     options = {**dims, 'num_heads': heads}
