@@ -68,8 +68,8 @@ def markdown(summary: Mapping[str, Any]) -> str:
 
 
 def selection_markdown(summary: Mapping[str, Any]) -> str:
-    """Per task, on the held-out data: how often each teacher was the least ambiguous, how often
-    that chosen teacher was right, against each teacher alone and an oracle that picks any right one."""
+    """Per task, on the held-out data: each teacher's share of the selector's weight, how often
+    the selected teacher was right, against each teacher alone and an oracle that picks any right one."""
     models = summary['models']
     rows = []
     for m in models.values():
@@ -84,7 +84,7 @@ def selection_markdown(summary: Mapping[str, Any]) -> str:
                     f'{100 * report["oracle_accuracy"]:.1f} |')
     if not rows:
         return ''
-    head = ('| task | selected as least ambiguous | selected teacher right (%) | each teacher alone (%) '
+    head = ('| task | selected (stage1.selector) | selected teacher right (%) | each teacher alone (%) '
             '| any teacher right (%) |\n|---|---|---:|---|---:|')
     return head + '\n' + '\n'.join(rows)
 

@@ -233,6 +233,17 @@ def test_every_baseline_is_exported_like_the_target(run_all):
     assert not np.allclose(outputs['one_stage'], outputs['logits_only'])
 
 
+def test_any_recipe_can_be_the_main_one(run_all, tmp_path):
+    """recipe = 'average': the same net as the 'average' baseline, entered and exported as the target."""
+    args, entries, _ = run_all
+    got, wall = pipeline.run_recipes(recipes.Run(*args[:-1], str(tmp_path)), ('average',), main='average')
+    assert list(got) == ['target'] and got['target']['role'] == 'target' and list(wall) == ['target']
+    assert got['target']['accuracy'] == pytest.approx(entries['baseline_average']['accuracy'], abs=1e-9)
+    assert got['target']['method'] == entries['baseline_average']['method']
+    assert os.path.isdir(tmp_path / 'target') and not os.path.exists(tmp_path / 'baselines')
+    assert (tmp_path / 'export' / 'student.json').is_file()
+
+
 def test_rerun_resumes_a_baseline(run_all):
     args, entries, _ = run_all
     config = ml_collections.ConfigDict(args[0].to_dict())

@@ -123,6 +123,23 @@ def test_fields_added_later_resume_at_their_default(tmp_path):
         workdir_lib.prepare(run, {**today, 'stage1': {**today['stage1'], 'teacher_cache': True}})
 
 
+def test_run_stored_before_recipes_and_selectors_resumes_as_paper(tmp_path):
+    """`stage1.mode` became `stage1.selector` and `recipe` was added: an old run resumes as 'paper'."""
+    from kamal_jax import workdir as workdir_lib
+    run = str(tmp_path / 'run')
+    assert workdir_lib.prepare(run, {'stage1': {'mode': 'select', 'selection': 'online'}}) is False
+    today = {'recipe': 'paper', 'stage1': {'selector': 'least_entropy', 'selection': 'online'}}
+    assert workdir_lib.prepare(run, today) is True
+    with pytest.raises(WorkdirError, match=r"recipe was 'paper', now 'average'"):
+        workdir_lib.prepare(run, {**today, 'recipe': 'average'})
+    with pytest.raises(WorkdirError, match=r"stage1\.selector was 'least_entropy', now 'random'"):
+        workdir_lib.prepare(run, {**today, 'stage1': {'selector': 'random', 'selection': 'online'}})
+    other = str(tmp_path / 'other')
+    workdir_lib.prepare(other, {'stage1': {'mode': 'random', 'selection': 'online'}})
+    with pytest.raises(WorkdirError, match=r"stage1\.selector was 'random', now 'least_entropy'"):
+        workdir_lib.prepare(other, today)
+
+
 def test_load_student_round_trip(tiny_run):
     config, workdir, summary = tiny_run
     student = kamal_jax.load_student(os.path.join(workdir, 'export'))
@@ -181,6 +198,8 @@ def test_rerun_resumes_and_different_config_is_refused(tiny_run):
      r'teachers\.high_resnet8\.heads\.digits_5to9 declares task'),
     (lambda c: c.stage1.update({'arch': 'resnet7'}), r"stage1\.arch = 'resnet7' is unknown"),
     (lambda c: c.stage1.update({'selection': 'sometimes'}), r'stage1\.selection'),
+    (lambda c: c.stage1.update({'selector': 'oracle'}), r"stage1\.selector = 'oracle' is unknown"),
+    (lambda c: setattr(c, 'recipe', 'oracle'), r"recipe = 'oracle' is unknown"),
 ])
 def test_bad_config_is_refused_before_work(tmp_path, mutate, field):
     config = quickstart()

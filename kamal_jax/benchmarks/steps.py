@@ -100,21 +100,15 @@ def random_nets(c, rng) -> tuple:
     return teachers, teacher_vars, component, target, comps, comp_vars
 
 
-def run(c) -> dict:
-    mesh = sharding.make_mesh()
-    size, bs = c.image_size, c.batch_size
-    rng = jax.random.key(c.seed)
-    x = jnp.zeros((1, size, size, 3))
-    images = np.random.default_rng(c.seed).integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
-    batch = sharding.put_batch({'image': images}, mesh)
+def _cases(c, rng, images):
+    """The timed steps: {name: (loss, student, bridges, frozen, extra batch)}, and the cache builds:
+    [(name, jitted build, frozen, inputs)], all on random nets at the config's shapes."""
+    bs = c.batch_size
     tasks = [f'task{i}' for i in range(c.num_tasks)]
-
     teachers, teacher_vars, component, target, comps, comp_vars = random_nets(c, rng)
-
     stage1 = Distill.component(tasks[0], component, teachers,
                                {t.name: make_pairs(t, component, None) for t in teachers}, LossWeights())
     stage2 = Amalgamate(target, comps, {n.name: make_pairs(n, target, None) for _, n in comps}, LossWeights())
-    supervised = Supervised(component, (tasks[0],))
     labels = {'labels': {t: np.random.default_rng(1 + i).integers(0, c.task_classes, bs).astype(np.int32)
                          for i, t in enumerate(tasks)}}
 
@@ -130,9 +124,8 @@ def run(c) -> dict:
                  for stage in (offline, stage2_cached)}
     stage1_cache = _cache_rows(offline, teacher_vars, cache_inputs, build_fns[offline])
     stage2_cache = _cache_rows(stage2_cached, comp_vars, {'image': images}, build_fns[stage2_cached])
-
     cases = {
-        'supervised': (supervised.loss, component, {}, {}, labels),
+        'supervised': (Supervised(component, (tasks[0],)).loss, component, {}, {}, labels),
         'supervised_target': (Supervised(target, tuple(tasks)).loss, target, {}, {}, labels),
         'stage1': (stage1.loss, component, stage1.init_bridges(rng), teacher_vars, {}),
         'stage2': (stage2.loss, target, stage2.init_bridges(rng), comp_vars, {}),
@@ -140,6 +133,19 @@ def run(c) -> dict:
                           {'selected': selected, **stage1_cache}),
         'stage2_cached': (stage2_cached.loss, target, stage2_cached.init_bridges(rng), {}, stage2_cache),
     }
+    builds = [('stage1_cache_build', build_fns[offline], teacher_vars, cache_inputs),
+              ('stage2_cache_build', build_fns[stage2_cached], comp_vars, {'image': images})]
+    return cases, builds
+
+
+def run(c) -> dict:
+    mesh = sharding.make_mesh()
+    size, bs = c.image_size, c.batch_size
+    rng = jax.random.key(c.seed)
+    x = jnp.zeros((1, size, size, 3))
+    images = np.random.default_rng(c.seed).integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
+    batch = sharding.put_batch({'image': images}, mesh)
+    cases, builds = _cases(c, rng, images)
     results = {}
     for name, (loss_fn, student, bridges, frozen, extra) in cases.items():
         tx = make_optimizer(OPT, 1000)
@@ -150,10 +156,8 @@ def run(c) -> dict:
         results[name] = _time_step(step, state, sharding.put_replicated(frozen, mesh), b, rng,
                                    c.warmup_steps, c.timed_steps, bs)
         _print(name, results[name])
-    for name, stage, frozen, inputs in (('stage1_cache_build', offline, teacher_vars, cache_inputs),
-                                        ('stage2_cache_build', stage2_cached, comp_vars, {'image': images})):
-        fn = build_fns[stage]  # compiled above, when the cached batches were made
-        results[name] = _time_step(lambda st, fr, b, r: (st, fn(fr, b)), None, frozen,
+    for name, fn, frozen, inputs in builds:  # compiled above, when the cached batches were made
+        results[name] = _time_step(lambda st, fr, b, r, fn=fn: (st, fn(fr, b)), None, frozen,
                                    {k: jnp.asarray(v) for k, v in inputs.items()}, rng, c.warmup_steps,
                                    c.timed_steps, bs)
         _print(name, results[name])
