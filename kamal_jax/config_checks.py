@@ -18,8 +18,7 @@ MODE_TO_SELECTOR = {'select': 'least_entropy', 'random': 'random', 'average': 'u
 
 def check_stage(cfg: Any, field: str) -> None:
     if cfg.arch not in models.BACKBONES:
-        raise ConfigError(f'{field}.arch = {cfg.arch!r} is unknown; supported: '
-                          f'{", ".join(sorted(models.BACKBONES))}.')
+        raise ConfigError(f'{field}.arch = {cfg.arch!r} is unknown; supported: {models.BACKBONES.describe()}.')
     for key in ('epochs', 'batch_size'):
         if int(cfg[key]) <= 0:
             raise ConfigError(f'{field}.{key} must be positive, got {cfg[key]}.')
@@ -105,7 +104,7 @@ def validate(config: Any, workdir: str = '') -> Plan:
     for teacher in plan.used_teachers:
         if teacher.arch not in models.BACKBONES and teacher.arch != 'auto':
             raise ConfigError(f'teachers.{teacher.name}.arch = {teacher.arch!r} is unknown; supported: '
-                              f'{", ".join(sorted(models.BACKBONES))}, or \'auto\' (read from the checkpoint).')
+                              f'{models.BACKBONES.describe()}, or \'auto\' (read from the checkpoint).')
     zoo = config.get('zoo')
     if zoo:  # teachers the run trains itself: their output width is known now
         widths = {name: len(t.classes) if t.get('classes') else sum(len(c) for _, c in t.heads)

@@ -38,6 +38,7 @@ class TeacherSpec:
     input_size: tuple[int, ...] = ()  # () = the data's image size
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    ema: bool = False  # port the checkpoint's EMA weights (`model_ema`/`ema`) instead of its plain ones
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +120,7 @@ def parse_teachers(config_teachers: Mapping[str, Any], workdir: str = '') -> tup
             heads=heads, widths=tuple(int(w) for w in (tc.get('widths') or ())),
             input_size=tuple(int(s) for s in (tc.get('input_size') or ())),
             mean=tuple(float(m) for m in tc.get('mean', (0.0, 0.0, 0.0))),
-            std=tuple(float(s) for s in tc.get('std', (1.0, 1.0, 1.0)))))
+            std=tuple(float(s) for s in tc.get('std', (1.0, 1.0, 1.0))), ema=bool(tc.get('ema', False))))
     return tuple(specs), tasks
 
 

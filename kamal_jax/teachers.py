@@ -46,7 +46,7 @@ def load_teacher(spec: TeacherSpec, cache_dir: str, image_size: tuple[int, int])
         raise ConfigError(f'teachers.{spec.name}.checkpoint = {spec.checkpoint!r} does not exist.')
     os.makedirs(cache_dir, exist_ok=True)
     cache, meta_path = (os.path.join(cache_dir, f'{spec.name}.{ext}') for ext in ('msgpack', 'json'))
-    ema = bool(getattr(spec, 'ema', False))
+    ema = spec.ema
     cfg = pretrained_cfg_lib.beside(spec.checkpoint)
     key = {'version': _CACHE_VERSION, 'sha256': sha256(spec.checkpoint), 'arch': spec.arch,
            'widths': list(spec.widths), 'ema': ema,
