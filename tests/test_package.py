@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import venv
 import zipfile
 from pathlib import Path
@@ -94,7 +93,8 @@ def test_installed_wheel_runs_the_quickstart_from_any_folder(wheel, tmp_path):
     python, site = _new_venv(tmp_path / 'venv')
     # The new venv reuses this one's dependencies (jax, torch, TensorFlow, ...) through a .pth file;
     # its own site-packages comes first, so the wheel's kamal_jax is the one imported.
-    (site / 'reuse_test_env.pth').write_text(sysconfig.get_path('purelib') + '\n')
+    reused = [p for p in sys.path if os.path.basename(p) in ('site-packages', 'dist-packages')]
+    (site / 'reuse_test_env.pth').write_text('\n'.join(reused) + '\n')
     subprocess.run([python, '-m', 'pip', 'install', '-q', '--no-deps', '--no-index', '--force-reinstall',
                     wheel], check=True, env=_clean_env())
     cwd = tmp_path / 'elsewhere'
