@@ -1,7 +1,7 @@
 """Export of the finished student and `load_student` for downstream Flax code.
 
 An export directory holds the variables twice, as Flax msgpack and as safetensors with flat names
-('params/backbone/stem_conv/kernel', ...: any framework reads them), beside a JSON card
+('params/backbone/conv1/kernel', 'batch_stats/backbone/bn1/mean', ...: any framework reads them), beside a JSON card
 (architecture, tasks and classes, normalisation) that `load_student` needs to rebuild the module.
 """
 
