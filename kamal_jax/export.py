@@ -1,8 +1,9 @@
 """Export of the finished student and `load_student` for downstream Flax code.
 
 An export directory holds the variables twice, as Flax msgpack and as safetensors with flat names
-('params/backbone/conv1/kernel', 'batch_stats/backbone/bn1/mean', ...: any framework reads them), beside a JSON card
-(architecture, tasks and classes, normalisation) that `load_student` needs to rebuild the module.
+('params/backbone/conv1/kernel', 'batch_stats/backbone/bn1/mean', ...: any framework reads them),
+beside a JSON card (architecture, tasks and classes, normalisation) that `load_student` needs to
+rebuild the module.
 """
 
 from __future__ import annotations
