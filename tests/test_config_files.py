@@ -28,7 +28,8 @@ def test_names_are_the_files_of_configs():
 def test_resolve_and_load():
     quickstart = os.path.join(ROOT, 'configs', 'quickstart.py')
     assert config_files.resolve('kamal_jax:quickstart:tiny') == quickstart + ':tiny'
-    assert config_files.resolve('kamal_jax:zoo/cifar10_parts') == os.path.join(ROOT, 'configs', 'zoo', 'cifar10_parts.py')
+    zoo = os.path.join(ROOT, 'configs', 'zoo', 'cifar10_parts.py')
+    assert config_files.resolve('kamal_jax:zoo/cifar10_parts') == zoo
     assert config_files.resolve('configs/quickstart.py:tiny') == 'configs/quickstart.py:tiny'
     tiny = config_files.load('quickstart:tiny')
     assert tiny.to_dict() == _from_file(quickstart, 'tiny').to_dict()
