@@ -153,7 +153,7 @@ def _installed(name):
 
 
 def test_notebook_install_keeps_jax_torch_and_tensorflow(source, tmp_path):
-    python, site = _colab_like_venv(tmp_path / 'colab')
+    python, _ = _colab_like_venv(tmp_path / 'colab')
     cell = next(c for c in nbformat.read(ROOT / 'notebooks' / 'quickstart.ipynb', 4).cells
                 if c.cell_type == 'code').source
     cell, n = re.subn(r'^REPO_URL = .*$', f'REPO_URL = {str(source)!r}', cell, count=1, flags=re.M)
