@@ -26,10 +26,11 @@ def _canonical(name):
     return re.sub(r'[-_.]+', '-', name).lower()
 
 
-def _clean_env(**extra):
-    env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'PYTHONHOME')}
-    env['PIP_CONFIG_FILE'] = os.devnull  # no index, find-links or constraints of this machine
-    env.update(extra)
+def _clean_env():
+    """This environment without a Python path or pip settings: no index, find-links or constraints."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('PYTHONPATH', 'PYTHONHOME') and not k.startswith('PIP_')}
+    env['PIP_CONFIG_FILE'] = os.devnull
     return env
 
 
