@@ -41,6 +41,16 @@ def check_selection(cfg: Any) -> None:
         raise ConfigError(f'stage1.selector = {name!r} can only run offline; set stage1.selection = \'offline\'.')
 
 
+def check_views(data: Any) -> None:
+    """`data.views`: how many augmented views to pre-draw per image (0: a fresh view every step)."""
+    k = data.get('views', 0) or 0
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise ConfigError(f'data.views must be a whole number >= 0 (0: a fresh view every step), got {k!r}.')
+    if k and not (data.get('crop_padding', 0) or data.get('flip', False)):
+        raise ConfigError(f'data.views = {k} pre-draws augmented views, but data.crop_padding = 0 and '
+                          'data.flip = False draw none; set one of them, or data.views = 0.')
+
+
 def check_cache(config: Any, section: str, switch: str) -> None:
     """A cache of frozen nets' outputs needs fixed views, a positive size limit and a known dtype."""
     cfg = config[section]
@@ -97,7 +107,7 @@ def validate(config: Any, workdir: str = '') -> Plan:
     if compute_dtype(config) not in models.registry.COMPUTE_DTYPES:
         raise ConfigError(f'compute_dtype = {config.compute_dtype!r} is not supported; choose one of '
                           f'{", ".join(models.registry.COMPUTE_DTYPES)}.')
-    views_lib.check(config.data)
+    check_views(config.data)
     check_cache(config, 'stage1', 'teacher_cache')
     check_cache(config, 'stage2', 'component_cache')
     check_recipes(config)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import toy
-from kamal_jax import pipeline
+from kamal_jax import config_checks, pipeline
 from kamal_jax.recipes import stages
 from kamal_jax.tasks import ConfigError, Plan, Task, TeacherSpec
 from kamal_jax.train import sharding, views
@@ -65,7 +65,7 @@ def test_bad_views_config_names_the_field(data, match):
 
 def test_views_must_be_a_whole_number():
     with pytest.raises(ConfigError, match='data.views must be a whole number'):
-        views.check({'views': 1.5, 'crop_padding': 2})  # a config file may hold any value
+        config_checks.check_views({'views': 1.5, 'crop_padding': 2})  # a config file may hold any value
 
 
 def test_caches_accept_predrawn_views():

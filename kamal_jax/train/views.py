@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kamal_jax.tasks import ConfigError
 from kamal_jax.train.augment import augment
 
 CHUNK = 1024  # images per augmentation call; part of what fixes the views for a seed
@@ -26,15 +25,6 @@ CHUNK = 1024  # images per augmentation call; part of what fixes the views for a
 def count(data: Any) -> int:
     """The number of pre-drawn views per image; 0 means a fresh view every step."""
     return int(data.get('views', 0) or 0)
-
-
-def check(data: Any) -> None:
-    k = data.get('views', 0) or 0
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-        raise ConfigError(f'data.views must be a whole number >= 0 (0: a fresh view every step), got {k!r}.')
-    if k and not (data.get('crop_padding', 0) or data.get('flip', False)):
-        raise ConfigError(f'data.views = {k} pre-draws augmented views, but data.crop_padding = 0 and '
-                          'data.flip = False draw none; set one of them, or data.views = 0.')
 
 
 def step_augmentation(data: Any) -> dict:
