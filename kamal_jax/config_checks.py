@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from kamal_jax import models, selection
+from kamal_jax.porting import generic
 from kamal_jax.recipes import RECIPES, one_stage_config
 from kamal_jax.recipes.context import compute_dtype
 from kamal_jax.tasks import ConfigError, Plan, check_logit_slices, plan_from_config
@@ -112,9 +113,13 @@ def validate(config: Any, workdir: str = '') -> Plan:
     check_cache(config, 'stage2', 'component_cache')
     check_recipes(config)
     for teacher in plan.used_teachers:
-        if teacher.arch not in models.BACKBONES and teacher.arch != 'auto':
+        if generic.is_generic(teacher.arch) and generic.arch_error(teacher.arch):
+            raise ConfigError(f'teachers.{teacher.name}.arch = {teacher.arch!r} is malformed: '
+                              f'{generic.arch_error(teacher.arch)}.')
+        if teacher.arch not in models.BACKBONES and teacher.arch != 'auto' and not generic.is_generic(teacher.arch):
             raise ConfigError(f'teachers.{teacher.name}.arch = {teacher.arch!r} is unknown; supported: '
-                              f'{models.BACKBONES.describe()}, or \'auto\' (read from the checkpoint).')
+                              f'{models.BACKBONES.describe()}, \'auto\' (read from the checkpoint), or any '
+                              f'PyTorch classifier as \'torch:package.module:function\' or \'torchvision:NAME\'.')
     zoo = config.get('zoo')
     if zoo:  # teachers the run trains itself: their output width is known now
         widths = {name: len(t.classes) if t.get('classes') else sum(len(c) for _, c in t.heads)

@@ -39,6 +39,7 @@ class TeacherSpec:
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     ema: bool = False  # port the checkpoint's EMA weights (`model_ema`/`ema`) instead of its plain ones
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # a torch:/torchvision: factory's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +63,10 @@ def _get(mapping: Any, key: str, field: str, default: Any = dataclasses.MISSING)
     if value is dataclasses.MISSING:
         raise ConfigError(f'{field} is missing.')
     return value
+
+
+def _plain(mapping: Any) -> dict:
+    return mapping.to_dict() if hasattr(mapping, 'to_dict') else dict(mapping)
 
 
 def _pair(value: Any, field: str) -> tuple[int, int]:
@@ -120,7 +125,8 @@ def parse_teachers(config_teachers: Mapping[str, Any], workdir: str = '') -> tup
             heads=heads, widths=tuple(int(w) for w in (tc.get('widths') or ())),
             input_size=tuple(int(s) for s in (tc.get('input_size') or ())),
             mean=tuple(float(m) for m in tc.get('mean', (0.0, 0.0, 0.0))),
-            std=tuple(float(s) for s in tc.get('std', (1.0, 1.0, 1.0))), ema=bool(tc.get('ema', False))))
+            std=tuple(float(s) for s in tc.get('std', (1.0, 1.0, 1.0))), ema=bool(tc.get('ema', False)),
+            kwargs=_plain(tc.get('kwargs') or {})))
     return tuple(specs), tasks
 
 

@@ -20,6 +20,7 @@ from flax import serialization
 
 from kamal_jax import porting
 from kamal_jax.files import sha256, write_atomic
+from kamal_jax.porting import generic, graph as graph_lib
 from kamal_jax.porting import pretrained_cfg as pretrained_cfg_lib
 from kamal_jax.tasks import ConfigError, TeacherSpec
 from kamal_jax.train.nets import Net
@@ -40,11 +41,35 @@ def _preprocessing(spec: TeacherSpec, cfg: pretrained_cfg_lib.PretrainedCfg | No
     return mean, std, size or tuple(cfg.input_size or ())
 
 
+def _load_generic(spec: TeacherSpec, cache_dir: str, size: tuple[int, ...]) -> tuple[Net, Any]:
+    """A torch:/torchvision: teacher: exported once (PyTorch process) to a graph file, then run in JAX."""
+    path, meta_path = (os.path.join(cache_dir, f'{spec.name}.{ext}') for ext in ('graph.safetensors', 'json'))
+    key = {'version': _CACHE_VERSION, 'sha256': sha256(spec.checkpoint), 'arch': spec.arch,
+           'kwargs': dict(spec.kwargs), 'ema': spec.ema, 'size': list(size)}
+    meta = json.load(open(meta_path)) if os.path.isfile(meta_path) and os.path.isfile(path) else {}
+    try:
+        if meta.get('key') != key:
+            report = generic.export(spec.arch, path + '.tmp', spec.checkpoint, size, spec.kwargs, spec.ema)
+            os.replace(path + '.tmp', path)
+            write_atomic(meta_path, json.dumps({'key': key}).encode())
+            log.info('teacher %s: %s', spec.name, report)
+        else:
+            log.info('teacher %s: exported graph read from the cache', spec.name)
+        module, variables, _ = graph_lib.load(path)
+    except (generic.ExportError, graph_lib.UnsupportedOp) as e:
+        raise ConfigError(f'teachers.{spec.name} ({spec.arch}, {spec.checkpoint}): {e}') from None
+    net = Net(spec.name, spec.arch, module, tuple(spec.mean), tuple(spec.std), tuple(size),
+              dict(spec.heads), ())
+    return net, variables
+
+
 def load_teacher(spec: TeacherSpec, cache_dir: str, image_size: tuple[int, int]) -> tuple[Net, Any]:
     """Returns the teacher as a `Net` and its variables; ports on first use, then reads the cache."""
     if not os.path.isfile(spec.checkpoint):
         raise ConfigError(f'teachers.{spec.name}.checkpoint = {spec.checkpoint!r} does not exist.')
     os.makedirs(cache_dir, exist_ok=True)
+    if generic.is_generic(spec.arch):
+        return _load_generic(spec, cache_dir, tuple(spec.input_size or image_size))
     cache, meta_path = (os.path.join(cache_dir, f'{spec.name}.{ext}') for ext in ('msgpack', 'json'))
     ema = spec.ema
     cfg = pretrained_cfg_lib.beside(spec.checkpoint)

@@ -187,9 +187,18 @@ def main(argv=None) -> int:
             from kamal_jax.porting.state_dict import read_checkpoint
             state_dict = read_checkpoint(args.state_dict, args.ema).tensors
         model = build(args.factory, state_dict, json.loads(args.kwargs))
-        graph, tensors = export(model, size)
     except (FactoryError, ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
+        return 2
+    try:
+        graph, tensors = export(model, size)
+    except FactoryError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except Exception as e:  # torch.export's own errors: one line naming the factory
+        first = (str(e).strip().splitlines() or [''])[0]
+        print(f'error: torch.export of {args.factory!r} at {size[0]}x{size[1]} failed: '
+              f'{type(e).__name__}: {first}', file=sys.stderr)
         return 2
     write(args.out, graph, tensors)
     ops = sorted({n['target'] for n in graph['nodes'] if n['op'] == 'call_function'})

@@ -1,0 +1,70 @@
+"""Generic teachers, JAX side: `arch='torch:package.module:function'` or `'torchvision:NAME'`.
+
+The model is exported in a separate PyTorch process (`python -m kamal_jax.porting.torch_export`,
+so this process never imports torch) to a graph file that `kamal_jax.porting.graph` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from typing import Any, Mapping, Sequence
+
+PREFIXES = ('torch:', 'torchvision:')
+_FACTORY = re.compile(r'^[A-Za-z_][\w.]*:[A-Za-z_]\w*$')
+_TORCHVISION = re.compile(r'^[A-Za-z_]\w*$')
+
+
+class ExportError(ValueError):
+    """The export process failed: the factory did not build, the weights did not load strictly, ..."""
+
+
+def is_generic(arch: str) -> bool:
+    return str(arch).startswith(PREFIXES)
+
+
+def arch_error(arch: str) -> str | None:
+    """Why `arch` is not a well-formed generic architecture, or None."""
+    if arch.startswith('torchvision:'):
+        name = arch.split(':', 1)[1]
+        return None if _TORCHVISION.match(name) else (
+            f"'torchvision:NAME' needs a torchvision model name after the colon, got {name!r}")
+    if arch.startswith('torch:'):
+        factory = arch.split(':', 1)[1]
+        return None if _FACTORY.match(factory) else (
+            f"'torch:package.module:function' needs an importable module and a function name, got {factory!r}")
+    return f'{arch!r} starts with neither torch: nor torchvision:'
+
+
+def factory(arch: str) -> str:
+    """What the export process builds: 'torchvision:NAME' or 'package.module:function'."""
+    return arch if arch.startswith('torchvision:') else arch.split(':', 1)[1]
+
+
+def _env() -> dict:
+    """The child imports what this process can (a factory defined next to the caller, e.g. a test)."""
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([os.getcwd(), *paths, env.get('PYTHONPATH', '')]).rstrip(os.pathsep)
+    return env
+
+
+def export(arch: str, out: str, state_dict: str | None = None, size: Sequence[int] = (32, 32),
+           kwargs: Mapping[str, Any] | None = None, ema: bool = False, timeout: float = 900) -> str:
+    """Exports `arch` with `state_dict` to the graph file `out` in a PyTorch process; returns its report."""
+    error = arch_error(arch)
+    if error:
+        raise ExportError(error + '.')
+    cmd = [sys.executable, '-m', 'kamal_jax.porting.torch_export', '--factory', factory(arch),
+           '--out', out, '--size', *map(str, size), '--kwargs', json.dumps(dict(kwargs or {}))]
+    if state_dict:
+        cmd += ['--state-dict', state_dict] + (['--ema'] if ema else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
+    if done.returncode != 0:
+        lines = [l for l in (done.stderr or done.stdout).strip().splitlines() if l.strip()]
+        message = lines[-1] if lines else f'exit status {done.returncode}'
+        raise ExportError(message.removeprefix('error: '))
+    return done.stdout.strip()
