@@ -62,6 +62,18 @@ def test_bfloat16_features_round_trip(tmp_path):
     assert os.path.samefile(cache['cache/a_t/stage1'].filename, again['cache/a_t/stage1'].filename)
 
 
+def test_cache_build_prints_progress_with_eta(tmp_path, monkeypatch):
+    from kamal_jax import progress
+    monkeypatch.setattr(progress, 'EVERY_S', 0.0)  # a line per chunk, however fast
+    lines = []
+    monkeypatch.setattr(progress.log, 'info', lambda msg, *a: lines.append(msg % a if a else msg))
+    stage, frozen = _setup()
+    _build(tmp_path / 'a', stage, frozen, toy.images(20))  # chunks of 8, 8 and 4 images
+    built = [l for l in lines if l.startswith('building cache a:')]
+    assert [l.split(': ', 1)[1].split(' (')[0] for l in built] == ['8/20 images', '16/20 images', '20/20 images']
+    assert 'eta ' in built[0] and 'eta ' in built[1] and 'took ' in built[2]
+
+
 def _mtime(path):
     return os.stat(os.path.join(path, teacher_cache.MANIFEST)).st_mtime_ns
 

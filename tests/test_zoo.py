@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -85,6 +86,7 @@ def test_train_zoo_writes_checkpoints_and_cards(tmp_path, capsys):
     assert len(vcard['mean']) == 3 and all(s > 0 for s in vcard['std'])  # Computed from the data.
     printed = capsys.readouterr().out
     assert 'epoch 1/1' in printed
+    assert re.search(r'\[t_animals\] epoch 1/1: loss .*s, eta 0s', printed)  # progress with an ETA
 
     # The checkpoint is the twin's state_dict and ports to Flax.
     from kamal_jax import porting

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kamal_jax.ambiguity import as_categorical
+from kamal_jax.progress import Progress
 from kamal_jax.tasks import Task
 from kamal_jax.train.augment import to_unit
 from kamal_jax.train.nets import Net
@@ -35,7 +36,7 @@ def predict(net: Net, variables: Any, images: np.ndarray, batch_size: int = 256)
         # Several processes: each evaluates on its own devices, from a local copy of the weights.
         from kamal_jax.train.sharding import to_host
         variables = jax.device_put(to_host(variables), jax.local_devices()[0])
-    outputs = []
+    outputs, progress = [], Progress(f'evaluating {net.name}', len(images), 'images')
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
         pad = batch_size - len(chunk)
@@ -43,6 +44,7 @@ def predict(net: Net, variables: Any, images: np.ndarray, batch_size: int = 256)
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
         out = jax.device_get(fn(variables, jnp.asarray(chunk)))
         outputs.append({t: l[:batch_size - pad] for t, l in out.items()})
+        progress.update(len(chunk) - pad)
     return {t: np.concatenate([o[t] for o in outputs]) for t in outputs[0]}
 
 

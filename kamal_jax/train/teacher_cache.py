@@ -32,6 +32,7 @@ import numpy as np
 
 from kamal_jax import selection
 from kamal_jax.files import write_atomic
+from kamal_jax.progress import Progress
 from kamal_jax.train.augment import to_unit
 
 log = logging.getLogger('kamal_jax')
@@ -291,12 +292,14 @@ def _build(path, fn, frozen, inputs, spec, manifest, batch_size) -> None:
     out = {k: np.lib.format.open_memmap(os.path.join(tmp, k.replace('/', '__') + '.npy'), mode='w+',
                                         dtype=_dtype(d), shape=tuple(s)) for k, (s, d) in spec.items()}
     n = len(inputs['image'])
+    progress = Progress(f'building cache {os.path.basename(path)}', n, 'images')
     for i in range(0, n, batch_size):  # fixed-size padded chunks: one compilation
         chunk = {k: _padded(v[i:i + batch_size], batch_size) for k, v in inputs.items()}
         keep = min(batch_size, n - i)
         result = jax.device_get(fn(frozen, {k: jnp.asarray(v) for k, v in chunk.items()}))
         for k, a in result.items():
             out[k][i:i + keep] = a[:keep]
+        progress.update(keep)
     for a in out.values():
         a.flush()
     del out

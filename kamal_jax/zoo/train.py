@@ -43,6 +43,7 @@ import torch.nn.functional as F
 import numpy as np
 
 from kamal_jax.files import sha256
+from kamal_jax.progress import eta_text
 from kamal_jax.zoo import torch_models
 
 CARD_VERSION = 1
@@ -462,7 +463,7 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
     log(f'[{name}] {s["arch"]} on {n} images of {what} '
         f'({tr_images.shape[1]}x{tr_images.shape[2]}), {s["epochs"]} epochs x {steps_per_epoch} '
         f'steps of {bs}; eval on {len(ev_labels)} images')
-    step, loss_value = 0, float('nan')
+    step, loss_value, t_train = 0, float('nan'), time.time()
     for epoch in range(s['epochs']):
         t0 = time.time()
         model.train()
@@ -498,7 +499,8 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
         if multi:  # mean over heads of each head's accuracy
             correct = seen * _mean_accuracy([c / k if k else None for c, k in zip(head_correct, head_seen)])
         msg = (f'[{name}] epoch {epoch + 1}/{s["epochs"]}: loss {loss_value:.4f}, '
-               f'train acc {correct / seen:.4f}, lr {lr_at(step - 1):.4g}, {time.time() - t0:.1f}s')
+               f'train acc {correct / seen:.4f}, lr {lr_at(step - 1):.4g}, {time.time() - t0:.1f}s, '
+               f'{eta_text(epoch + 1, s["epochs"], time.time() - t_train)}')
         if epoch == s['epochs'] - 1 or (epoch + 1) % max(1, s['epochs'] // 5) == 0:
             acc = (_mean_accuracy(evaluate_heads(model, ev_images, ev_labels, norm, heads)) if multi
                    else evaluate(model, ev_images, ev_labels, norm))
