@@ -16,6 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
+from kamal_jax.progress import Progress
+
 TORCH_EXTENSIONS = ('.pth', '.pt', '.th', '.tar', '.bin', '.ckpt')
 EXTENSIONS = TORCH_EXTENSIONS + ('.safetensors',)
 # Why a format is refused: reading it could run code, or it holds no state_dict.
@@ -138,8 +140,15 @@ def read_checkpoint(path: str, ema: bool = False) -> Checkpoint:
                                     f'{" ".join(EXTENSIONS)}.')
     obj, wrappers, extras = _unwrap(obj, path, ema)
     tensors, prefixes = _strip_prefixes({str(k): v for k, v in obj.items()})
-    tensors = {k: _to_numpy(v) for k, v in tensors.items()}
+    progress = Progress(f'reading {os.path.basename(path)}', len(tensors), 'tensors')  # large checkpoints
+    tensors = {k: _converted(v, progress) for k, v in tensors.items()}
     return Checkpoint(tensors, wrappers, prefixes, extras)
+
+
+def _converted(value, progress: Progress) -> np.ndarray:
+    out = _to_numpy(value)
+    progress.update()
+    return out
 
 
 def load_state_dict(path: str, ema: bool = False) -> dict[str, np.ndarray]:
