@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
@@ -9,6 +10,12 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+log = logging.getLogger('kamal_jax')
+
+
+def distributed_primary() -> bool:
+    return jax.process_index() == 0
 
 
 class Checkpointer:
@@ -34,10 +41,32 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def restore(self, abstract_state: Any) -> Any:
-        """Restores the latest checkpoint onto the shardings of `abstract_state`."""
+        """Restores the newest checkpoint that reads back onto the shardings of `abstract_state`.
+
+        A step that fails to restore (a truncated or corrupt file) is moved aside, never deleted,
+        and the next newest is tried; with none left, returns `abstract_state` as it is (a fresh start).
+        """
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                               abstract_state)
-        return self.manager.restore(self.latest_step(), args=ocp.args.StandardRestore(target))
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                return self.manager.restore(step, args=ocp.args.StandardRestore(target))
+            except Exception as e:  # orbax and tensorstore raise many kinds on a damaged checkpoint
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                aside = self._move_aside(step)
+                log.warning('checkpoint step %d in %s does not restore (%s: %s); moved it to %s and trying '
+                            'the one before.', step, self.directory, type(e).__name__, reason, aside)
+        log.warning('no checkpoint in %s restores; this stage starts afresh.', self.directory)
+        return abstract_state
+
+    def _move_aside(self, step: int) -> str:
+        """Renames a damaged step's folder to a name orbax does not read as a step."""
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.directory, f'corrupt_step_{step}_{time.strftime("%Y%m%d-%H%M%S")}')
+        if distributed_primary():
+            os.replace(src, dst)
+        self.manager.reload()
+        return dst
 
     def _interval_passed(self) -> bool:
         passed = time.monotonic() - self._last_save >= self.min_interval_s
@@ -46,11 +75,15 @@ class Checkpointer:
             passed = bool(multihost_utils.broadcast_one_to_all(np.asarray(passed)))
         return passed
 
-    def maybe_save(self, step: int, state: Any, *, force: bool = False) -> bool:
-        """Saves `state` as `step` when due (or `force`); returns whether it saved."""
+    def due(self, step: int, *, force: bool = False) -> bool:
+        """Whether `maybe_save(step, ...)` would save (the loop checks the state is finite first)."""
         if not force and (step % self.every_steps or not self._interval_passed()):
             return False
-        if self.manager.latest_step() == step:
+        return self.manager.latest_step() != step
+
+    def maybe_save(self, step: int, state: Any, *, force: bool = False, due: bool | None = None) -> bool:
+        """Saves `state` as `step` when due (or `force`); returns whether it saved."""
+        if not (self.due(step, force=force) if due is None else due):
             return False
         self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
         self._last_save = time.monotonic()

@@ -49,16 +49,82 @@ class EpochBatches:
         return jax.tree.map(lambda a: a[idx], self.arrays)
 
 
+class NonFiniteLoss(FloatingPointError):
+    """A step's loss or updates were not finite; no state after `last_good` was saved."""
+
+    def __init__(self, name: str, step: int, term: str, value: float, last_good: int | None):
+        kept = (f'the last good checkpoint (step {last_good}) is kept' if last_good is not None
+                else 'no checkpoint was saved')
+        super().__init__(f'{name}: {term} became {value} at step {step}; {kept}. Lower this stage\'s learning '
+                         'rates or loss weights and relaunch to resume from it.')
+        self.name, self.step, self.term, self.value, self.last_good = name, step, term, value, last_good
+
+
+def _first_bad_term(metrics: Mapping[str, float]) -> tuple[str, float]:
+    """The loss term that went non-finite first (a term before the total; the gradients last)."""
+    terms = [k for k in metrics if k not in ('loss', 'grad_norm', 'finite') and not k.startswith('selected/')]
+    for key in (*terms, 'loss', 'grad_norm'):
+        if key in metrics and not math.isfinite(metrics[key]):
+            return ('the gradient norm' if key == 'grad_norm' else f'the {key} loss' if key != 'loss' else 'the loss',
+                    metrics[key])
+    return 'an update', float('nan')
+
+
+class _Window:
+    """Step metrics on their way to the host: fetched in one transfer when a log line or a save is due."""
+
+    def __init__(self, name: str):
+        self.name, self.pending, self.fetched = name, [], []
+
+    def add(self, step: int, metrics: Any) -> None:
+        self.pending.append((step, metrics))
+
+    def fetch_and_check(self, last_good: Callable[[], int | None]) -> None:
+        """Moves pending metrics to the host; stops at the first step whose loss or updates were not finite."""
+        if not self.pending:
+            return
+        host = to_host([m for _, m in self.pending])
+        for (step, _), m in zip(self.pending, host):
+            if not float(m.get('finite', 1.0)):
+                term, value = _first_bad_term({k: float(v) for k, v in m.items()})
+                raise NonFiniteLoss(self.name, step, term, value, last_good())
+        self.fetched.extend(host)
+        self.pending = []
+
+    def means(self) -> dict:
+        window, self.fetched = self.fetched, []
+        return {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != 'finite'}
+
+
+def _log_line(name, done, num_steps, batches, last, rate) -> None:
+    eta = (num_steps - done) * batches.batch_size / rate if rate == rate and rate > 0 else 0.0
+    shown = ' '.join(f'{k}={v:.4g}' for k, v in last.items() if not k.startswith('selected/'))
+    sel = ' '.join(f'{k.split("/", 1)[1]}:{v:.0%}' for k, v in last.items() if k.startswith('selected/'))
+    log.info('%s: step %d/%d epoch %.1f %s%s | %.0f img/s, eta %.0fs', name, done, num_steps,
+             done / batches.steps_per_epoch, shown, f' | selected {sel}' if sel else '', rate, eta)
+
+
 def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBatches, num_steps: int,
-        rng: jax.Array, mesh, checkpointer: Checkpointer | None = None, log_every: int = 50) -> tuple[Any, dict]:
-    """Runs `step` from `state.step` to `num_steps`; returns the state and the last metrics."""
+        rng: jax.Array, mesh, checkpointer: Checkpointer | None = None, log_every: int = 50,
+        on_log: Callable[[int, dict, float], None] | None = None,
+        on_step: Callable[[int, Any], None] | None = None) -> tuple[Any, dict]:
+    """Runs `step` from `state.step` to `num_steps`; returns the state and the last metrics.
+
+    `on_log(step, window means, images/s)` follows each log line; `on_step(step, state)` each step.
+
+    Before every save the steps since the last check are fetched and checked: a state that a
+    non-finite loss or update went into is never saved (`NonFiniteLoss`).
+    """
     start = int(to_host(state.step))
     if start >= num_steps:
         log.info('%s: already trained (%d/%d steps), skipping.', name, start, num_steps)
         return state, {}
     log.info('%s: steps %d..%d (%d per epoch, batch %d)%s', name, start, num_steps,
              batches.steps_per_epoch, batches.batch_size, ' [resumed]' if start else '')
-    pending, last = [], {}
+    window, last = _Window(name), {}
+
+    def last_good():
+        return checkpointer.latest_step() if checkpointer is not None else None
     t_start = time.perf_counter()
     t_window, n_window, compile_s = None, 0, 0.0
     for s in range(start, num_steps):
@@ -70,26 +136,24 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
             log.info('%s: first step (compilation included) took %.1fs', name, compile_s)
         else:
             n_window += 1
-        pending.append(metrics)
         done = s + 1
+        window.add(done, metrics)
         if done % log_every == 0 or done == num_steps:
-            window = to_host(pending)
-            pending = []
-            last = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-            if not math.isfinite(last['loss']):
-                raise FloatingPointError(f'{name}: loss became {last["loss"]} at step {done}; '
-                                         'lower the learning rate or check the inputs.')
+            window.fetch_and_check(last_good)
+            last = window.means()
             elapsed = time.perf_counter() - t_window
-            rate = n_window * batches.batch_size / elapsed if elapsed > 0 and n_window else float('nan')
-            eta = (num_steps - done) * batches.batch_size / rate if rate == rate and rate > 0 else 0.0
-            shown = ' '.join(f'{k}={v:.4g}' for k, v in last.items() if not k.startswith('selected/'))
-            sel = ' '.join(f'{k.split("/", 1)[1]}:{v:.0%}' for k, v in last.items() if k.startswith('selected/'))
-            log.info('%s: step %d/%d epoch %.1f %s%s | %.0f img/s, eta %.0fs', name, done, num_steps,
-                     done / batches.steps_per_epoch, shown, f' | selected {sel}' if sel else '', rate, eta)
+            _log_line(name, done, num_steps, batches,
+                      last, n_window * batches.batch_size / elapsed if elapsed > 0 and n_window else float('nan'))
+            if on_log is not None:  # the window's means, already on the host; images per second
+                on_log(done, last, n_window * batches.batch_size / elapsed if elapsed > 0 and n_window else float('nan'))
+        if on_step is not None:  # e.g. held-out evaluation every so many steps
+            on_step(done, state)
         if checkpointer is not None:
-            checkpointer.maybe_save(done, state)
+            force = done == num_steps
+            if checkpointer.due(done, force=force):
+                window.fetch_and_check(last_good)
+                checkpointer.maybe_save(done, state, due=True)
     if checkpointer is not None:
-        checkpointer.maybe_save(num_steps, state, force=True)
         checkpointer.manager.wait_until_finished()
     last['compile_seconds'] = compile_s
     last['train_seconds'] = time.perf_counter() - t_start

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from kamal_jax.train.augment import augment
@@ -18,6 +19,8 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, crop
     """`step(state, frozen, batch, rng) -> (state, metrics)`; pure, ready for `jax.jit`.
 
     Randomness per step is `fold_in(rng, state.step)`, so a resumed run draws the same views.
+    `metrics['finite']` (1.0 or 0.0) says whether the loss and the updates were finite: the loop
+    checks it before every save, so a checkpoint never holds a state that a NaN went into.
     """
     def step(state: TrainState, frozen: Any, batch: Mapping[str, jax.Array], rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
@@ -29,6 +32,8 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, crop
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics['grad_norm'] = optax.global_norm(grads)
+        finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(optax.global_norm(updates))
+        metrics['finite'] = finite.astype(jnp.float32)
         return state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                              opt_state=opt_state), metrics
     return step
