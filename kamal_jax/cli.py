@@ -23,6 +23,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     'e.g. kamal_jax:quickstart:tiny.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summary and export.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete what the workdir holds and start afresh.')
+_DEBUG = flags.DEFINE_bool('debug', False, 'Show the traceback of an expected failure instead of one line.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -50,11 +51,37 @@ def _run(argv):
         sys.exit(f'error: {e}')
     from kamal_jax import pipeline
     from kamal_jax.tasks import ConfigError
+    from kamal_jax.train.loop import NonFiniteLoss
     from kamal_jax.workdir import WorkdirError
     try:
         pipeline.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
-    except (ConfigError, WorkdirError, distributed.DistributedError) as e:
+    except (ConfigError, WorkdirError, distributed.DistributedError, NonFiniteLoss, OSError) as e:
+        if _DEBUG.value:
+            raise
+        sys.exit(f'error: {_one_line(e)}')
+
+
+def _one_line(e: BaseException) -> str:
+    """An expected failure as one sentence; an OS error (disk full, read-only, ...) with its file."""
+    if isinstance(e, OSError) and e.strerror:
+        return f'{e.strerror}: {e.filename!r}' if e.filename else e.strerror
+    return ' '.join(str(e).split())
+
+
+def _parse_flags(argv) -> None:
+    """Parses the flags first, so a mistyped `--config.FIELD` is one line, not a traceback."""
+    try:
+        flags.FLAGS(argv)
+    except flags.Error as e:
         sys.exit(f'error: {e}')
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # raised by a --config override
+        if '--debug' in argv:
+            raise
+        text = str(e.args[0] if e.args else e).replace('\\n', ' ').replace('\\', '').replace("'", '')
+        field, _, hint = ' '.join(text.split()).partition(' ')
+        sys.exit(f'error: a --config override names {field!r}, which the config does not have'
+                 f'{"; " + hint if hint else ""}.' if isinstance(e, (AttributeError, KeyError)) else
+                 f'error: a --config override does not fit the config: {" ".join(str(e).split())}')
 
 
 def main():
@@ -66,4 +93,5 @@ def main():
         argv = expand_config_flag(sys.argv)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f'error: {e}')
+    _parse_flags(argv)
     app.run(_run, argv=argv)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -44,23 +46,43 @@ class Student(NamedTuple):
 
 def save_student(directory: str, *, arch: str, widths, heads, variables: Any,
                  tasks: Mapping[str, Task], mean, std, image_size) -> str:
-    os.makedirs(directory, exist_ok=True)
+    """Writes the export into a temporary folder beside `directory`, then renames it into place:
+    a reader (or a killed run) sees the old export or the new one, never half of one."""
     variables = jax.device_get(variables)
-    with open(os.path.join(directory, VARIABLES_FILE), 'wb') as f:
-        f.write(serialization.msgpack_serialize(variables))
-    safetensors_np.save_file(flatten(variables), os.path.join(directory, SAFETENSORS_FILE),
-                             metadata={'format': 'flax'})
-    card = {
-        'format_version': FORMAT_VERSION, 'arch': arch, 'widths': list(widths),
-        'heads': [[t, int(n)] for t, n in heads],
-        'tasks': {t: {'kind': tasks[t].kind, 'classes': list(tasks[t].classes),
-                      'label_key': tasks[t].label_key} for t, _ in heads},
-        'mean': list(mean), 'std': list(std), 'image_size': list(image_size),
-        'input': 'NHWC float32 in [0, 1], then (x - mean) / std',
-    }
-    with open(os.path.join(directory, CARD_FILE), 'w') as f:
-        json.dump(card, f, indent=2)
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(directory))}.', dir=parent)
+    try:
+        with open(os.path.join(tmp, VARIABLES_FILE), 'wb') as f:
+            f.write(serialization.msgpack_serialize(variables))
+        safetensors_np.save_file(flatten(variables), os.path.join(tmp, SAFETENSORS_FILE),
+                                 metadata={'format': 'flax'})
+        card = {
+            'format_version': FORMAT_VERSION, 'arch': arch, 'widths': list(widths),
+            'heads': [[t, int(n)] for t, n in heads],
+            'tasks': {t: {'kind': tasks[t].kind, 'classes': list(tasks[t].classes),
+                          'label_key': tasks[t].label_key} for t, _ in heads},
+            'mean': list(mean), 'std': list(std), 'image_size': list(image_size),
+            'input': 'NHWC float32 in [0, 1], then (x - mean) / std',
+        }
+        with open(os.path.join(tmp, CARD_FILE), 'w') as f:
+            json.dump(card, f, indent=2)
+        _replace_dir(tmp, directory)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return directory
+
+
+def _replace_dir(new: str, directory: str) -> None:
+    """Puts folder `new` at `directory`, keeping what `directory` holds besides an older export
+    (the baselines' exports live in its subfolder `baselines/`)."""
+    if not os.path.isdir(directory):
+        os.replace(new, directory)
+        return
+    for name in os.listdir(new):  # each file replaced atomically, the card last
+        if name != CARD_FILE:
+            os.replace(os.path.join(new, name), os.path.join(directory, name))
+    os.replace(os.path.join(new, CARD_FILE), os.path.join(directory, CARD_FILE))
 
 
 def flatten(variables) -> dict:

@@ -17,14 +17,15 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from kamal_jax import export, summary as summary_lib
+from kamal_jax import export, porting, summary as summary_lib
 from kamal_jax import workdir as workdir_lib
 from kamal_jax.config_checks import check_recipes, validate
-from kamal_jax.recipes import Outcome, Run, run_recipe, task_label_arrays
+from kamal_jax.recipes import Outcome, Run, one_stage_config, run_recipe, task_label_arrays
 from kamal_jax.recipes.context import fmt
 from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices
 from kamal_jax.teachers import load_teacher
 from kamal_jax.train import distributed, evaluate as eval_lib, sharding, views as views_lib
+from kamal_jax.train.loop import NonFiniteLoss
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import count_params
 
@@ -43,7 +44,11 @@ def load_split(config: Any, split: str):
                            image_size=tuple(d.image_size) if d.get('image_size') else None)
     except (ValueError, AssertionError) as e:  # TFDS reports bad split specs this way
         raise ConfigError(f'{field} = {split!r} of dataset {d.name!r} cannot be read: {e}') from None
-    limit = int(d.get('train_limit' if split == d.train_split else 'eval_limit', 0) or 0)
+    limit_field = 'train_limit' if split == d.train_split else 'eval_limit'
+    limit = int(d.get(limit_field, 0) or 0)
+    if limit > len(ds.images):
+        log.warning('data.%s = %d is above the %d images of %s = %r; using all %d.', limit_field, limit,
+                    len(ds.images), field, split, len(ds.images))
     if limit and limit < len(ds.images):
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(ds.images))[:limit])
         ds = type(ds)(images=ds.images[keep], labels={k: v[keep] for k, v in ds.labels.items()},
@@ -126,22 +131,66 @@ def _teacher_entries(run: Run) -> dict:
     return entries
 
 
+def _check_teacher_files(config: Any, plan: Plan, workdir: str) -> None:
+    """Every checkpoint the zoo will not train exists, reads, and has the logits its heads slice."""
+    zoo = config.get('zoo')
+    zoo_out = os.path.join(workdir, 'zoo')
+    for spec in plan.used_teachers:
+        field = f'teachers.{spec.name}.checkpoint'
+        if not os.path.isfile(spec.checkpoint):
+            if zoo and spec.name in zoo.teachers and os.path.abspath(spec.checkpoint) == os.path.join(
+                    zoo_out, f'{spec.name}.pth'):
+                continue  # the zoo trains it first
+            where = (f'; the zoo writes teacher {spec.name!r} to {os.path.join(zoo_out, spec.name + ".pth")!r}'
+                     if zoo and spec.name in zoo.teachers else '')
+            raise ConfigError(f'{field} = {spec.checkpoint!r} does not exist{where}.')
+        if spec.arch.startswith(('torch:', 'torchvision:')):
+            continue  # exported and checked by its own process
+        try:
+            state_dict = porting.load_state_dict(spec.checkpoint, spec.ema)
+            width = porting.resolve(spec.arch, state_dict, spec.widths or None).num_classes
+        except (OSError, ValueError) as e:
+            raise ConfigError(f'{field} = {spec.checkpoint!r} cannot be used: {e}') from None
+        check_logit_slices(Plan(plan.tasks, (spec,), plan.target_tasks), {spec.name: width})
+
+
+def _check_budget(config: Any, train_size: int, devices: int) -> None:
+    """Every stage's batch (and the one-stage recipes') against the training images and the devices."""
+    sections = {'stage1': config.stage1, 'stage2': config.stage2}
+    if (config.get('baseline_stage') or {}).get('batch_size'):
+        sections['baseline_stage'] = one_stage_config(config)
+    limit = int(config.data.get('train_limit', 0) or 0)
+    for section, cfg in sections.items():
+        batch = int(cfg.batch_size)
+        if batch > train_size:
+            why = f' (data.train_limit = {limit})' if limit and limit <= train_size else ''
+            raise ConfigError(f'{section}.batch_size = {batch} is larger than the {train_size} training '
+                              f'images{why}; lower the batch size or use more images.')
+        if batch % devices:
+            raise ConfigError(f'{section}.batch_size = {batch} is not divisible by the {devices} devices of '
+                              'the mesh; make it a multiple, or set num_devices.')
+
+
 def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
-    """Validates, reads the data, claims the workdir, trains the zoo and ports the teachers."""
+    """Validates everything it can (config, workdir, data, batch sizes, checkpoint files), then claims
+    the workdir, trains the zoo and ports the teachers."""
     plan = validate(config, workdir)
+    workdir_lib.check_writable(workdir)
     train = load_split(config, config.data.train_split)  # data problems stop us before the
     held_out = load_split(config, config.data.eval_split)  # workdir is claimed
     check_data_labels(plan, held_out.label_names, config.data.eval_split)
     main, baselines = check_recipes(config)
     if 'supervised' in (main, *baselines):
         task_label_arrays(plan, train)  # missing labels are refused before the workdir is claimed
+    mesh = sharding.make_mesh(config.get('num_devices', -1))
+    _check_budget(config, len(train.images), mesh.size)
+    _check_teacher_files(config, plan, workdir)
     resumed = _claim(config, workdir, overwrite)
     log.info('%s run in %s; target tasks: %s', 'resuming' if resumed else 'starting', workdir,
              ', '.join(plan.target_tasks))
     image_size = tuple(train.images.shape[1:3])
     distributed.primary_first(lambda: ensure_zoo_teachers(config, plan, workdir)
                               if distributed.is_primary() else None, 'training the zoo teachers')
-    mesh = sharding.make_mesh(config.get('num_devices', -1))
     log.info('mesh: %d device(s) (%s); %d training images of %s, %d held out', mesh.size,
              jax.devices()[0].platform, len(train.images), train.images.shape[1:], len(held_out.images))
     n_views = views_lib.count(config.data)
@@ -205,7 +254,16 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
             log.info('summary so far in %s; baselines to train: %s', os.path.join(workdir, 'summary.md'),
                      ', '.join(pending))
 
-    run_recipes(r, (main, *baselines), main=main, on_result=on_result)
+    try:
+        run_recipes(r, (main, *baselines), main=main, on_result=on_result)
+    except NonFiniteLoss as e:
+        sections = (['stage1'] if '/stage1/' in f'/{e.name}' else ['stage2'] if e.name.endswith('stage2')
+                    else ['stage2', 'baseline_stage'])
+        if distributed.is_primary():
+            workdir_lib.record_stop(workdir, e.name, e.step, sections)
+        raise NonFiniteLoss(e.name, e.step, e.term, e.value, e.last_good,
+                            hint=f'relaunch with a lower {sections[0]}.lr (or {sections[0]}.bridge_lr, or its '
+                                 'loss weights) to resume from it') from None
     table, result = publish()
     if distributed.is_primary():
         log.info('summary (also in %s):\n%s', os.path.join(workdir, 'summary.md'), table)

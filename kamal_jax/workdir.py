@@ -2,7 +2,7 @@
 
 Some fields may change between runs. `baselines`: baselines train in their own subfolders and
 leave every other checkpoint alone, so a finished run can be given baselines later (the stages
-resume as complete and only the new baselines train). Fields that say how often to log or save
+resume as complete and only the new baselines train). Fields that say how often to log, evaluate or save
 (`RUN_CONTROL_FIELDS`) change nothing a run computes, so a run may resume with other values.
 Fields added to the configs after a run was stored (`LATER_FIELDS`) compare equal to their
 default when the stored config lacks them, and renamed ones (`RENAMED_FIELDS`) by their new name.
@@ -13,14 +13,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from typing import Any
 
 from kamal_jax import stage_defaults
 from kamal_jax.files import write_atomic
 
 CONFIG_FILE = 'config.json'
-ADDITIVE_FIELDS = ('baselines',)  # may change between runs of one workdir
-RUN_CONTROL_FIELDS = ('log_every', 'checkpoint_every', 'checkpoint_min_interval_s')  # at any depth
+STOP_FILE = 'stopped.json'  # a stage stopped on a non-finite loss: what a relaunch may change
+ADDITIVE_FIELDS = ('baselines', 'relaunches')  # may change between runs of one workdir
+# After a non-finite stop, a relaunch may change these fields of the stopped stage's config sections.
+RETUNABLE_FIELDS = ('lr', 'bridge_lr', 'feature_weight', 'logit_weight', 'weight_norm')
+RUN_CONTROL_FIELDS = ('log_every', 'eval_every', 'checkpoint_every', 'checkpoint_min_interval_s')  # at any depth
 # Fields the configs gained later, with the value a config without them behaves as.
 LATER_FIELDS = {'data.views': 0, 'stage1.teacher_cache': False, 'stage2.component_cache': False,
                 **{f'{stage}.{k}': v for stage in ('stage1', 'stage2') for k, v in stage_defaults.CACHE.items()},
@@ -44,7 +48,8 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
     return {prefix: tree}
 
 
-def first_difference(old: dict, new: dict, *, skip_run_control: bool = False) -> str | None:
+def first_difference(old: dict, new: dict, *, skip_run_control: bool = False,
+                     skip: frozenset[str] = frozenset()) -> str | None:
     """The first field in which two configs differ, as a sentence; None when they agree."""
     a, b = _flatten(old), _flatten(new)
     for flat in (a, b):
@@ -58,11 +63,26 @@ def first_difference(old: dict, new: dict, *, skip_run_control: bool = False) ->
             if '.' not in key or section in tree:
                 flat.setdefault(key, default)
     for key in sorted(set(a) | set(b)):
-        if skip_run_control and key.rsplit('.', 1)[-1] in RUN_CONTROL_FIELDS:
+        if (skip_run_control and key.rsplit('.', 1)[-1] in RUN_CONTROL_FIELDS) or key in skip:
             continue
         if a.get(key, '<absent>') != b.get(key, '<absent>'):
             return f'{key} was {a.get(key, "<absent>")!r}, now {b.get(key, "<absent>")!r}'
     return None
+
+
+def check_writable(workdir: str) -> None:
+    """Refuses a workdir that is a file, or where nothing can be written, before anything is claimed."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f'workdir {workdir!r} is a file, not a folder; choose another --workdir.')
+    existing = workdir
+    while not os.path.isdir(existing):
+        existing = os.path.dirname(existing) or '.'
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise WorkdirError(f'workdir {workdir!r} cannot be written ({e.strerror or e}); choose another '
+                           '--workdir or free some space.') from None
 
 
 def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool:
@@ -72,12 +92,22 @@ def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool
     if os.path.isdir(workdir) and os.listdir(workdir):
         if os.path.isfile(path):
             stored = json.load(open(path))
+            stop = _read_stop(workdir)
+            retunable = frozenset(f'{s}.{f}' for s in (stop or {}).get('sections', ()) for f in RETUNABLE_FIELDS)
             diff = first_difference({k: v for k, v in stored.items() if k not in ADDITIVE_FIELDS},
                                     {k: v for k, v in config_dict.items() if k not in ADDITIVE_FIELDS},
-                                    skip_run_control=True)
+                                    skip_run_control=True, skip=retunable)
             if diff is None:
-                if stored != config_dict:  # only additive or run-control fields changed: record them
+                config_dict['relaunches'] = stored.get('relaunches', [])
+                changed = {k: [_flatten(stored).get(k), v] for k, v in _flatten(config_dict).items()
+                           if k in retunable and _flatten(stored).get(k) != v}
+                if changed:  # the stopped stage resumes with new learning rates or loss weights
+                    config_dict['relaunches'].append({'stage': stop['stage'], 'step': stop['step'],
+                                                      'changed': changed})
+                if stored != config_dict:  # only additive, run-control or retuned fields changed
                     _write_config(path, config_dict)
+                if stop:
+                    os.remove(os.path.join(workdir, STOP_FILE))
                 return True
             reason = f'holds a run of a different config ({diff})'
         else:
@@ -89,6 +119,20 @@ def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool
     os.makedirs(workdir, exist_ok=True)
     _write_config(path, config_dict)
     return False
+
+
+def record_stop(workdir: str, stage: str, step: int, sections) -> None:
+    """Marks that `stage` stopped on a non-finite loss at `step`: the relaunch may retune `sections`."""
+    write_atomic(os.path.join(workdir, STOP_FILE),
+                 json.dumps({'stage': stage, 'step': int(step), 'sections': list(sections)}).encode())
+
+
+def _read_stop(workdir: str) -> dict | None:
+    try:
+        with open(os.path.join(workdir, STOP_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _write_config(path: str, config_dict: dict) -> None:

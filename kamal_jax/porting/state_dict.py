@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Mapping
 
 import numpy as np
 
 from kamal_jax.progress import Progress
+
+INTEGER_BUFFERS = (r'num_batches_tracked$',)  # integer by nature (batch norm's step counter)
 
 TORCH_EXTENSIONS = ('.pth', '.pt', '.th', '.tar', '.bin', '.ckpt')
 EXTENSIONS = TORCH_EXTENSIONS + ('.safetensors',)
@@ -142,7 +145,23 @@ def read_checkpoint(path: str, ema: bool = False) -> Checkpoint:
     tensors, prefixes = _strip_prefixes({str(k): v for k, v in obj.items()})
     progress = Progress(f'reading {os.path.basename(path)}', len(tensors), 'tensors')  # large checkpoints
     tensors = {k: _converted(v, progress) for k, v in tensors.items()}
+    check_values(tensors, path)
     return Checkpoint(tensors, wrappers, prefixes, extras)
+
+
+def check_values(tensors: Mapping[str, np.ndarray], path: str) -> None:
+    """Refuses integer or boolean tensors where weights belong (a quantised checkpoint would port to
+    nonsense) and non-finite weights (a teacher that outputs NaN), naming the first such key."""
+    for key, value in tensors.items():
+        if any(re.search(p, key) for p in INTEGER_BUFFERS):
+            continue
+        dtype = np.asarray(value).dtype
+        if dtype.kind != 'f' and dtype.name not in ('bfloat16', 'float8_e4m3fn', 'float8_e5m2'):
+            raise CheckpointFormatError(f'{path!r}: {key} is a {dtype.name} tensor where float weights belong; '
+                                        'save the float weights (a quantised model must be dequantised first).')
+        if not np.all(np.isfinite(np.asarray(value, np.float32))):
+            raise CheckpointFormatError(f'{path!r}: {key} holds non-finite values (NaN or infinity); '
+                                        'this checkpoint cannot teach.')
 
 
 def _converted(value, progress: Progress) -> np.ndarray:

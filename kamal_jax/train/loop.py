@@ -52,11 +52,11 @@ class EpochBatches:
 class NonFiniteLoss(FloatingPointError):
     """A step's loss or updates were not finite; no state after `last_good` was saved."""
 
-    def __init__(self, name: str, step: int, term: str, value: float, last_good: int | None):
+    def __init__(self, name: str, step: int, term: str, value: float, last_good: int | None,
+                 hint: str = 'lower this stage\'s learning rates or loss weights and relaunch to resume from it'):
         kept = (f'the last good checkpoint (step {last_good}) is kept' if last_good is not None
                 else 'no checkpoint was saved')
-        super().__init__(f'{name}: {term} became {value} at step {step}; {kept}. Lower this stage\'s learning '
-                         'rates or loss weights and relaunch to resume from it.')
+        super().__init__(f'{name}: {term} became {value} at step {step}; {kept}; {hint}.')
         self.name, self.step, self.term, self.value, self.last_good = name, step, term, value, last_good
 
 
