@@ -4,6 +4,9 @@
         [--resolution 32] [--widths 64,64,128,256,512] [--ema] [--pretrained-cfg config.json]
     python -m kamal_jax.porting --arch auto --checkpoint resnet20.th --out ported/
     python -m kamal_jax.porting inspect resnet20.th [--ema] [--pretrained-cfg config.json]
+    python -m kamal_jax.porting --arch torchvision:densenet121 --checkpoint teacher.pth --out ported/ \
+        [--resolution 32] [--kwargs '{"num_classes": 10}']
+    python -m kamal_jax.porting --arch torch:package.module:function --checkpoint teacher.pth --out ported/
 
 Writes `OUT/variables.msgpack` (`flax.serialization.msgpack_serialize` of the numpy variables)
 and `OUT/teacher.json` (arch, num_classes, widths, the resolved `architecture` record that
@@ -13,13 +16,16 @@ architecture the weights match. When PyTorch is installed and `kamal_jax.zoo.tor
 build the architecture, the ported model is run next to the PyTorch one on random inputs and the
 largest differences are printed. A teacher card next to the checkpoint (`teacher.json` for
 `teacher.pth`, as the zoo writes them) is copied in, and its widths are used when `--widths` is
-not given. `inspect` prints every registered architecture (family, depth, widths, classes,
+not given. A `torch:`/`torchvision:` arch is exported in a PyTorch process to
+`OUT/teacher.graph.safetensors` (see `kamal_jax.porting.torch_export`) and run in JAX from its ATen
+graph; the parity printed is against PyTorch's outputs stored in that file. `inspect` prints every registered architecture (family, depth, widths, classes,
 shortcut kind) the file matches, or the nearest one and its first offending keys (exit status 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -130,6 +136,35 @@ def inspect_main(argv) -> int:
     return 1
 
 
+def generic_main(args) -> int:
+    """A torch:/torchvision: teacher: export, run in JAX on the stored probe, print the parity."""
+    from kamal_jax.porting import generic, graph
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, 'teacher.graph.safetensors')
+    size = args.resolution or 32
+    try:
+        print(generic.export(args.arch, path, args.checkpoint, (size, size), json.loads(args.kwargs), args.ema))
+        module, variables, probe = graph.load(path)
+    except (generic.ExportError, graph.UnsupportedOp) as e:
+        print(f'error: {args.arch} ({args.checkpoint}): {e}', file=sys.stderr)
+        return 1
+    result = graph.parity(module, variables, probe)
+    worst = max(result['taps'].items(), key=lambda kv: kv[1])
+    print(f'parity at {size}px: logits max relative error {result["logits"]:.3g}; worst tap {worst[0]} '
+          f'relative error {worst[1]:.3g}')
+    for tap in module.taps():
+        print(f'  {tap.name} ({tap.channels} channels, stride {tap.stride}): {result["taps"][tap.name]:.3g}')
+    meta = {'arch': args.arch, 'num_classes': module.num_classes, 'resolution': size,
+            'kwargs': json.loads(args.kwargs), 'checkpoint': os.path.basename(args.checkpoint),
+            'checkpoint_sha256': sha256(args.checkpoint), 'ema': bool(args.ema),
+            'ops': list(module.graph.ops), 'taps': [dataclasses.asdict(t) for t in module.taps()],
+            'parity': result}
+    with open(os.path.join(args.out, 'teacher.json'), 'w') as f:
+        json.dump(meta, f, indent=2)
+    print(f'wrote {path} and {os.path.join(args.out, "teacher.json")} ({module.num_classes} classes)')
+    return 0
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ['inspect']:
@@ -150,7 +185,11 @@ def main(argv=None) -> int:
                         help='timm pretrained_cfg / config.json (architecture, mean, std, input '
                              'size); config.json next to the checkpoint is read by default')
     parser.add_argument('--no-parity', action='store_true', help='skip the PyTorch comparison')
+    parser.add_argument('--kwargs', default='{}',
+                        help='JSON keyword arguments of a torch:/torchvision: factory')
     args = parser.parse_args(argv)
+    if args.arch.startswith(('torch:', 'torchvision:')):
+        return generic_main(args)
 
     import jax
     from flax import serialization

@@ -13,6 +13,7 @@ import dataclasses
 import json
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -159,7 +160,7 @@ def load(path: str):
 
 def parity(module: GraphModule, variables, probe: dict) -> dict:
     """Max relative error (max |diff| / max |reference|) of logits and each tap vs. PyTorch's."""
-    logits, feats = module.apply(variables, jnp.asarray(probe['input']))
+    logits, feats = jax.jit(module.apply)(variables, jnp.asarray(probe['input']))
     rel = lambda a, ref: float(np.abs(np.asarray(a, np.float64) - ref).max()  # noqa: E731
                                / max(float(np.abs(ref).max()), 1e-12))
     return {'logits': rel(logits, probe['logits']),

@@ -54,13 +54,15 @@ def build(factory: str, state_dict=None, kwargs=None) -> torch.nn.Module:
             module_name, _, fn = factory.removeprefix('torch:').partition(':')
             model = getattr(importlib.import_module(module_name), fn)(**kwargs)
     except Exception as e:
-        raise FactoryError(f'factory {factory!r} failed to build: {type(e).__name__}: {e}') from None
+        raise FactoryError(f'factory {factory!r} failed to build: {type(e).__name__}: '
+                           f'{" ".join(str(e).split())}') from None
     if state_dict is not None:
         try:
             model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state_dict.items()},
                                   strict=True)
         except Exception as e:
-            raise FactoryError(f'factory {factory!r} does not load the state_dict strictly: {e}') from None
+            raise FactoryError(f'factory {factory!r} does not load the state_dict strictly: '
+                               f'{" ".join(str(e).split())}') from None
     return model.eval()
 
 
