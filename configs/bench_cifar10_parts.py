@@ -81,6 +81,7 @@ def get_config(arg: str = ''):
     c.eval_batch_size = 500
     c.num_devices = -1
     c.log_every = 50
+    c.eval_every = 1000  # held-out accuracy during training (up to 1000 images; TensorBoard, report)
     if arg == 'tiny':
         c.data.train_split, c.data.eval_split, c.data.train_limit = 'train[:512]', 'test[:256]', 0
         stage_defaults.shrink_to_tiny(c)

@@ -89,6 +89,7 @@ def get_config(arg: str = ''):
     c.eval_batch_size = 200
     c.num_devices = -1
     c.log_every = 50
+    c.eval_every = 500  # held-out accuracy during training (up to 1000 images; TensorBoard, report)
     if arg == 'tiny':
         c.data.train_split, c.data.eval_split = 'train[:256]', 'val[:128]'
         c.data.image_size, c.data.crop_padding = (32, 32), 4

@@ -69,9 +69,11 @@ def get_config(arg: str = ''):
     c.eval_batch_size = 256
     c.num_devices = -1
     c.log_every = 50
+    c.eval_every = 200  # held-out accuracy during training (TensorBoard and the report)
     if arg == 'tiny':  # the teachers keep their (already short) budget
         c.stage1.epochs = c.stage2.epochs = 8
         c.log_every = 10
+        c.eval_every = 50
     elif arg:
         raise ValueError(f"configs/quickstart.py takes no argument or 'tiny', got {arg!r}.")
     return c

@@ -52,6 +52,14 @@ def check_views(data: Any) -> None:
                           'data.flip = False draw none; set one of them, or data.views = 0.')
 
 
+def check_cadence(config: Any) -> None:
+    """`log_every` (steps per log line) and `eval_every` (steps between held-out evaluations)."""
+    for key, low, meaning in (('log_every', 1, ''), ('eval_every', 0, ' (0: no evaluation during training)')):
+        value = config.get(key, low)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f'{key} must be a whole number >= {low}{meaning}, got {value!r}.')
+
+
 def check_cache(config: Any, section: str, switch: str) -> None:
     """A cache of frozen nets' outputs needs fixed views, a positive size limit and a known dtype."""
     cfg = config[section]
@@ -109,6 +117,7 @@ def validate(config: Any, workdir: str = '') -> Plan:
         raise ConfigError(f'compute_dtype = {config.compute_dtype!r} is not supported; choose one of '
                           f'{", ".join(models.registry.COMPUTE_DTYPES)}.')
     check_views(config.data)
+    check_cadence(config)
     check_cache(config, 'stage1', 'teacher_cache')
     check_cache(config, 'stage2', 'component_cache')
     check_recipes(config)

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping, NamedTuple
 
 import ml_collections
+import numpy as np
 
 from kamal_jax import models, selection, summary as summary_lib
 from kamal_jax.tasks import Plan
 from kamal_jax.train import evaluate as eval_lib
+from kamal_jax.train.metrics import Monitoring
 from kamal_jax.train.nets import Net
 from kamal_jax.train.objectives import Groups, LossWeights
 from kamal_jax.train.state import count_params
+
+EVAL_SAMPLES = 1000  # held-out images scored during training (a fixed random subset: cheap, not exact)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -36,6 +41,25 @@ class Run:
         """Accuracy on the held-out split for each target task the net has a head for."""
         tasks = {t: self.plan.tasks[t] for t in self.plan.target_tasks if t in dict(net.module.heads)}
         return eval_lib.evaluate(net, variables, self.held_out, tasks, self.config.eval_batch_size)
+
+    @functools.cached_property
+    def held_out_subset(self) -> Any:
+        """At most EVAL_SAMPLES held-out images, the same ones for every stage and rerun."""
+        split = self.held_out
+        if len(split.images) <= EVAL_SAMPLES:
+            return split
+        keep = np.sort(np.random.default_rng(self.config.seed).permutation(len(split.images))[:EVAL_SAMPLES])
+        return type(split)(images=split.images[keep], labels={k: v[keep] for k, v in split.labels.items()},
+                           label_names=split.label_names, name=split.name, split=split.split)
+
+    def monitoring(self, logdir: str, net: Net, config: Any) -> Monitoring:
+        """Curves of `net`'s training under `logdir` (TensorBoard and JSONL), `config` as hparams, and
+        accuracy on `held_out_subset` every `config.eval_every` steps (0: never)."""
+        tasks = {t: self.plan.tasks[t] for t in self.plan.target_tasks if t in dict(net.module.heads)}
+        subset, batch_size = self.held_out_subset, self.config.eval_batch_size
+        return Monitoring(logdir, config.to_dict(),
+                          evaluate=lambda v: eval_lib.evaluate(net, v, subset, tasks, batch_size),
+                          eval_every=int(config.get('eval_every', 0) or 0))
 
     def target_net(self, name: str, cfg: Any) -> Net:
         """A multi-head net with one head per target task, of `cfg`'s architecture and widths."""

@@ -39,10 +39,12 @@ def _train(run: Run, name: str, main: bool, method: str, cfg: Any, target, loss_
            frozen) -> Outcome:
     t0 = time.perf_counter()
     ckpt = os.path.join(run.workdir, 'target') if main else os.path.join(run.workdir, 'baselines', name)
+    logdir = os.path.join(run.workdir, *(() if main else ('baselines', name)), 'tb', 'target')
     variables, metrics = train_student(
         name='target' if main else f'baseline/{name}', student=target, loss_fn=loss_fn, bridges=bridges, cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=run.mesh, seed=run.config.seed + 1, ckpt_dir=ckpt,
-        log_every=run.config.log_every, **views_lib.step_augmentation(run.config.data))
+        log_every=run.config.log_every, monitoring=run.monitoring(logdir, target, run.config),
+        **views_lib.step_augmentation(run.config.data))
     key = 'target' if main else f'baseline_{name}'
     entry = run.entry(key if main else 'baseline', target, variables, run.plan.target_tasks, method=method,
                       epochs=int(cfg.epochs), final_train_metrics=floats(metrics))

@@ -59,8 +59,9 @@ def _task_rng(seed: int, task: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), zlib.crc32(task.encode()) % (1 << 30))
 
 
-def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
-    """Trains (or resumes) the component net of `task` in WORKDIR/stage1/<task>."""
+def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir, monitoring=None):
+    """Trains (or resumes) the component net of `task` in WORKDIR/stage1/<task>; `monitoring(logdir,
+    net)` (optional) says how its curves are recorded (`Run.monitoring`), under WORKDIR/tb/stage1/<task>."""
     cfg = config.stage1
     dtype = compute_dtype(config)
     group = [teachers[t.name] for t in plan.group(task)]
@@ -93,12 +94,14 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir):
         bridges=stage.init_bridges(_task_rng(config.seed, task), cfg.get('bridge_width_ratio', 0.5)), cfg=cfg,
         arrays=arrays, frozen=group_frozen, mesh=mesh, seed=config.seed,
         ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every,
+        monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage1', task), student),
         **views_lib.step_augmentation(config.data))
     return student, variables, metrics
 
 
-def run_stage2(plan, components, train, config, mesh, workdir):
-    """Trains (or resumes) the target net from the component nets in WORKDIR/stage2."""
+def run_stage2(plan, components, train, config, mesh, workdir, monitoring=None):
+    """Trains (or resumes) the target net from the component nets in WORKDIR/stage2 (curves in
+    WORKDIR/tb/stage2 when `monitoring` is given, as in `run_stage1`)."""
     cfg = config.stage2
     dtype = compute_dtype(config)
     target = student_net('target', cfg, [(t, plan.tasks[t].num_classes) for t in plan.target_tasks],
@@ -119,6 +122,7 @@ def run_stage2(plan, components, train, config, mesh, workdir):
         bridges=stage.init_bridges(jax.random.fold_in(jax.random.key(config.seed), 2)), cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=mesh,
         seed=config.seed + 1, ckpt_dir=os.path.join(workdir, 'stage2'), log_every=config.log_every,
+        monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage2'), target),
         **views_lib.step_augmentation(config.data))
     return target, variables, metrics
 

@@ -29,9 +29,12 @@ class TwoStage:
         config = self.config(run.config)
         t0 = time.perf_counter()
         components, entries = {}, {}
+
+        def monitoring(logdir, net):
+            return run.monitoring(logdir, net, config)
         for task in run.plan.target_tasks:
             student, variables, metrics = run_stage1(task, run.plan, run.teachers, run.frozen, run.train, config,
-                                                     run.mesh, out)
+                                                     run.mesh, out, monitoring)
             components[task] = (student, variables)
             acc = run.evaluate(student, variables)
             if main:
@@ -44,7 +47,7 @@ class TwoStage:
             else:
                 entries[task] = (acc.get(task), floats(metrics))
         stage1_s = time.perf_counter() - t0
-        target, variables, metrics = run_stage2(run.plan, components, run.train, config, run.mesh, out)
+        target, variables, metrics = run_stage2(run.plan, components, run.train, config, run.mesh, out, monitoring)
         wall = {'stage1': stage1_s, 'stage2': time.perf_counter() - t0 - stage1_s}
         if main:
             entries['target'] = run.entry('target', target, variables, run.plan.target_tasks,

@@ -10,21 +10,25 @@ import numpy as np
 
 from kamal_jax.train import sharding
 from kamal_jax.train.checkpoint import Checkpointer
+from kamal_jax.train.distributed import is_primary
 from kamal_jax.train.loop import EpochBatches, fit
+from kamal_jax.train.metrics import Monitoring, TrainingMetrics
 from kamal_jax.train.nets import Net
-from kamal_jax.train.state import create_state, make_optimizer
+from kamal_jax.train.state import create_state, learning_rates, make_optimizer
 from kamal_jax.train.steps import make_train_step
 
 
 def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, cfg: Any,
                   arrays: dict[str, np.ndarray], frozen: Any, mesh, seed: int,
                   crop_padding: int = 0, flip: bool = False, views: int = 1, ckpt_dir: str | None = None,
-                  log_every: int = 50, stop_after: int | None = None) -> tuple[dict, dict]:
+                  log_every: int = 50, stop_after: int | None = None,
+                  monitoring: Monitoring | None = None) -> tuple[dict, dict]:
     """Returns the student's variables and the last logged metrics.
 
     `cfg` carries epochs, batch_size and the optimiser fields; `views` > 1 means `arrays` hold that
     many pre-drawn views of each sample (`kamal_jax.train.views`); `stop_after` ends early at that
-    step (used to test that an interrupted run resumes to the same result).
+    step (used to test that an interrupted run resumes to the same result); `monitoring` says where
+    TensorBoard and JSONL metrics go and what held-out evaluation runs during training.
     """
     sharding.check_batch_size(cfg.batch_size, mesh, f'{name}.batch_size')
     batches = EpochBatches(arrays, cfg.batch_size, seed, views)
@@ -46,13 +50,21 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
             state = checkpointer.restore(state)
     step = sharding.jit_train_step(make_train_step(loss_fn, tx, crop_padding=crop_padding, flip=flip), mesh)
     frozen = sharding.put_replicated(frozen, mesh)
+    hooks = monitoring and TrainingMetrics(name, monitoring, learning_rates=learning_rates(cfg, total),
+                                           variables_of=_variables, num_steps=total, write=is_primary())
     try:
         state, metrics = fit(name=name, step=step, state=state, frozen=frozen, batches=batches,
                              num_steps=min(total, stop_after or total), rng=jax.random.fold_in(rng, 2),
-                             mesh=mesh, checkpointer=checkpointer, log_every=log_every)
+                             mesh=mesh, checkpointer=checkpointer, log_every=log_every,
+                             on_log=hooks and hooks.on_log, on_step=hooks and hooks.on_step)
     finally:
+        if hooks:
+            hooks.close()
         if checkpointer is not None:
             checkpointer.close()
-    variables = {'params': state.params['net'], 'batch_stats': state.batch_stats}
-    return variables, metrics
+    return _variables(state), metrics
+
+
+def _variables(state) -> dict:
+    return {'params': state.params['net'], 'batch_stats': state.batch_stats}
 
