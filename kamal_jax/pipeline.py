@@ -225,6 +225,16 @@ def run_recipes(run: Run, names, *, main: str | None = None,
     return entries, wall
 
 
+def _write_report(workdir: str) -> None:
+    """The run's plots (`kamal_jax.report`); a failure to draw them never fails the run."""
+    try:
+        from kamal_jax import report
+        log.info('plots: %s', report.write_report(workdir))
+    except Exception as e:  # noqa: BLE001 (no matplotlib, an unreadable metrics file, ...)
+        log.warning('the plots were not written (%s: %s); run python -m kamal_jax.report %s',
+                    type(e).__name__, e, workdir)
+
+
 def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     """Runs the main recipe, then the baselines; returns the summary (also WORKDIR/summary.{json,md}).
 
@@ -267,5 +277,6 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     table, result = publish()
     if distributed.is_primary():
         log.info('summary (also in %s):\n%s', os.path.join(workdir, 'summary.md'), table)
+        _write_report(workdir)
     distributed.barrier('kamal_jax_run_done')
     return result
