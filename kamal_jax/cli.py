@@ -68,10 +68,10 @@ def _one_line(e: BaseException) -> str:
     return ' '.join(str(e).split())
 
 
-def _parse_flags(argv) -> None:
+def _parse_flags(argv) -> list:
     """Parses the flags first, so a mistyped `--config.FIELD` is one line, not a traceback."""
     try:
-        flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except flags.Error as e:
         sys.exit(f'error: {e}')
     except (AttributeError, KeyError, TypeError, ValueError) as e:  # raised by a --config override
@@ -82,6 +82,7 @@ def _parse_flags(argv) -> None:
         sys.exit(f'error: a --config override names {field!r}, which the config does not have'
                  f'{"; " + hint if hint else ""}.' if isinstance(e, (AttributeError, KeyError)) else
                  f'error: a --config override does not fit the config: {" ".join(str(e).split())}')
+    return rest
 
 
 def main():
@@ -93,5 +94,5 @@ def main():
         argv = expand_config_flag(sys.argv)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f'error: {e}')
-    _parse_flags(argv)
-    app.run(_run, argv=argv)
+    rest = _parse_flags(argv)
+    app.run(_run, argv=rest)  # flags already parsed: absl reads none of them twice
