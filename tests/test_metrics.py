@@ -1,0 +1,65 @@
+"""Training metrics without TensorBoard: the JSONL fallback holds what TensorBoard would, said once.
+A fake step with known metrics drives the real loop, so the window means can be checked exactly."""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import toy
+from kamal_jax.train import metrics as metrics_lib, sharding
+from kamal_jax.train.loop import EpochBatches, fit
+from kamal_jax.train.metrics import Monitoring, TrainingMetrics
+from kamal_jax.train.state import TrainState, learning_rates
+
+
+@jax.jit
+def _step(state, frozen, batch, rng):
+    loss = jnp.mean(batch['x'])
+    return state.replace(step=state.step + 1), {'loss': loss, 'selected/a_t': loss / 10, 'selected/b_t': 1 - loss / 10,
+                                                'finite': jnp.float32(1.0)}
+
+
+def test_without_tensorboard_metrics_go_to_jsonl_and_it_is_said_once(tmp_path, monkeypatch):
+    def no_tensorflow(logdir):
+        raise ImportError("No module named 'tensorflow'")
+    monkeypatch.setattr(metrics_lib, '_open_tensorboard', no_tensorflow)
+    monkeypatch.setattr(metrics_lib, '_said', set())
+    warnings = []
+    monkeypatch.setattr(metrics_lib.log, 'warning', lambda msg, *a: warnings.append(msg % a if a else msg))
+    evaluated = []
+
+    def evaluate(variables):
+        evaluated.append(variables)
+        return {'a': 0.25 * len(evaluated)}
+    batches = EpochBatches({'x': np.arange(16, dtype=np.float32) / 16}, batch_size=4, seed=0)  # 4 steps/epoch
+    cfg = toy.stage_config(epochs=2, lr=1e-3, bridge_lr=2e-3, schedule='cosine')
+    hooks = TrainingMetrics('stage1/a', Monitoring(str(tmp_path / 'one'), {'stage1': {'lr': 1e-3, 'widths': (8, 16)}},
+                                                   evaluate=evaluate, eval_every=3),
+                            learning_rates=learning_rates(cfg, 8), variables_of=lambda s: int(s.step), num_steps=8)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params={}, batch_stats={}, opt_state=())
+    fit(name='stage1/a', step=_step, state=state, frozen={}, batches=batches, num_steps=8, rng=jax.random.key(0),
+        mesh=sharding.make_mesh(1), log_every=3, on_log=hooks.on_log, on_step=hooks.on_step)
+    hooks.close()
+    metrics_lib.Writers(str(tmp_path / 'two')).close()  # the next stage's writers: nothing said again
+    assert len(warnings) == 1 and 'TensorBoard events cannot be written' in warnings[0]
+    assert not [f for f in os.listdir(tmp_path / 'one') if f.startswith('events.')]
+    with open(tmp_path / 'one' / metrics_lib.JSONL) as f:
+        records = [json.loads(line) for line in f]
+    train = [r for r in records if 'train/loss' in r]
+    assert [r['step'] for r in train] == [3, 6, 8]
+    losses = [float(np.mean(batches.batch(s)['x'])) for s in range(8)]
+    for r, window in zip(train, (losses[0:3], losses[3:6], losses[6:8])):  # means over each window
+        assert r['train/loss'] == pytest.approx(np.mean(window), rel=1e-6)
+        assert r['selected/a_t'] + r['selected/b_t'] == pytest.approx(1.0)
+        # Cosine over 8 steps; the window's last update (step s) used count s - 1.
+        assert r['lr/net'] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * (r['step'] - 1) / 8)), rel=1e-5)
+        assert r['lr/bridges'] == pytest.approx(2 * r['lr/net'], rel=1e-5) and 'train/finite' not in r
+    assert train[-1]['images_per_second'] > 0
+    assert [(r['step'], r['eval/a']) for r in records if 'eval/a' in r] == [(3, 0.25), (6, 0.5), (8, 0.75)]
+    assert evaluated == [3, 6, 8]  # evaluated on the state of that step
+    hparams = json.load(open(tmp_path / 'one' / metrics_lib.HPARAMS))
+    assert hparams == {'stage1.lr': 1e-3, 'stage1.widths': '[8, 16]'}
