@@ -128,8 +128,11 @@ def _to_numpy(value) -> np.ndarray:
     return (value.float() if value.is_floating_point() else value).numpy()
 
 
-def read_checkpoint(path: str, ema: bool = False) -> Checkpoint:
-    """The checkpoint's state_dict as float32 numpy arrays (integer buffers kept as they are)."""
+def read_checkpoint(path: str, ema: bool = False, integers: bool = False) -> Checkpoint:
+    """The checkpoint's state_dict as float32 numpy arrays (integer buffers kept as they are).
+
+    `integers`: any integer tensor is accepted (a whole model loaded strictly, whose index buffers
+    are integer by nature), not only the known integer buffers of the rule tables."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'teacher checkpoint {path!r} does not exist.')
     ext = _extension(path)
@@ -145,17 +148,19 @@ def read_checkpoint(path: str, ema: bool = False) -> Checkpoint:
     tensors, prefixes = _strip_prefixes({str(k): v for k, v in obj.items()})
     progress = Progress(f'reading {os.path.basename(path)}', len(tensors), 'tensors')  # large checkpoints
     tensors = {k: _converted(v, progress) for k, v in tensors.items()}
-    check_values(tensors, path)
+    check_values(tensors, path, integers)
     return Checkpoint(tensors, wrappers, prefixes, extras)
 
 
-def check_values(tensors: Mapping[str, np.ndarray], path: str) -> None:
+def check_values(tensors: Mapping[str, np.ndarray], path: str, integers: bool = False) -> None:
     """Refuses integer or boolean tensors where weights belong (a quantised checkpoint would port to
     nonsense) and non-finite weights (a teacher that outputs NaN), naming the first such key."""
     for key, value in tensors.items():
         if any(re.search(p, key) for p in INTEGER_BUFFERS):
             continue
         dtype = np.asarray(value).dtype
+        if integers and dtype.kind in 'iub':
+            continue
         if dtype.kind != 'f' and dtype.name not in ('bfloat16', 'float8_e4m3fn', 'float8_e5m2'):
             raise CheckpointFormatError(f'{path!r}: {key} is a {dtype.name} tensor where float weights belong; '
                                         'save the float weights (a quantised model must be dequantised first).')

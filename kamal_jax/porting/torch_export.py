@@ -187,7 +187,7 @@ def main(argv=None) -> int:
         state_dict = None
         if args.state_dict:
             from kamal_jax.porting.state_dict import read_checkpoint
-            state_dict = read_checkpoint(args.state_dict, args.ema).tensors
+            state_dict = read_checkpoint(args.state_dict, args.ema, integers=True).tensors
         model = build(args.factory, state_dict, json.loads(args.kwargs))
     except (FactoryError, ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
