@@ -237,3 +237,61 @@ def test_benchmark_report_records_the_run(tiny_run, tmp_path, capsys):
     assert '| target | target |' in capsys.readouterr().out
     with pytest.raises(SystemExit, match='config.json is missing'):
         report.main(['--workdir', str(tmp_path)])
+
+
+def _tensorboard_scalars(logdir):
+    """tag -> {step: value}, read back from the TensorBoard event files of one run directory."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+    acc = event_accumulator.EventAccumulator(logdir, size_guidance={event_accumulator.TENSORS: 0})
+    acc.Reload()
+    scalars = {}
+    for tag in acc.Tags()['tensors']:  # (the hparams are tensors too, of another shape)
+        values = {e.step: tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
+        if all(v.ndim == 0 and v.dtype.kind == 'f' for v in values.values()):
+            scalars[tag] = {step: float(v) for step, v in values.items()}
+    return scalars
+
+
+def test_tensorboard_holds_losses_selection_learning_rate_and_eval(tiny_run):
+    import math
+    config, workdir, summary = tiny_run
+    total = summary['data']['train'] // config.stage1.batch_size * config.stage1.epochs
+    logged = sorted({*range(config.log_every, total + 1, config.log_every), total})
+    evals = sorted({*range(config.eval_every, total + 1, config.eval_every), total})
+    s1 = _tensorboard_scalars(os.path.join(workdir, 'tb', 'stage1', 'digits_0to4'))
+    assert sorted(s1['train/loss']) == logged and sorted(s1['train/feature']) == logged
+    for step in logged:
+        assert s1['selected/low_resnet8'][step] + s1['selected/low_resnet14'][step] == pytest.approx(1.0, abs=1e-5)
+    lr = config.stage1.lr  # cosine over the stage; the window's last update used count step - 1
+    for step in (config.log_every, total):
+        assert s1['lr/net'][step] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total)), rel=1e-4, abs=1e-9)
+    assert sorted(s1['eval/digits_0to4']) == evals  # the held-out split has < 1000 images: all of it
+    assert s1['eval/digits_0to4'][total] == pytest.approx(
+        summary['models']['component_digits_0to4']['accuracy']['digits_0to4'], abs=1e-6)
+    s2 = _tensorboard_scalars(os.path.join(workdir, 'tb', 'stage2'))
+    for task in ('digits_0to4', 'digits_5to9'):
+        assert s2[f'eval/{task}'][total] == pytest.approx(summary['models']['target']['accuracy'][task], abs=1e-6)
+    assert min(s2['images_per_second'].values()) > 0 and sorted(s2['train/loss']) == logged
+    hparams = json.load(open(os.path.join(workdir, 'tb', 'stage2', 'hparams.json')))
+    assert hparams['stage2.lr'] == config.stage2.lr and hparams['eval_every'] == config.eval_every
+
+
+def test_report_draws_every_plot(tiny_run):
+    import matplotlib.image
+    from kamal_jax import report
+    config, workdir, summary = tiny_run
+    out = os.path.join(workdir, 'report')
+    assert os.path.isfile(os.path.join(out, 'index.html'))  # the run wrote it at its end
+    assert report.main([workdir]) == 0
+    expected = {'curves_stage1_digits_0to4.png', 'curves_stage1_digits_5to9.png', 'curves_stage2.png',
+                'selection_stage1_digits_0to4.png', 'selection_stage1_digits_5to9.png',
+                'teachers_digits_0to4.png', 'teachers_digits_5to9.png'}
+    assert {f for f in os.listdir(out) if f.endswith('.png')} == expected
+    page = open(os.path.join(out, 'index.html')).read()
+    for name in expected:
+        image = matplotlib.image.imread(os.path.join(out, name))
+        assert image.ndim == 3 and image.shape[0] >= 200 and image.std() > 0.01  # decodes, not blank
+        assert f'src="{name}"' in page
+    target = summary['models']['target']['accuracy']['digits_0to4']
+    assert f'<td>{100 * target:.1f}</td>' in page and '<td>component_digits_5to9</td>' in page
