@@ -5,7 +5,8 @@
 
 The JSON holds the run's config, summary (accuracy per task, parameters, FLOPs, teacher
 selection, wall seconds per stage), the zoo's teacher cards and the machine and library versions,
-so a table in docs/BENCHMARKS.md can be traced back to the run that made it.
+so a table in docs/BENCHMARKS.md can be traced back to the run that made it. It draws nothing:
+the plots of a run (curves, selection, teachers) are `python -m kamal_jax.report WORKDIR`.
 """
 
 from __future__ import annotations
