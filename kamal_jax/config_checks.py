@@ -40,6 +40,9 @@ def check_selection(cfg: Any) -> None:
                           f'{", ".join(selection.SELECTORS)}.')
     if cfg.selection == 'online' and not selection.SELECTORS[name].online:
         raise ConfigError(f'stage1.selector = {name!r} can only run offline; set stage1.selection = \'offline\'.')
+    if cfg.selection == 'offline' and selection.SELECTORS[name].student:
+        raise ConfigError(f'stage1.selector = {name!r} reads the student, so it runs online only; set '
+                          f'stage1.selection = \'online\'.')
 
 
 def check_views(data: Any) -> None:

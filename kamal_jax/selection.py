@@ -12,6 +12,10 @@ logits that gives the soft target itself (the 'average' recipe).
 Adding a selector is one decorated function here; `online=False` marks one that needs the whole
 training set and so can only run in the offline pass (`stage1.selection = 'offline'`), and
 `hard=False` one whose weights are not one-hot (it cannot use the selected-teacher-only cache).
+What a selector needs beyond the teachers' logits on one view is declared there too, and the
+offline pass (`recipes/stages.py`) provides it: `views=K`, the teachers' logits on K augmented
+views of each image (`Context.view_logits`); `fit`, params fitted once on the training images'
+context (`fit(context) -> params`); `student=True`, the student's logits (online only).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Context(NamedTuple):
     """What a selector may look at for one batch of one task."""
     teacher_logits: Sequence[jax.Array]  # per teacher: the task's logits, [batch, classes]
     student_logits: jax.Array | None = None  # the student's task logits when selection is online
+    view_logits: Sequence[jax.Array] | None = None  # per teacher: [views, batch, classes] (`views=K`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +42,9 @@ class Selector:
     fn: Callable[[Context, Any, Any], jax.Array]
     online: bool = True  # may run inside the jitted step, on the view the student sees
     hard: bool = True    # one-hot weights: each sample learns from exactly one teacher
+    views: int = 0       # augmented views per image the offline pass computes (Context.view_logits)
+    fit: Callable[[Context], Any] | None = None  # params from the training images' context
+    student: bool = False  # reads Context.student_logits (so cannot run in the offline pass)
 
     def __call__(self, context: Context, rng: Any = None, params: Any = None) -> jax.Array:
         return self.fn(context, rng, params)
@@ -45,10 +53,11 @@ class Selector:
 SELECTORS: dict[str, Selector] = {}
 
 
-def selector(name: str, *, online: bool = True, hard: bool = True):
+def selector(name: str, *, online: bool = True, hard: bool = True, views: int = 0,
+             fit: Callable[[Context], Any] | None = None, student: bool = False):
     """Registers `fn(context, rng, params) -> [batch, teachers]` under `name`."""
     def register(fn):
-        SELECTORS[name] = Selector(name, fn, online=online, hard=hard)
+        SELECTORS[name] = Selector(name, fn, online=online, hard=hard, views=views, fit=fit, student=student)
         return fn
     return register
 
@@ -93,6 +102,78 @@ def uniform(context: Context, rng=None, params=None) -> jax.Array:
     """Every teacher's loss with equal weight."""
     k = len(context.teacher_logits)
     return jnp.full((context.teacher_logits[0].shape[0], k), 1.0 / k)
+
+
+def _probabilities(logits: jax.Array) -> jax.Array:
+    return jax.nn.softmax(ambiguity.as_categorical(jnp.asarray(logits, jnp.float32)), axis=-1)
+
+
+def _entropy_of(p: jax.Array) -> jax.Array:
+    return -jnp.sum(p * jnp.log(jnp.clip(p, 1e-12)), axis=-1)
+
+
+SELECTION_VIEWS = 4  # augmented views per image for 'view_agreement' (besides the plain view)
+
+
+@selector('view_agreement', online=False, views=SELECTION_VIEWS)
+def view_agreement(context: Context, rng=None, params=None) -> jax.Array:
+    """Least entropy of each teacher's prediction averaged over the plain view and K augmented ones.
+
+    A teacher whose answer moves between shifted copies of an image gets a flat average, so it
+    must be confident *and* consistent to win; plain least entropy rewards confidence alone.
+    """
+    entropies = []
+    for plain, views in zip(context.teacher_logits, context.view_logits):
+        p = jnp.concatenate([_probabilities(plain)[None], _probabilities(views)]).mean(0)
+        entropies.append(_entropy_of(p))
+    return one_hot(jnp.argmin(jnp.stack(entropies), axis=0), len(context.teacher_logits))
+
+
+STUDENT_AGREEMENT_TEMPERATURE = 0.1
+
+
+@selector('student_agreement', hard=False, student=True)
+def student_agreement(context: Context, rng=None, params=None) -> jax.Array:
+    """Soft weights: softmax over teachers of a * p_teacher(student's class) / 0.1.
+
+    a = 1 - H(student) / log(classes) is the student's own confidence: 0 while it is random (all
+    teachers weigh alike, as 'uniform', so no teacher's bias is learnt first and then confirmed),
+    towards 1 as it learns and its agreement with each teacher becomes a signal. Without student
+    logits (the held-out report of a stage without its student) the weights are uniform. No
+    gradient flows through the weights.
+    """
+    k = len(context.teacher_logits)
+    if context.student_logits is None:
+        return uniform(context)
+    p_s = jax.lax.stop_gradient(_probabilities(context.student_logits))
+    confidence = 1.0 - _entropy_of(p_s) / jnp.log(p_s.shape[-1])
+    picked = jnp.argmax(p_s, axis=-1)
+    agree = jnp.stack([jnp.take_along_axis(_probabilities(l), picked[:, None], axis=-1)[:, 0]
+                       for l in context.teacher_logits], axis=-1)
+    return jax.nn.softmax(confidence[:, None] * agree / STUDENT_AGREEMENT_TEMPERATURE, axis=-1).reshape(-1, k)
+
+
+PERCENTILE_QUANTILES = 1001  # entropy quantiles kept per teacher by the fit
+
+
+def fit_entropy_quantiles(context: Context) -> jax.Array:
+    """[teachers, quantiles]: each teacher's entropy distribution over the training images."""
+    q = jnp.linspace(0.0, 1.0, PERCENTILE_QUANTILES)
+    return jnp.stack([jnp.quantile(ambiguity.entropy(l), q) for l in context.teacher_logits])
+
+
+@selector('entropy_percentile', online=False, fit=fit_entropy_quantiles)
+def entropy_percentile(context: Context, rng=None, params=None) -> jax.Array:
+    """The teacher for which this sample is least ambiguous *relative to its own habits*: its
+    entropy's percentile among that teacher's training-image entropies (`params`, fitted by
+    `fit_entropy_quantiles` on the training images, plain view) is the lowest.
+
+    A net that is confident on every image (deeper, over-fitted) no longer wins by default; it wins
+    where it is unusually sure. Ties go to the teacher declared first.
+    """
+    ranks = jnp.stack([jnp.searchsorted(q, ambiguity.entropy(l), side='left')
+                       for q, l in zip(params, context.teacher_logits)])
+    return one_hot(jnp.argmin(ranks, axis=0), len(context.teacher_logits))
 
 
 # ----------------------------------------------------------------------------- combined targets

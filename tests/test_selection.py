@@ -67,7 +67,7 @@ def test_a_new_selector_is_one_decorated_function(monkeypatch):
 
 
 def test_unknown_selector_and_old_mode_field_are_refused_with_the_valid_names():
-    with pytest.raises(ValueError, match='least_entropy, random, uniform'):
+    with pytest.raises(ValueError, match='least_entropy, random, uniform, view_agreement'):
         selection.get('oracle')
     with pytest.raises(ConfigError, match=r"stage1\.selector = 'oracle' is unknown; valid selectors: least_entropy"):
         config_checks.check_selection(toy.stage_config(selection='online', selector='oracle'))
@@ -87,3 +87,96 @@ def test_recipe_field_is_checked_before_work():
     config.recipe = 'paper'
     with pytest.raises(ConfigError, match=r"baselines lists 'paper', the main recipe"):
         config_checks.validate(config)
+
+
+# ----------------------------------------------------------------------------- the selectors of issue 20
+
+def test_view_agreement_prefers_the_teacher_that_keeps_its_answer_across_views():
+    # Sample 0: teacher 0 is the more confident on the plain view but flips class on every
+    # augmented view; teacher 1 is less sure and stable. Sample 1: both stable, teacher 0 surer.
+    plain = (jnp.array([[6.0, 0, 0], [6.0, 0, 0]]), jnp.array([[3.0, 0, 0], [3.0, 0, 0]]))
+    flipping = jnp.array([[0.0, 6, 0], [6.0, 0, 0]])
+    views = (jnp.stack([flipping] * 4), jnp.stack([plain[1]] * 4))
+    w = np.asarray(selection.SELECTORS['view_agreement'](selection.Context(plain, view_logits=views)))
+    np.testing.assert_array_equal(w, [[0, 1], [1, 0]])
+    # Plain least entropy picks teacher 0 for both: the views are what changed sample 0.
+    np.testing.assert_array_equal(selection.SELECTORS['least_entropy'](selection.Context(plain)), [[1, 0], [1, 0]])
+    s = selection.SELECTORS['view_agreement']
+    assert s.views == selection.SELECTION_VIEWS > 0 and not s.online and s.hard
+
+
+def test_student_agreement_is_uniform_for_a_random_student_and_follows_a_confident_one():
+    # Teacher 0 says class 0, teacher 1 class 2; both equally sure.
+    logits = (jnp.array([[4.0, 0, 0]] * 2), jnp.array([[0.0, 0, 4]] * 2))
+    sel = selection.SELECTORS['student_agreement']
+    flat = np.asarray(sel(selection.Context(logits, student_logits=jnp.zeros((2, 3)))))
+    np.testing.assert_allclose(flat, 0.5, atol=1e-6)  # a uniform student: no signal yet
+    np.testing.assert_allclose(np.asarray(sel(selection.Context(logits))), 0.5)  # no student at all
+    w = np.asarray(sel(selection.Context(logits, student_logits=jnp.array([[0.0, 0, 12], [12.0, 0, 0]]))))
+    np.testing.assert_allclose(w.sum(1), 1.0, rtol=1e-6)
+    assert w[0, 1] > 0.99 and w[1, 0] > 0.99  # the teacher that agrees with the student
+    # Half-confident student: a weaker preference for the same teacher.
+    half = np.asarray(sel(selection.Context(logits, student_logits=jnp.array([[0.0, 0, 1.5]] * 2))))
+    assert 0.5 < half[0, 1] < w[0, 1]
+    assert sel.student and sel.online and not sel.hard
+
+
+def test_student_agreement_passes_no_gradient_to_the_student():
+    logits = (jnp.array([[4.0, 0, 0]]), jnp.array([[0.0, 0, 4]]))
+    g = jax.grad(lambda s: selection.SELECTORS['student_agreement'](
+        selection.Context(logits, student_logits=s))[0, 1])(jnp.array([[0.0, 0, 3]]))
+    np.testing.assert_array_equal(g, 0.0)
+
+
+def test_entropy_percentile_ranks_each_teacher_against_its_own_entropies():
+    # Teacher 0 is confident on everything (entropy low everywhere), teacher 1 only on samples 2, 3.
+    t0 = jnp.array([[9.0, 0, 0], [8.0, 0, 0], [7.0, 0, 0], [6.0, 0, 0]])
+    t1 = jnp.array([[0.0, 0, 0], [0.5, 0, 0], [5.0, 0, 0], [4.0, 0, 0]])
+    context = selection.Context((t0, t1))
+    params = selection.fit_entropy_quantiles(context)
+    assert params.shape == (2, selection.PERCENTILE_QUANTILES)
+    np.testing.assert_allclose(params[:, 0], [ambiguity.entropy(t0).min(), ambiguity.entropy(t1).min()], rtol=1e-6)
+    w = np.asarray(selection.SELECTORS['entropy_percentile'](context, None, params))
+    # Least entropy gives all four to teacher 0; by percentile, teacher 1's two surest samples (its
+    # 0th and 33rd percentiles, teacher 0's 67th and 100th) go to it.
+    np.testing.assert_array_equal(selection.choice(selection.SELECTORS['least_entropy'](context)), [0, 0, 0, 0])
+    np.testing.assert_array_equal(selection.choice(w), [0, 0, 1, 1])
+    sel = selection.SELECTORS['entropy_percentile']
+    assert sel.fit is selection.fit_entropy_quantiles and not sel.online and sel.hard
+
+
+def test_student_selector_is_refused_offline():
+    with pytest.raises(ConfigError, match=r"'student_agreement' reads the student, so it runs online only"):
+        config_checks.check_selection(toy.stage_config(selection='offline', selector='student_agreement'))
+    for name in ('view_agreement', 'entropy_percentile'):
+        with pytest.raises(ConfigError, match='can only run offline'):
+            config_checks.check_selection(toy.stage_config(selection='online', selector=name))
+
+
+@pytest.mark.parametrize('name, where', [('view_agreement', 'offline'), ('student_agreement', 'online'),
+                                         ('entropy_percentile', 'offline')])
+def test_each_new_selector_runs_one_stage1_step_from_the_config(tmp_path, name, where):
+    import types
+
+    import ml_collections
+
+    from kamal_jax.recipes import stages
+    from kamal_jax.tasks import Plan, Task, TeacherSpec
+    from kamal_jax.train import sharding
+    a, a_vars = toy.teacher('a_t', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=3)
+    b, b_vars = toy.teacher('b_t', 'cifar_resnet14', 6, {'a': (1, 6)}, seed=4)
+    plan = Plan({'a': Task('a', 'multiclass', tuple('01234'))},
+                (TeacherSpec('a_t', 'cifar_resnet8', 'a.pth', {'a': (0, 5)}),
+                 TeacherSpec('b_t', 'cifar_resnet14', 'b.pth', {'a': (1, 6)})), ('a',))
+    stage = dict(toy.stage_config(epochs=1, batch_size=8).to_dict(), selection=where, selector=name,
+                 bridge_width_ratio=0.5, tap_pairs={}, teacher_cache=False)
+    data = dict(name='toy', train_split='train', train_limit=0, image_size=(12, 12), mean=toy.MEAN, std=toy.STD,
+                crop_padding=2, flip=False)
+    config = ml_collections.ConfigDict(dict(seed=0, eval_batch_size=8, log_every=1, compute_dtype='float32',
+                                            data=data, stage1=stage))
+    config_checks.check_selection(config.stage1)
+    train = types.SimpleNamespace(images=toy.images(8))  # one batch: one step
+    _, variables, metrics = stages.run_stage1('a', plan, {'a_t': a, 'b_t': b}, {'a_t': a_vars, 'b_t': b_vars},
+                                              train, config, sharding.make_mesh(1), str(tmp_path))
+    assert np.isfinite(float(metrics['loss']))
+    assert float(metrics['selected/a_t']) + float(metrics['selected/b_t']) == pytest.approx(1.0, abs=1e-5)

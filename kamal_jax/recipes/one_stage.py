@@ -78,7 +78,8 @@ class OneStage:
         stage = Distill(target, groups, pairs, loss_weights(s1), selector=selector, offline=offline)
         if offline:
             weights = {task: offline_selection(task, ts, run.frozen, run.train.images, run.config.eval_batch_size,
-                                               selector, jax.random.fold_in(jax.random.key(run.config.seed), i))
+                                               selector, jax.random.fold_in(jax.random.key(run.config.seed), i),
+                                               run.config.data, run.config.seed)
                        for i, (task, ts) in enumerate(groups)}
             for key in ('selected', 'teacher_weights'):
                 per_task = {t: a[key] for t, a in ((t, selection_arrays(w, selector)) for t, w in weights.items())

@@ -21,12 +21,40 @@ from kamal_jax.train.objectives import Amalgamate, Distill, make_pairs
 from kamal_jax.train.trainer import train_student
 
 
+def selection_context(task: str, teachers, frozen, images: np.ndarray, batch_size: int,
+                      selector: selection.Selector, data: Any = None, seed: int = 0) -> selection.Context:
+    """The teachers' task logits on `images` as they are, and on the selector's K augmented views
+    (`selector.views`, drawn by `views.predraw` from a seed-fixed rng with `data`'s crop padding and
+    flip, or 2-pixel shifts when the data has no augmentation)."""
+    logits = tuple(eval_lib.predict(t, frozen[t.name], images, batch_size)[task] for t in teachers)
+    if not selector.views:
+        return selection.Context(logits)
+    d = data or {}
+    drawn = views_lib.predraw(images, selector.views, crop_padding=int(d.get('crop_padding', 0)) or 2,
+                              flip=bool(d.get('flip', False)), seed=seed + 0x5e1)
+    view_logits = tuple(eval_lib.predict(t, frozen[t.name], drawn, batch_size)[task].reshape(
+        selector.views, len(images), -1) for t in teachers)
+    return selection.Context(logits, view_logits=view_logits)
+
+
+def fit_selector(task: str, teachers, frozen, images: np.ndarray, batch_size: int,
+                 selector: selection.Selector, data: Any = None, seed: int = 0) -> Any:
+    """The selector's params, fitted on the training images (None when it fits nothing)."""
+    if selector.fit is None:
+        return None
+    return selector.fit(selection_context(task, teachers, frozen, images, batch_size, selector, data, seed))
+
+
 def offline_selection(task: str, teachers, frozen, images: np.ndarray, batch_size: int,
                       selector: selection.Selector = selection.SELECTORS['least_entropy'],
-                      rng: jax.Array | None = None) -> np.ndarray:
-    """Per-sample teacher weights [N, teachers], once, on the un-augmented view (as the authors' code)."""
-    logits = tuple(eval_lib.predict(t, frozen[t.name], images, batch_size)[task] for t in teachers)
-    return np.asarray(selector(selection.Context(logits), rng, None), np.float32)
+                      rng: jax.Array | None = None, data: Any = None, seed: int = 0) -> np.ndarray:
+    """Per-sample teacher weights [N, teachers], once, on the un-augmented view (as the authors' code)
+    and the selector's augmented views; a fitted selector is fitted on these same training images."""
+    if selector.student:
+        raise ConfigError(f'selector {selector.name!r} reads the student and cannot run offline.')
+    context = selection_context(task, teachers, frozen, images, batch_size, selector, data, seed)
+    params = selector.fit(context) if selector.fit is not None else None
+    return np.asarray(selector(context, rng, params), np.float32)
 
 
 def selection_arrays(weights: np.ndarray, selector: selection.Selector) -> dict:
@@ -37,16 +65,25 @@ def selection_arrays(weights: np.ndarray, selector: selection.Selector) -> dict:
 
 
 def selection_report(task: str, teachers, frozen, split, plan: Plan, batch_size: int,
-                     selector: selection.Selector = selection.SELECTORS['least_entropy']) -> dict:
+                     selector: selection.Selector = selection.SELECTORS['least_entropy'], params: Any = None,
+                     data: Any = None, seed: int = 0, student: tuple | None = None) -> dict:
     """On labelled held-out data: each teacher's share of the selector's weight, and how often the
-    selected teacher is right (weighted by the selector's weights), against the oracle."""
+    selected teacher is right (weighted by the selector's weights), against the oracle. `params` are
+    the selector's, fitted on the training images (`fit_selector`); a selector that reads the student
+    sees `student` = (net, variables), the trained component, i.e. what it picks at the end."""
     t = plan.tasks[task]
     if t.label_key not in split.labels:
         return {}
     target = eval_lib.task_targets(t, split.labels, split.label_names)
     valid = target >= 0
-    logits = [eval_lib.predict(n, frozen[n.name], split.images, batch_size)[task][valid] for n in teachers]
-    weights = np.asarray(selector(selection.Context(tuple(logits)), jax.random.key(0), None), np.float64)
+    context = selection_context(task, teachers, frozen, split.images, batch_size, selector, data, seed)
+    logits = [l[valid] for l in context.teacher_logits]
+    views = context.view_logits and tuple(v[:, valid] for v in context.view_logits)
+    student_logits = None
+    if selector.student and student is not None:
+        student_logits = eval_lib.predict(student[0], student[1], split.images, batch_size)[task][valid]
+    context = selection.Context(tuple(logits), student_logits, views)
+    weights = np.asarray(selector(context, jax.random.key(0), params), np.float64)
     correct = np.stack([np.argmax(l, -1) == target[valid] for l in logits])
     return {
         'selected_fraction': {n.name: float(np.mean(weights[:, i])) for i, n in enumerate(teachers)},
@@ -78,10 +115,12 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir, monit
     group_frozen = {t.name: frozen[t.name] for t in group}
     # Cached, offline, hard selection: the cache build selects from the logits it computes and stores
     # only the selected teacher's features, so the teachers run once per image.
+    # A selector that needs views or a fit selects here, and the cache build stores its choice.
     selected_only = cached and offline and selector.hard
-    if offline and not selected_only:
+    if offline and (not selected_only or selector.views or selector.fit is not None):
         arrays.update(selection_arrays(offline_selection(task, group, frozen, train.images, config.eval_batch_size,
-                                                         selector, _task_rng(config.seed, task)), selector))
+                                                         selector, _task_rng(config.seed, task), config.data,
+                                                         config.seed), selector))
     if cached:
         if selected_only:
             stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(

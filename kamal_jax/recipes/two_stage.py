@@ -9,7 +9,7 @@ import time
 from typing import Any, Mapping
 
 from kamal_jax.recipes.context import Outcome, Run, fmt, floats, selector_of, with_changes
-from kamal_jax.recipes.stages import run_stage1, run_stage2, selection_report
+from kamal_jax.recipes.stages import fit_selector, run_stage1, run_stage2, selection_report
 
 log = logging.getLogger('kamal_jax')
 
@@ -39,8 +39,12 @@ class TwoStage:
             acc = run.evaluate(student, variables)
             if main:
                 teachers = [run.teachers[t.name] for t in run.plan.group(task)]
+                selector = selector_of(config.stage1)
+                params = fit_selector(task, teachers, run.frozen, run.train.images, config.eval_batch_size,
+                                      selector, config.data, config.seed)
                 report = selection_report(task, teachers, run.frozen, run.held_out, run.plan,
-                                          config.eval_batch_size, selector_of(config.stage1))
+                                          config.eval_batch_size, selector, params, config.data, config.seed,
+                                          (student, variables))
                 entries[student.name] = run.entry('component', student, variables, [task], accuracy=acc,
                                                   selection=report, final_train_metrics=floats(metrics))
                 log.info('component %s: %s; selection on held-out data: %s', task, fmt(acc), report)
