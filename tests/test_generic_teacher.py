@@ -204,3 +204,37 @@ def test_cli_prints_parity(tiny_teacher, capsys):
     assert 'parity at 12px: logits max relative error' in printed
     card = json.load(open(os.path.join(out, 'teacher.json')))
     assert card['num_classes'] == 7 and card['parity']['logits'] <= TOL
+
+
+@dataclasses.dataclass
+class _Split:
+    images: np.ndarray
+    labels: dict
+    label_names: dict
+    name: str = 'fake'
+    split: str = 'train'
+
+
+def _split(n, seed, split):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    images = np.clip(labels[:, None, None, None] * 80 + rng.integers(0, 40, (n, 16, 16, 3)), 0, 255)
+    return _Split(images.astype(np.uint8), {'label': labels}, {'label': ['a', 'b', 'c']}, split=split)
+
+
+def test_zoo_trains_a_factory_that_then_teaches(tmp_path):
+    from ml_collections import ConfigDict
+    from kamal_jax.zoo import train as zoo_train
+    arch = f'torch:{__name__}:tiny_net'
+    config = ConfigDict({'zoo': {'data': {'name': 'fake'}, 'teachers': {'g_t': {
+        'arch': arch, 'classes': ['c', 'a', 'b'], 'epochs': 1, 'batch_size': 16, 'lr': 0.05,
+        'mean': (0.5,) * 3, 'std': (0.25,) * 3}}}})
+    card = zoo_train.train_zoo(config, str(tmp_path / 'zoo'), {'train': _split(64, 0, 'train'),
+                                                              'eval': _split(32, 1, 'test')})['g_t']
+    assert card['arch'] == arch and card['num_classes'] == 3 and card['kwargs'] == {}
+    spec = TeacherSpec('g_t', arch, str(tmp_path / 'zoo' / 'g_t.pth'), {'a': (0, 3)}, mean=(0.5,) * 3,
+                       std=(0.25,) * 3, kwargs={'num_classes': 3})
+    net, variables = load_teacher(spec, str(tmp_path / 'teachers'), (16, 16))
+    module, _, probe = graph.load(str(tmp_path / 'teachers' / 'g_t.graph.safetensors'))
+    assert graph.parity(module, variables, probe)['logits'] <= TOL
+    assert net.module.num_classes == 3

@@ -48,6 +48,7 @@ from kamal_jax.zoo import torch_models
 
 CARD_VERSION = 1
 
+GENERIC = ('torch:', 'torchvision:')  # factories the generic teacher path exports
 DEFAULTS = {
     'widths': None,
     'label_key': 'label',
@@ -151,9 +152,11 @@ def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
     for k in ('arch', 'classes'):
         if s[k] is None and not (k == 'classes' and heads):
             raise ZooConfigError(f'{prefix}.{k} is missing.')
-    if s['arch'] not in torch_models.ARCHS:
+    if s['arch'] not in torch_models.ARCHS and not str(s['arch']).startswith(GENERIC):
         raise ZooConfigError(f'{prefix}.arch = {s["arch"]!r} is unknown; supported: '
-                             f'{", ".join(sorted(torch_models.ARCHS))}.')
+                             f'{", ".join(sorted(torch_models.ARCHS))}, or a factory '
+                             f"'torch:package.module:function' / 'torchvision:NAME'.")
+    s['kwargs'] = _plain(_get(tc, 'kwargs') or {})
     if heads and _get(tc, 'classes') is not None:
         raise ZooConfigError(f'{prefix} gives both classes and heads; an attribute teacher lists its '
                              f'classes per head in heads.')
@@ -200,6 +203,16 @@ def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
                                  else (s['input_size'], s['input_size']))]
         s['input_size'] = size
     return s
+
+
+def build_model(s: dict, num_classes: int, channels: int) -> torch.nn.Module:
+    """A registered twin, or any factory (`torch:`/`torchvision:`, called with `num_classes` and the
+    teacher's `kwargs`), as the generic teacher path exports it later."""
+    if str(s['arch']).startswith(GENERIC):
+        from kamal_jax.porting import torch_export
+        factory = s['arch'] if s['arch'].startswith('torchvision:') else s['arch'].split(':', 1)[1]
+        return torch_export.build(factory, None, {'num_classes': num_classes, **s.get('kwargs', {})}).train()
+    return torch_models.build(s['arch'], num_classes, s['widths'], in_channels=channels)
 
 
 def load_data(data_cfg: Any) -> dict:
@@ -437,7 +450,7 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
 
     num_classes = len(s['classes'])
     torch.manual_seed(s['seed'])
-    model = torch_models.build(s['arch'], num_classes, s['widths'], in_channels=channels)
+    model = build_model(s, num_classes, channels)
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -522,6 +535,7 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
         'card_version': CARD_VERSION,
         'name': name,
         'arch': s['arch'],
+        'kwargs': s.get('kwargs', {}),  # a factory's (torch:/torchvision: archs)
         'widths': s['widths'],
         'num_classes': num_classes,
         'classes': s['classes'],
