@@ -5,6 +5,10 @@ record (name, widths, shortcut kind or ViT sizes) is cached with the variables, 
 reports the resolved name. A timm `pretrained_cfg` next to the checkpoint (`config.json`) gives a
 ViT's head count by its architecture name, and the mean/std/input size when the teacher's config
 leaves them at their defaults.
+
+`arch='torch:package.module:function'` or `'torchvision:NAME'` takes the generic path instead:
+the model is exported once by a PyTorch process to `NAME.graph.safetensors` here and run in JAX
+from its ATen graph (`kamal_jax.porting.graph`); this process never imports torch.
 """
 
 from __future__ import annotations
