@@ -142,10 +142,10 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
             window.fetch_and_check(last_good)
             last = window.means()
             elapsed = time.perf_counter() - t_window
-            _log_line(name, done, num_steps, batches,
-                      last, n_window * batches.batch_size / elapsed if elapsed > 0 and n_window else float('nan'))
-            if on_log is not None:  # the window's means, already on the host; images per second
-                on_log(done, last, n_window * batches.batch_size / elapsed if elapsed > 0 and n_window else float('nan'))
+            rate = n_window * batches.batch_size / elapsed if elapsed > 0 and n_window else float('nan')
+            _log_line(name, done, num_steps, batches, last, rate)
+            if on_log is not None:  # the window's means, already on the host
+                on_log(done, last, rate)
         if on_step is not None:  # e.g. held-out evaluation every so many steps
             on_step(done, state)
         if checkpointer is not None:
