@@ -294,3 +294,13 @@ def test_bench_configs_validate(path, arg):
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes['params']))
     heads = [(t, plan.tasks[t].num_classes) for t in plan.target_tasks]
     assert params(config.stage2, heads) < sum(params(config.stage1, [h]) for h in heads)
+
+
+def test_one_stage_budget_equals_the_epochs_of_all_two_stage_nets_together():
+    from kamal_jax.recipes import one_stage_config
+    config = toy.quickstart_config('')  # two target tasks, 40 + 40 epochs
+    assert one_stage_config(config).epochs == 2 * 40 + 40
+    config.target_tasks = ('digits_0to4',)
+    assert one_stage_config(config).epochs == 40 + 40
+    config.baseline_stage = dict(epochs=7)
+    assert one_stage_config(config).epochs == 7

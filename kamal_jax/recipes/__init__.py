@@ -17,7 +17,8 @@ on the same held-out images and entered in the summary as `baseline_<name>`:
   supervised   the target on the true training labels (the upper reference; it sees labels).
 
 Two-stage recipes use `config.stage1` and `config.stage2` (changed as the entry says); one-stage
-ones the budget of `one_stage.one_stage_config`. Adding a recipe is one entry in `RECIPES`.
+ones the budget of `one_stage.one_stage_config` (T x stage1.epochs + stage2.epochs for T target
+tasks: the epochs a two-stage run spends over all its nets). Adding a recipe is one entry in `RECIPES`.
 """
 
 from __future__ import annotations

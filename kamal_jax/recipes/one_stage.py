@@ -1,9 +1,9 @@
 """One-stage recipes: the multi-head target learns straight from the source nets (or the labels).
 
 Budget: they train the target with `config.stage2`'s optimiser and batch size for
-`stage1.epochs + stage2.epochs` epochs (as many as a two-stage run's component and target
-together); any field of `config.baseline_stage` (optional, e.g. `dict(epochs=60, temperature=4.0)`)
-overrides them. Checkpoints: WORKDIR/target (main recipe) or WORKDIR/baselines/NAME (baseline).
+`T x stage1.epochs + stage2.epochs` epochs, T the number of target tasks: as many epochs as a
+two-stage run spends over all its nets together (T component nets, then the target); any field of
+`config.baseline_stage` (optional, e.g. `dict(epochs=60, temperature=4.0)`) overrides them. Checkpoints: WORKDIR/target (main recipe) or WORKDIR/baselines/NAME (baseline).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from kamal_jax.train.trainer import train_student
 def one_stage_config(config: Any) -> ml_collections.ConfigDict:
     """Optimiser, batch size and budget of the one-stage recipes (see the module docstring)."""
     cfg = ml_collections.ConfigDict(config.stage2.to_dict())
-    cfg.epochs = int(config.stage1.epochs) + int(config.stage2.epochs)
+    cfg.epochs = len(config.target_tasks) * int(config.stage1.epochs) + int(config.stage2.epochs)
     overrides = config.get('baseline_stage') or {}
     cfg.update(overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides))
     return cfg
