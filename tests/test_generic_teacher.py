@@ -238,3 +238,25 @@ def test_zoo_trains_a_factory_that_then_teaches(tmp_path):
     module, _, probe = graph.load(str(tmp_path / 'teachers' / 'g_t.graph.safetensors'))
     assert graph.parity(module, variables, probe)['logits'] <= TOL
     assert net.module.num_classes == 3
+
+
+@pytest.mark.parametrize('arch,kwargs,port_as', [
+    ('cifar_resnet20_a', {}, 'auto'),
+    ('timm:vit_tiny_patch16_224', {'img_size': 32, 'patch_size': 4}, 'vit_tiny_patch4_32')])
+def test_zoo_option_a_and_timm_teachers_port_natively(arch, kwargs, port_as):
+    """The mixed pool's other members: the zoo builds them, the rule tables port them."""
+    pytest.importorskip('timm')
+    from kamal_jax import porting
+    from kamal_jax.zoo import train as zoo_train
+    torch.manual_seed(0)
+    model = _perturbed(zoo_train.build_model({'arch': arch, 'kwargs': kwargs, 'widths': None}, 4, 3)).eval()
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    architecture = porting.resolve(port_as, state)
+    if port_as == 'auto':
+        assert architecture.arch == 'cifar_resnet20' and dict(architecture.options)['shortcut'] == 'zero_pad'
+    module, variables = porting.port_architecture(architecture, state, (1, 32, 32, 3))
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    got = np.asarray(module.apply(variables, x, train=False)[0])
+    assert np.abs(got - ref).max() / np.abs(ref).max() <= TOL

@@ -51,7 +51,7 @@ def teachers(size: int, workdir: str):
 
 
 def stage1_step(net: Net, variables, size: int, batch: int, mesh):
-    """(jitted step, state, frozen, batch) of stage 1 with two copies of `net` as teachers."""
+    """(jitted step, state maker, frozen, batch) of stage 1 with two copies of `net` as teachers."""
     component = Net('component', 'resnet18', models.multihead('resnet18', [('task0', 5)]), MEAN, STD)
     nets = [Net(f'teacher{k}', net.arch, net.module, net.mean, net.std, net.input_size, HEADS) for k in range(2)]
     stage = Distill.component('task0', component, nets, {t.name: make_pairs(t, component, None) for t in nets},
@@ -59,12 +59,12 @@ def stage1_step(net: Net, variables, size: int, batch: int, mesh):
     rng = jax.random.key(0)
     tx = make_optimizer(OPT, 1000)
     x = jnp.zeros((1, size, size, 3))
-    state = jax.jit(lambda r: create_state(r, component.module, x, stage.init_bridges(rng), tx),
-                    out_shardings=sharding.replicated(mesh))(rng)
+    init = jax.jit(lambda r: create_state(r, component.module, x, stage.init_bridges(rng), tx),
+                   out_shardings=sharding.replicated(mesh))  # called per round: the step donates the state
     step = sharding.jit_train_step(make_train_step(stage.loss, tx, crop_padding=0), mesh)
     images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     frozen = sharding.put_replicated({t.name: variables for t in nets}, mesh)
-    return step, state, frozen, sharding.put_batch({'image': images}, mesh)
+    return step, lambda: init(rng), frozen, sharding.put_batch({'image': images}, mesh)
 
 
 def main(argv=None) -> int:
@@ -81,8 +81,8 @@ def main(argv=None) -> int:
             'generic': stage1_step(gen, gen_vars, args.size, args.batch, mesh)}
     best = {}
     for r in range(args.rounds):
-        for name, (step, state, frozen, batch) in runs.items():
-            res = _time_step(step, state, frozen, batch, jax.random.key(1), 2, args.steps, args.batch)
+        for name, (step, init, frozen, batch) in runs.items():
+            res = _time_step(step, init(), frozen, batch, jax.random.key(1), 2, args.steps, args.batch)
             print(f'round {r} {name:>8}: {res["images_per_s"]:.1f} img/s ({res["step_ms"]:.0f} ms/step)', flush=True)
             if name not in best or res['step_ms'] < best[name]['step_ms']:
                 best[name] = res

@@ -33,19 +33,23 @@ class BasicBlock(nn.Module):
     """Two 3x3 convs; `forward` returns the residual sum before the ReLU."""
     expansion = 1
 
-    def __init__(self, cin: int, filters: int, stride: int = 1):
+    def __init__(self, cin: int, filters: int, stride: int = 1, shortcut: str = 'projection'):
         super().__init__()
         self.conv1 = _conv(cin, filters, 3, stride)
         self.bn1 = _bn(filters)
         self.conv2 = _conv(filters, filters, 3, 1)
         self.bn2 = _bn(filters)
-        self.downsample = None
-        if stride != 1 or cin != filters:
+        self.downsample, self.zero_pad = None, 0
+        if (stride != 1 or cin != filters) and shortcut == 'zero_pad':
+            self.zero_pad = filters // 4  # option A: parameter-free, no state_dict keys
+        elif stride != 1 or cin != filters:
             self.downsample = nn.Sequential(_conv(cin, filters, 1, stride), _bn(filters))
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
+        if self.zero_pad:
+            return y + F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.zero_pad, self.zero_pad))
         return y + (x if self.downsample is None else self.downsample(x))
 
 
@@ -81,7 +85,7 @@ class ResNet(nn.Module):
 
     def __init__(self, stage_sizes: Sequence[int], stage_widths: Sequence[int], stem_width: int,
                  block: str = 'basic', stem: str = 'imagenet', num_classes: int = 1000,
-                 in_channels: int = 3):
+                 in_channels: int = 3, shortcut: str = 'projection'):
         super().__init__()
         if block not in _BLOCKS:
             raise ValueError(f"ResNet block must be 'basic' or 'bottleneck', got {block!r}.")
@@ -102,7 +106,8 @@ class ResNet(nn.Module):
             blocks = []
             for j in range(size):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(block_cls(cin, width, stride))
+                extra = {'shortcut': shortcut} if shortcut != 'projection' else {}
+                blocks.append(block_cls(cin, width, stride, **extra))
                 cin = width * block_cls.expansion
             self.add_module(f'layer{i + 1}', nn.Sequential(*blocks))
         self.out_channels = cin
@@ -152,14 +157,15 @@ def resnet(depth: int, num_classes: int, widths: Sequence[int] | None = None,
 
 
 def cifar_resnet(depth: int, num_classes: int, widths: Sequence[int] | None = None,
-                 in_channels: int = 3) -> ResNet:
-    """He et al.'s CIFAR ResNet-(6n+2): stages of n basic blocks, 16/32/64 wide by default."""
+                 in_channels: int = 3, shortcut: str = 'projection') -> ResNet:
+    """He et al.'s CIFAR ResNet-(6n+2): stages of n basic blocks, 16/32/64 wide by default;
+    `shortcut='zero_pad'` is their option A (as akamaster/pytorch_resnet_cifar10 trains it)."""
     if (depth - 2) % 6:
         raise ValueError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, ...), got {depth}.')
     n = (depth - 2) // 6
     widths = tuple(widths or (16, 16, 32, 64))
     return ResNet((n,) * (len(widths) - 1), widths[1:], widths[0], 'basic', 'cifar', num_classes,
-                  in_channels)
+                  in_channels, shortcut)
 
 
 ARCHS = {
@@ -173,6 +179,9 @@ ARCHS = {
     'cifar_resnet14': lambda n, w, c: cifar_resnet(14, n, w, c),
     'cifar_resnet20': lambda n, w, c: cifar_resnet(20, n, w, c),
     'cifar_resnet32': lambda n, w, c: cifar_resnet(32, n, w, c),
+    # option A (zero-pad shortcuts); they port as cifar_resnetN with shortcut 'zero_pad' (arch 'auto')
+    'cifar_resnet20_a': lambda n, w, c: cifar_resnet(20, n, w, c, 'zero_pad'),
+    'cifar_resnet32_a': lambda n, w, c: cifar_resnet(32, n, w, c, 'zero_pad'),
     'cifar_resnet56': lambda n, w, c: cifar_resnet(56, n, w, c),
 }
 

@@ -11,7 +11,12 @@ A zoo config (`config.zoo`, or the whole config when it has no `zoo` field) has
                epochs, batch_size, lr, momentum (0.9), weight_decay (5e-4), seed, mean, std
                (default: per-channel statistics of the teacher's training images), crop_padding
                (4; 0 = no random crop), flip (True), input_size (optional (h, w) to resize to),
-               warmup_epochs (0), label_smoothing (0.0)
+               warmup_epochs (0), label_smoothing (0.0), kwargs (a timm:/torch:/torchvision: arch's)
+
+`arch` is a twin of `kamal_jax.zoo.torch_models.ARCHS` (`cifar_resnet20_a`: option-A shortcuts),
+`timm:NAME` (timm.create_model, random init), or a factory `torch:package.module:function` /
+`torchvision:NAME` (the generic teacher path exports it afterwards); the last three are built with
+`num_classes` and `kwargs`.
 
 An attribute (multi-head) teacher gives `heads` instead of `classes` and `label_key`: a list of
 (label key, class names) pairs, e.g. `heads=[('gender', ['male', 'female']), ('race', [...5])]`
@@ -49,6 +54,7 @@ from kamal_jax.zoo import torch_models
 CARD_VERSION = 1
 
 GENERIC = ('torch:', 'torchvision:')  # factories the generic teacher path exports
+BUILT_BY_NAME = GENERIC + ('timm:',)  # archs the zoo builds from a name, not its twin registry
 DEFAULTS = {
     'widths': None,
     'label_key': 'label',
@@ -152,9 +158,9 @@ def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
     for k in ('arch', 'classes'):
         if s[k] is None and not (k == 'classes' and heads):
             raise ZooConfigError(f'{prefix}.{k} is missing.')
-    if s['arch'] not in torch_models.ARCHS and not str(s['arch']).startswith(GENERIC):
+    if s['arch'] not in torch_models.ARCHS and not str(s['arch']).startswith(BUILT_BY_NAME):
         raise ZooConfigError(f'{prefix}.arch = {s["arch"]!r} is unknown; supported: '
-                             f'{", ".join(sorted(torch_models.ARCHS))}, or a factory '
+                             f'{", ".join(sorted(torch_models.ARCHS))}, \'timm:NAME\', or a factory '
                              f"'torch:package.module:function' / 'torchvision:NAME'.")
     s['kwargs'] = _plain(_get(tc, 'kwargs') or {})
     if heads and _get(tc, 'classes') is not None:
@@ -206,8 +212,13 @@ def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
 
 
 def build_model(s: dict, num_classes: int, channels: int) -> torch.nn.Module:
-    """A registered twin, or any factory (`torch:`/`torchvision:`, called with `num_classes` and the
-    teacher's `kwargs`), as the generic teacher path exports it later."""
+    """A registered twin, a timm model (`timm:NAME`, random init), or any factory (`torch:`/
+    `torchvision:`) as the generic teacher path exports it later; the last two are called with
+    `num_classes` and the teacher's `kwargs`."""
+    if str(s['arch']).startswith('timm:'):
+        import timm
+        return timm.create_model(s['arch'].split(':', 1)[1], pretrained=False, num_classes=num_classes,
+                                 in_chans=channels, **s.get('kwargs', {}))
     if str(s['arch']).startswith(GENERIC):
         from kamal_jax.porting import torch_export
         factory = s['arch'] if s['arch'].startswith('torchvision:') else s['arch'].split(':', 1)[1]
