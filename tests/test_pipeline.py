@@ -265,7 +265,8 @@ def test_tensorboard_holds_losses_selection_learning_rate_and_eval(tiny_run):
         assert s1['selected/low_resnet8'][step] + s1['selected/low_resnet14'][step] == pytest.approx(1.0, abs=1e-5)
     lr = config.stage1.lr  # cosine over the stage; the window's last update used count step - 1
     for step in (config.log_every, total):
-        assert s1['lr/net'][step] == pytest.approx(lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total)), rel=1e-4, abs=1e-9)
+        expected = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / total))
+        assert s1['lr/net'][step] == pytest.approx(expected, rel=1e-4, abs=1e-9)
     assert sorted(s1['eval/digits_0to4']) == evals  # the held-out split has < 1000 images: all of it
     assert s1['eval/digits_0to4'][total] == pytest.approx(
         summary['models']['component_digits_0to4']['accuracy']['digits_0to4'], abs=1e-6)
