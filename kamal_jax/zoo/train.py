@@ -138,6 +138,13 @@ def _class_list(classes: Any, field: str) -> list[str]:
     return classes
 
 
+def _check_arch(arch: str, prefix: str) -> None:
+    if arch not in torch_models.ARCHS and not str(arch).startswith(BUILT_BY_NAME):
+        raise ZooConfigError(f'{prefix}.arch = {arch!r} is unknown; supported: '
+                             f'{", ".join(sorted(torch_models.ARCHS))}, \'timm:NAME\', or a factory '
+                             f"'torch:package.module:function' / 'torchvision:NAME'.")
+
+
 def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
     """The teacher's fields with defaults filled in; `augment.{crop_padding,flip}` also accepted.
 
@@ -158,10 +165,7 @@ def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
     for k in ('arch', 'classes'):
         if s[k] is None and not (k == 'classes' and heads):
             raise ZooConfigError(f'{prefix}.{k} is missing.')
-    if s['arch'] not in torch_models.ARCHS and not str(s['arch']).startswith(BUILT_BY_NAME):
-        raise ZooConfigError(f'{prefix}.arch = {s["arch"]!r} is unknown; supported: '
-                             f'{", ".join(sorted(torch_models.ARCHS))}, \'timm:NAME\', or a factory '
-                             f"'torch:package.module:function' / 'torchvision:NAME'.")
+    _check_arch(s['arch'], prefix)
     s['kwargs'] = _plain(_get(tc, 'kwargs') or {})
     if heads and _get(tc, 'classes') is not None:
         raise ZooConfigError(f'{prefix} gives both classes and heads; an attribute teacher lists its '

@@ -1,0 +1,93 @@
+"""Benchmark `cifar10_mixed`: cifar10_parts with a pool of four kinds of PyTorch teacher.
+
+    python launch.py --config configs/bench_cifar10_mixed.py:cpu --workdir runs/bench_cifar10_mixed_cpu
+
+Data and tasks as `configs/bench_cifar10_parts.py`: `kamal_cifar10` from `cifar10.tar.gz` in the
+manual dir (`shared/datasets`, found automatically); `part_a` (airplane, automobile, bird, cat,
+deer) and `part_b` (dog, frog, horse, ship, truck).
+
+Source nets, trained first by the run itself (PyTorch, with labels, disjoint halves of the
+training split; `WORKDIR/zoo/`), one of each way a teacher reaches kamal_jax:
+
+    a_resnet20a   cifar_resnet20_a: option-A (zero-pad) shortcuts   ported natively (arch 'auto')
+    a_vit         timm vit_tiny, patch 4 at 32 px                   ported natively (timm rule table)
+    b_shufflenet  torchvision:shufflenet_v2_x0_5                     generic path (ATen graph in JAX)
+    b_mobilenet   torch:torchvision.models:mobilenet_v3_small        generic path, a factory by module path
+
+Each is one softmax over its main part plus two classes of the other part. Amalgamation without
+labels, then scored on the test split, with the same baselines as cifar10_parts.
+
+`:cpu` is the budget for one session on a 2-core CPU: 10000 training images, 5 teacher epochs,
+4 epochs per stage (accuracies well below the full budget's). No argument: all 50000 images, 12
+teacher epochs and 15 per stage. `:tiny` is a smoke run (512 images, one epoch everywhere; its
+accuracies mean nothing).
+"""
+
+import ml_collections
+
+from kamal_jax import stage_defaults
+
+PART_A = ['airplane', 'automobile', 'bird', 'cat', 'deer']
+PART_B = ['dog', 'frog', 'horse', 'ship', 'truck']
+TASKS = {'part_a': PART_A, 'part_b': PART_B}
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+VIT = {'img_size': 32, 'patch_size': 4}
+
+# name: (zoo arch, zoo kwargs, teacher arch, output classes in logit order, main task, shard, lr)
+SOURCES = {
+    'a_resnet20a': ('cifar_resnet20_a', {}, 'auto', PART_A + ['dog', 'frog'], 'part_a', 0, 0.1),
+    'a_vit': ('timm:vit_tiny_patch16_224', VIT, 'vit_tiny_patch4_32', ['horse', 'ship'] + PART_A,
+              'part_a', 1, 0.01),
+    'b_shufflenet': ('torchvision:shufflenet_v2_x0_5', {}, 'torchvision:shufflenet_v2_x0_5',
+                     PART_B + ['airplane', 'automobile'], 'part_b', 0, 0.1),
+    'b_mobilenet': ('torch:torchvision.models:mobilenet_v3_small', {}, 'torch:torchvision.models:mobilenet_v3_small',
+                    ['bird', 'cat'] + PART_B, 'part_b', 1, 0.05),
+}
+BUDGETS = {'': dict(train_limit=0, zoo_epochs=12, epochs=15),
+           'cpu': dict(train_limit=10000, zoo_epochs=5, epochs=4),
+           'tiny': dict(train_limit=0, zoo_epochs=1, epochs=1)}
+
+
+def _teachers(c, zoo_epochs):
+    for name, (zoo_arch, kwargs, arch, classes, task, shard, lr) in SOURCES.items():
+        c.zoo.teachers[name] = dict(arch=zoo_arch, kwargs=kwargs, classes=classes, train_fraction=0.5,
+                                    shard=shard, epochs=zoo_epochs, batch_size=128, lr=lr, momentum=0.9,
+                                    weight_decay=5e-4, mean=MEAN, std=STD, crop_padding=4, flip=True)
+        start = classes.index(TASKS[task][0])
+        factory_kwargs = {'num_classes': len(classes)} if arch.startswith('torch:') else {}
+        c.teachers[name] = dict(arch=arch, checkpoint='{workdir}/zoo/%s.pth' % name, mean=MEAN, std=STD,
+                                kwargs=factory_kwargs,
+                                heads={task: dict(kind='multiclass', classes=TASKS[task],
+                                                  logits=(start, start + len(TASKS[task])))})
+
+
+def get_config(arg: str = ''):
+    """No argument: full budget; `:cpu`: one CPU session; `:tiny`: smoke run."""
+    if arg not in BUDGETS:
+        raise ValueError(f"configs/bench_cifar10_mixed.py takes no argument, 'cpu' or 'tiny', got {arg!r}.")
+    budget = BUDGETS[arg]
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = dict(name='kamal_cifar10', data_dir='', manual_dir='', train_split='train', eval_split='test',
+                  image_size=(32, 32), mean=MEAN, std=STD, crop_padding=4, flip=True,
+                  train_limit=budget['train_limit'], eval_limit=0, views=0)
+    c.zoo = ml_collections.ConfigDict()
+    c.zoo.teachers = {}
+    c.teachers = {}
+    _teachers(c, budget['zoo_epochs'])
+    c.target_tasks = ('part_a', 'part_b')
+    c.recipe = 'paper'
+    hparams = dict(epochs=budget['epochs'], batch_size=128, lr=2e-3, bridge_lr=2e-3, logit_loss='kl',
+                   temperature=4.0)
+    c.stage1 = stage_defaults.stage1(arch='cifar_resnet20', **hparams)
+    c.stage2 = stage_defaults.stage2(arch='cifar_resnet20', widths=(20, 20, 40, 80), feature_weight=0.1, **hparams)
+    c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
+    c.baseline_stage = dict(temperature=4.0)
+    c.eval_batch_size = 500
+    c.num_devices = -1
+    c.log_every = 50
+    c.eval_every = 1000
+    if arg == 'tiny':
+        c.data.train_split, c.data.eval_split = 'train[:512]', 'test[:256]'
+        stage_defaults.shrink_to_tiny(c)
+    return c
