@@ -3,8 +3,9 @@
 Read from the node shapes alone (no torch): a 4-D activation whose first dimension is the
 batch is a feature map, NCHW (convnets) or NHWC (Swin) as its spatial sizes fit the input
 size, and it counts only if no earlier feature map was smaller (a classifier only downsamples:
-Swin's window padding and ViT's attention matrices are not feature maps); each resolution's
-last such node in graph order is a tap, named by its module path.
+Swin's window padding and ViT's attention matrices are not feature maps; 1x1 maps, such as a
+squeeze-and-excitation's, do not count as smaller); each resolution's last such node in graph
+order is a tap, named by its module path.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def default_taps(nodes, inputs, size: tuple[int, int]) -> list[dict]:
         hw = tuple(node['shape'][2:4] if kind == 'NCHW' else node['shape'][1:3])
         if hw[0] > smallest[0] or hw[1] > smallest[1]:
             continue
-        smallest, last[hw] = hw, (pos, node, kind)
+        last[hw] = (pos, node, kind)
+        if hw != (1, 1):  # a squeeze-and-excitation 1x1 map does not end the larger resolutions
+            smallest = hw
     taps, used = [], set()
     for hw, (_, node, kind) in sorted(last.items(), key=lambda kv: kv[1][0]):
         name = node['module'] or node['name']
