@@ -18,7 +18,7 @@ from torch import nn  # noqa: E402
 
 import toy  # noqa: E402
 from kamal_jax import pipeline  # noqa: E402
-from kamal_jax.porting import generic, graph  # noqa: E402
+from kamal_jax.porting import generic, graph, graph_taps  # noqa: E402
 from kamal_jax.tasks import ConfigError, TeacherSpec  # noqa: E402
 from kamal_jax.teachers import load_teacher  # noqa: E402
 from kamal_jax.train import sharding, teacher_cache  # noqa: E402
@@ -105,8 +105,26 @@ def _check_parity(path, num_classes):
 @pytest.mark.parametrize('name', list(ZOO))
 def test_torchvision_parity(exported, name):
     module, _ = _check_parity(exported[name].result(), num_classes=10)
-    assert module.taps()[-1].stride >= 16
-    assert module.taps()[0].stride <= 4 or name == 'vit_b_16'
+    strides = [t.stride for t in module.taps()]
+    assert strides == sorted(set(strides)) and strides[-1] >= 16
+    assert (len(strides) >= 4 and strides[0] <= 4) or name == 'vit_b_16'  # one tap per resolution
+
+
+def _node(name, shape, module=''):
+    return {'op': 'call_function', 'name': name, 'shape': shape, 'dtype': 'float32', 'module': module}
+
+
+def test_default_taps_last_map_per_resolution():
+    """Squeeze-excitation 1x1 maps, attention matrices and window padding are not stages."""
+    nodes = [{'op': 'placeholder', 'name': 'x', 'shape': ['s0', 3, 32, 32]},
+             _node('a', ['s0', 8, 16, 16], 'stem'), _node('se', ['s0', 8, 1, 1], 'b1.se'),
+             _node('b', ['s0', 8, 16, 16], 'b1'), _node('c', ['s0', 16, 8, 8], 'b2'),
+             _node('attn', ['s0', 4, 17, 17], 'b3.attn'), _node('w', [1, 16, 8, 8], 'pos'),
+             _node('d', ['s0', 4, 4, 32], 'b3'), _node('pad', ['s0', 7, 7, 32], 'b4.pad'),
+             _node('e', ['s0', 1, 1, 64], 'b4'), _node('pool', ['s0', 64, 1, 1], 'pool')]
+    taps = graph_taps.default_taps(nodes, [{'node': 'x', 'kind': 'input'}], (32, 32))
+    assert [(t['name'], t['layout'], t['channels'], t['stride']) for t in taps] == [
+        ('b1', 'NCHW', 8, 2), ('b2', 'NCHW', 16, 4), ('b3', 'NHWC', 32, 8), ('pool', 'NCHW', 64, 32)]
 
 
 def test_custom_module_parity(tmp_path):
