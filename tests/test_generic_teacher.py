@@ -121,17 +121,25 @@ def test_default_taps_last_map_per_resolution():
              _node('b', ['s0', 8, 16, 16], 'b1'), _node('c', ['s0', 16, 8, 8], 'b2'),
              _node('attn', ['s0', 4, 17, 17], 'b3.attn'), _node('w', [1, 16, 8, 8], 'pos'),
              _node('d', ['s0', 4, 4, 32], 'b3'), _node('pad', ['s0', 7, 7, 32], 'b4.pad'),
-             _node('e', ['s0', 1, 1, 64], 'b4'), _node('pool', ['s0', 64, 1, 1], 'pool')]
+             _node('e', ['s0', 1, 1, 64], 'b4'), _node('pool', ['s0', 64, 1, 1], 'pool'),
+             dict(_node('copy', ['s0', 64, 1, 1]), target='aten.clone.default', args=[{'node': 'pool'}])]
     taps = graph_taps.default_taps(nodes, [{'node': 'x', 'kind': 'input'}], (32, 32))
     assert [(t['name'], t['layout'], t['channels'], t['stride']) for t in taps] == [
         ('b1', 'NCHW', 8, 2), ('b2', 'NCHW', 16, 4), ('b3', 'NHWC', 32, 8), ('pool', 'NCHW', 64, 32)]
+    # ViT: the tokens [batch, 1 + h*w, C] after a patch embedding are a map of its grid.
+    vit = [nodes[0], _node('proj', ['s0', 32, 4, 4], 'conv_proj'), _node('seq', [5, 's0', 32], 'attn'),
+           _node('tok', ['s0', 17, 32], 'encoder.ln'), _node('cls', ['s0', 32], 'heads')]
+    taps = graph_taps.default_taps(vit, [{'node': 'x', 'kind': 'input'}], (32, 32))
+    assert [(t['name'], t['layout'], t['stride'], t['skip']) for t in taps] == [('encoder.ln', 'tokens', 8, 1)]
+    tokens = np.arange(2 * 17 * 3).reshape(2, 17, 3)
+    np.testing.assert_array_equal(graph_taps.to_nhwc(tokens, taps[0])[1, 0, 1], tokens[1, 2])
 
 
 def test_custom_module_parity(tmp_path):
     path = _export(str(tmp_path), f'torch:{__name__}:tiny_net', 14, {'num_classes': 5}, tiny_net())
     module, _ = _check_parity(path, num_classes=5)
     assert [(t.name, t.channels, t.stride) for t in module.taps()] == [
-        ('stem.2', 8, 1), ('cat', 16, 2), ('permute_1', 16, 4), ('clone', 8, 5)]
+        ('stem.2', 8, 1), ('cat', 16, 2), ('permute_1', 16, 4), ('slice_2', 8, 5)]
 
 
 # ----------------------------------------------------------------------------- as a teacher

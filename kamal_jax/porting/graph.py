@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kamal_jax.models.taps import Tap
-from kamal_jax.porting import aten
+from kamal_jax.porting import aten, graph_taps
 
 FORMAT = 'kamal_jax.aten_graph/1'
 PROBE = 'probe/'
@@ -128,8 +128,7 @@ class GraphModule:
         weights = {k: (v.astype(dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v)
                    for c in variables.values() for k, v in c.items()}
         logits, taps = run(self.graph, weights, jnp.transpose(images.astype(dtype), (0, 3, 1, 2)))
-        layouts = {t['name']: t['layout'] for t in self.graph.taps}
-        feats = {k: jnp.transpose(v, (0, 2, 3, 1)) if layouts[k] == 'NCHW' else v for k, v in taps.items()}
+        feats = {t['name']: graph_taps.to_nhwc(taps[t['name']], t) for t in self.graph.taps}
         out = (logits, feats)
         return (out, {}) if mutable else out
 

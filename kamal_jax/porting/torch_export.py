@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from kamal_jax.porting.graph import FORMAT
-from kamal_jax.porting.graph_taps import default_taps
+from kamal_jax.porting.graph_taps import default_taps, to_nhwc
 
 _KINDS = {'PARAMETER': 'param', 'BUFFER': 'buffer', 'CONSTANT_TENSOR': 'constant',
           'USER_INPUT': 'input'}
@@ -160,7 +160,7 @@ def export(model: torch.nn.Module, size=(32, 32), batch: int = 2, seed: int = 0)
     tensors['probe/logits'] = logits.numpy().copy()
     for tap in taps:
         ref = values[tap['node']].numpy()
-        tensors[f'probe/tap/{tap["name"]}'] = (ref.transpose(0, 2, 3, 1) if tap['layout'] == 'NCHW' else ref).copy()
+        tensors[f'probe/tap/{tap["name"]}'] = np.ascontiguousarray(to_nhwc(ref, tap))
     graph = {'format': FORMAT, 'nodes': nodes, 'inputs': inputs, 'output': outputs[0]['node'],
              'num_classes': int(logits.shape[1]), 'input_size': list(size), 'taps': taps}
     return graph, tensors
