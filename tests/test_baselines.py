@@ -155,6 +155,7 @@ def _config(names):
     c.stage1 = toy.stage_config(epochs=1, selection='online', selector='least_entropy', bridge_width_ratio=0.5, tap_pairs={},
                                 checkpoint_every=100)
     c.stage2 = toy.stage_config(epochs=1, widths=(8, 8, 16, 32), tap_pairs={}, checkpoint_every=100)
+    c.target_tasks = ('a',)
     c.baselines = names
     c.baseline_stage = dict(epochs=2, temperature=2.0)
     c.eval_batch_size = 16
