@@ -207,6 +207,9 @@ def test_factory_that_fails_stops_with_its_error(tmp_path, tiny_teacher):
     with pytest.raises(ConfigError, match=r'does not load the state_dict strictly.*fc\.bias'):
         load_teacher(partial, str(tmp_path / 'teachers'), (12, 12))
     assert not os.path.exists(tmp_path / 'teachers' / 'g_t.json')
+    with pytest.raises(generic.ExportError, match=r'does not load the state_dict strictly.*fc\.bias'):
+        generic.check(partial.arch, partial.checkpoint, partial.kwargs)  # validation, before any work
+    assert 'loads' in generic.check(spec.arch, spec.checkpoint, spec.kwargs)
 
 
 def test_config_accepts_factories_and_refuses_malformed_ones():

@@ -52,14 +52,17 @@ def _env() -> dict:
     return env
 
 
-def export(arch: str, out: str, state_dict: str | None = None, size: Sequence[int] = (32, 32),
+def export(arch: str, out: str | None, state_dict: str | None = None, size: Sequence[int] = (32, 32),
            kwargs: Mapping[str, Any] | None = None, ema: bool = False, timeout: float = 900) -> str:
-    """Exports `arch` with `state_dict` to the graph file `out` in a PyTorch process; returns its report."""
+    """Exports `arch` with `state_dict` to the graph file `out` in a PyTorch process; returns its report.
+
+    `out=None` only builds the model and loads the state_dict strictly (`check`)."""
     error = arch_error(arch)
     if error:
         raise ExportError(error + '.')
     cmd = [sys.executable, '-m', 'kamal_jax.porting.torch_export', '--factory', factory(arch),
-           '--out', out, '--size', *map(str, size), '--kwargs', json.dumps(dict(kwargs or {}))]
+           '--size', *map(str, size), '--kwargs', json.dumps(dict(kwargs or {}))]
+    cmd += ['--out', out] if out else ['--check']
     if state_dict:
         cmd += ['--state-dict', state_dict] + (['--ema'] if ema else [])
     done = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout)
@@ -68,3 +71,10 @@ def export(arch: str, out: str, state_dict: str | None = None, size: Sequence[in
         message = lines[-1] if lines else f'exit status {done.returncode}'
         raise ExportError(message.removeprefix('error: '))
     return done.stdout.strip()
+
+
+def check(arch: str, state_dict: str | None = None, kwargs: Mapping[str, Any] | None = None,
+          ema: bool = False) -> str:
+    """Builds `arch` and loads `state_dict` strictly in a PyTorch process (seconds; for validation
+    before a run claims its workdir); raises ExportError with PyTorch's error."""
+    return export(arch, None, state_dict, kwargs=kwargs, ema=ema)

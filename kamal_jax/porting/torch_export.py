@@ -177,10 +177,11 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--factory', required=True, help="'torchvision:NAME' or 'package.module:function'")
     parser.add_argument('--state-dict', default=None, help='weights to load strictly (else random init)')
-    parser.add_argument('--out', required=True, help='the graph file to write (.safetensors)')
+    parser.add_argument('--out', default=None, help='the graph file to write (.safetensors)')
     parser.add_argument('--size', type=int, nargs='+', default=[32], help='probe input H [W]')
     parser.add_argument('--kwargs', default='{}', help='JSON keyword arguments of the factory')
     parser.add_argument('--ema', action='store_true', help="load the checkpoint's EMA weights")
+    parser.add_argument('--check', action='store_true', help='only build and load strictly; write nothing')
     args = parser.parse_args(argv)
     size = tuple(args.size * 2 if len(args.size) == 1 else args.size[:2])
     try:
@@ -192,6 +193,9 @@ def main(argv=None) -> int:
     except (FactoryError, ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    if args.check:
+        print(f'{args.factory}: builds and loads {args.state_dict or "(random init)"} strictly')
+        return 0
     try:
         graph, tensors = export(model, size)
     except FactoryError as e:
