@@ -21,10 +21,6 @@ DTYPES = {'float32': jnp.float32, 'float64': jnp.float32, 'float16': jnp.float16
 _BIG = 2 ** 62  # PyTorch writes an open slice end as INT64_MAX
 
 
-def dtype(name):
-    return None if name is None else DTYPES[name]
-
-
 def _dims(x, dims):
     dims = [dims] if isinstance(dims, int) else list(dims or range(x.ndim))
     return tuple(d % x.ndim for d in dims)
