@@ -145,13 +145,24 @@ def _check_teacher_files(config: Any, plan: Plan, workdir: str) -> None:
                      if zoo and spec.name in zoo.teachers else '')
             raise ConfigError(f'{field} = {spec.checkpoint!r} does not exist{where}.')
         if spec.arch.startswith(('torch:', 'torchvision:')):
-            continue  # exported and checked by its own process
+            _check_generic_teacher(spec, field)
+            continue
         try:
             state_dict = porting.load_state_dict(spec.checkpoint, spec.ema)
             width = porting.resolve(spec.arch, state_dict, spec.widths or None).num_classes
         except (OSError, ValueError) as e:
             raise ConfigError(f'{field} = {spec.checkpoint!r} cannot be used: {e}') from None
         check_logit_slices(Plan(plan.tasks, (spec,), plan.target_tasks), {spec.name: width})
+
+
+def _check_generic_teacher(spec, field: str) -> None:
+    """A `torch:`/`torchvision:` teacher builds and loads its state_dict strictly (its own process)."""
+    from kamal_jax.porting import generic
+    try:
+        generic.check(spec.arch, spec.checkpoint, spec.kwargs, spec.ema)
+    except (generic.ExportError, OSError, ValueError) as e:
+        raise ConfigError(f'{field} = {spec.checkpoint!r} cannot be used with arch {spec.arch!r}: '
+                          f'{" ".join(str(e).split())}') from None
 
 
 def _check_budget(config: Any, train_size: int, devices: int) -> None:

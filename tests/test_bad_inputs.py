@@ -66,6 +66,9 @@ CASES = {
                     r"teachers\.low_resnet8\.checkpoint = .* fc\.weight holds non-finite values"),
     'int8 weights': (lambda c, d: _own_teacher(c, d / 'int8.pth'),
                      r'conv1\.weight is a int8 tensor where float weights belong'),
+    'factory whose state_dict does not load': (
+        lambda c, d: (_own_teacher(c, d / 'good.pth'), c.teachers.low_resnet8.update(arch='torchvision:resnet18')),
+        r"teachers\.low_resnet8\.checkpoint = .*good\.pth' cannot be used with arch 'torchvision:resnet18'"),
 }
 
 
