@@ -19,7 +19,7 @@ Amalgamation, without labels, on all 50000 training images, 15 epochs per stage:
 cifar_resnet20 component per part (stage 1), then a two-head cifar_resnet20 target with widths
 20/20/40/80 (0.78x the parameters of the two components together; stage 2). Losses: the
 quickstart's recipe (KL at temperature 4 on logits, feature matching weight 1 in stage 1 and 0.1
-in stage 2). Scored on the whole test split (10000 images). Baselines (see `kamal_jax.baselines`):
+in stage 2). Scored on the whole test split (10000 images). Baselines (see `kamal_jax.recipes`):
 average, random, logits_only, one_stage, supervised, on the same images.
 
 Why this budget: 20000 images x 8 epochs left the target 2.7 / 1.6 points under the best teacher,

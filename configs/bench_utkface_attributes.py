@@ -19,7 +19,7 @@ whole training split, 12 epochs in stage 1 and 14 in stage 2: one resnet18 compo
 wide) per attribute (stage 1), then one two-head resnet18 target with widths 20..160 (about 0.8x
 the parameters of the two components together; stage 2). Losses: the quickstart's recipe (KL at
 temperature 4 on logits, feature matching weight 1 in stage 1 and 0.1 in stage 2). Scored on the
-test split. Baselines (see `kamal_jax.baselines`): average, random, logits_only, one_stage,
+test split. Baselines (see `kamal_jax.recipes`): average, random, logits_only, one_stage,
 supervised.
 
 The budgets were cut to fit a 2-core CPU; docs/BENCHMARKS.md gives the measured wall times.

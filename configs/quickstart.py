@@ -59,6 +59,7 @@ def get_config(arg: str = ''):
         c.teachers[name] = decl
     c.target_tasks = ('digits_0to4', 'digits_5to9')
     c.recipe = 'paper'  # kamal_jax.recipes.RECIPES: the paper's two stages
+    c.baselines = ()  # more recipes to run and score after it, e.g. ('average', 'one_stage')
 
     c.stage1 = stage_defaults.stage1(arch='cifar_resnet8', epochs=40, lr=2e-3, bridge_lr=2e-3,
                                      logit_loss='kl', temperature=4.0)
