@@ -24,7 +24,8 @@ STOP_FILE = 'stopped.json'  # a stage stopped on a non-finite loss: what a relau
 ADDITIVE_FIELDS = ('baselines', 'relaunches')  # may change between runs of one workdir
 # After a non-finite stop, a relaunch may change these fields of the stopped stage's config sections.
 RETUNABLE_FIELDS = ('lr', 'bridge_lr', 'feature_weight', 'logit_weight', 'weight_norm')
-RUN_CONTROL_FIELDS = ('log_every', 'eval_every', 'checkpoint_every', 'checkpoint_min_interval_s')  # at any depth
+RUN_CONTROL_FIELDS = ('log_every', 'eval_every', 'steps_per_call', 'checkpoint_every',
+                      'checkpoint_min_interval_s')  # at any depth
 # Fields the configs gained later, with the value a config without them behaves as.
 LATER_FIELDS = {'data.views': 0, 'stage1.teacher_cache': False, 'stage2.component_cache': False,
                 **{f'{stage}.{k}': v for stage in ('stage1', 'stage2') for k, v in stage_defaults.CACHE.items()},

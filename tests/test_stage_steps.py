@@ -1,4 +1,6 @@
 """Stage steps: selection drives the signal, shapes of bridges, stage 2 learns from components."""
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -147,3 +149,33 @@ def test_binary_task_with_sigmoid_and_softmax_teachers():
     loss, (_, m) = jax.jit(st.loss)(params, stats, {'sig': sig_vars, 'soft': soft_vars}, x, {})
     assert np.isfinite(float(loss))
     assert float(m['selected/sig']) + float(m['selected/soft']) == pytest.approx(1.0)
+
+
+def test_several_steps_per_call_train_exactly_as_one_per_call(tmp_path, monkeypatch, caplog):
+    """k steps in one jitted call give the same student, losses and saves as one step per call,
+    with calls cut short at log lines, saves and the end (log_every=4, saves every 5, 13 steps)."""
+    from kamal_jax.train.trainer import train_student
+    t, t_vars = toy.teacher('t', 'cifar_resnet8', 5, {'a': (0, 5)}, seed=7)
+    st = toy.stage1([t])
+    from kamal_jax.train import loop
+    logged = {}
+    monkeypatch.setattr(loop, '_log_line', lambda name, done, steps, batches, last, rate:
+                        logged.setdefault(name, []).append((done, last['loss'])))
+
+    def train(k):
+        cfg = toy.stage_config(epochs=13, batch_size=8, checkpoint_every=5)
+        return train_student(name=k, student=st.student, loss_fn=st.loss,
+                             bridges=st.init_bridges(jax.random.key(1)), cfg=cfg,
+                             arrays={'image': toy.images(8)}, frozen={'t': t_vars},
+                             mesh=sharding.make_mesh(1), seed=0, log_every=4, steps_per_call=k,
+                             ckpt_dir=str(tmp_path / f'k{k}'))
+    one, m1 = train(1)
+    with caplog.at_level('INFO', logger='kamal_jax'):
+        three, m3 = train(3)
+    assert '3: first call of 3 steps' in caplog.text  # steps 1-3 ran in one call
+    assert [d for d, _ in logged[3]] == [d for d, _ in logged[1]] == [4, 8, 12, 13]
+    np.testing.assert_allclose([l for _, l in logged[3]], [l for _, l in logged[1]], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(three)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert sorted(os.listdir(tmp_path / 'k3')) == sorted(os.listdir(tmp_path / 'k1'))
+    assert m3['loss'] == pytest.approx(m1['loss'], rel=1e-5)

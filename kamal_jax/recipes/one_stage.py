@@ -43,7 +43,8 @@ def _train(run: Run, name: str, main: bool, method: str, cfg: Any, target, loss_
     variables, metrics = train_student(
         name='target' if main else f'baseline/{name}', student=target, loss_fn=loss_fn, bridges=bridges, cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=run.mesh, seed=run.config.seed + 1, ckpt_dir=ckpt,
-        log_every=run.config.log_every, monitoring=run.monitoring(logdir, target, run.config),
+        log_every=run.config.log_every, steps_per_call=run.config.get('steps_per_call', 1),
+        monitoring=run.monitoring(logdir, target, run.config),
         **views_lib.step_augmentation(run.config.data))
     key = 'target' if main else f'baseline_{name}'
     entry = run.entry(key if main else 'baseline', target, variables, run.plan.target_tasks, method=method,

@@ -133,6 +133,7 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir, monit
         bridges=stage.init_bridges(_task_rng(config.seed, task), cfg.get('bridge_width_ratio', 0.5)), cfg=cfg,
         arrays=arrays, frozen=group_frozen, mesh=mesh, seed=config.seed,
         ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every,
+        steps_per_call=config.get('steps_per_call', 1),
         monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage1', task), student),
         **views_lib.step_augmentation(config.data))
     return student, variables, metrics
@@ -161,6 +162,7 @@ def run_stage2(plan, components, train, config, mesh, workdir, monitoring=None):
         bridges=stage.init_bridges(jax.random.fold_in(jax.random.key(config.seed), 2)), cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=mesh,
         seed=config.seed + 1, ckpt_dir=os.path.join(workdir, 'stage2'), log_every=config.log_every,
+        steps_per_call=config.get('steps_per_call', 1),
         monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage2'), target),
         **views_lib.step_augmentation(config.data))
     return target, variables, metrics

@@ -76,24 +76,37 @@ class _Window:
     def __init__(self, name: str):
         self.name, self.pending, self.fetched = name, [], []
 
-    def add(self, step: int, metrics: Any) -> None:
-        self.pending.append((step, metrics))
+    def add(self, step: int, metrics: Any, count: int = 0) -> None:
+        """The metrics of step `step`, or (`count` > 0) of steps step..step+count-1 stacked [count, ...]."""
+        self.pending.append((step, count, metrics))
 
     def fetch_and_check(self, last_good: Callable[[], int | None]) -> None:
         """Moves pending metrics to the host; stops at the first step whose loss or updates were not finite."""
         if not self.pending:
             return
-        host = to_host([m for _, m in self.pending])
-        for (step, _), m in zip(self.pending, host):
+        host = []
+        for (step, count, _), m in zip(self.pending, to_host([m for _, _, m in self.pending])):
+            host += [(step + i, {k: v[i] for k, v in m.items()}) for i in range(count)] if count else [(step, m)]
+        for step, m in host:
             if not float(m.get('finite', 1.0)):
                 term, value = _first_bad_term({k: float(v) for k, v in m.items()})
                 raise NonFiniteLoss(self.name, step, term, value, last_good())
-        self.fetched.extend(host)
+        self.fetched.extend(m for _, m in host)
         self.pending = []
 
     def means(self) -> dict:
         window, self.fetched = self.fetched, []
         return {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != 'finite'}
+
+
+def _call_end(start: int, num_steps: int, steps_per_call: int, periods) -> int:
+    """Where a call that starts after step `start` ends: `steps_per_call` steps on, or sooner at the
+    next step a log line, an evaluation or a save may fall on, or at the end."""
+    end = min(start + steps_per_call, num_steps)
+    for every in periods:
+        if every and every > 0:
+            end = min(end, (start // every + 1) * every)
+    return end
 
 
 def _log_line(name, done, num_steps, batches, last, rate) -> None:
@@ -107,10 +120,14 @@ def _log_line(name, done, num_steps, batches, last, rate) -> None:
 def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBatches, num_steps: int,
         rng: jax.Array, mesh, checkpointer: Checkpointer | None = None, log_every: int = 50,
         on_log: Callable[[int, dict, float], None] | None = None,
-        on_step: Callable[[int, Any], None] | None = None) -> tuple[Any, dict]:
+        on_step: Callable[[int, Any], None] | None = None,
+        multi_step: Callable | None = None, steps_per_call: int = 1, eval_every: int = 0) -> tuple[Any, dict]:
     """Runs `step` from `state.step` to `num_steps`; returns the state and the last metrics.
 
-    `on_log(step, window means, images/s)` follows each log line; `on_step(step, state)` each step.
+    `on_log(step, window means, images/s)` follows each log line; `on_step(step, state)` each call.
+    `multi_step` (`steps.make_multi_step`, jitted) runs `steps_per_call` steps per call; a call
+    never crosses a step where a log line, an evaluation (`eval_every`) or a save may fall, and
+    the steps up to such a step that are fewer than `steps_per_call` run one per call.
 
     Before every save the steps since the last check are fetched and checked: a state that a
     non-finite loss or update went into is never saved (`NonFiniteLoss`).
@@ -119,25 +136,37 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
     if start >= num_steps:
         log.info('%s: already trained (%d/%d steps), skipping.', name, start, num_steps)
         return state, {}
-    log.info('%s: steps %d..%d (%d per epoch, batch %d)%s', name, start, num_steps,
-             batches.steps_per_epoch, batches.batch_size, ' [resumed]' if start else '')
+    k = steps_per_call if multi_step is not None else 1
+    log.info('%s: steps %d..%d (%d per epoch, batch %d%s)%s', name, start, num_steps,
+             batches.steps_per_epoch, batches.batch_size, f', {k} per call' if k > 1 else '',
+             ' [resumed]' if start else '')
     window, last = _Window(name), {}
+    periods = (log_every, eval_every, checkpointer.every_steps if checkpointer is not None else 0)
 
     def last_good():
         return checkpointer.latest_step() if checkpointer is not None else None
     t_start = time.perf_counter()
     t_window, n_window, compile_s = None, 0, 0.0
-    for s in range(start, num_steps):
-        state, metrics = step(state, frozen, put_batch(batches.batch(s), mesh), rng)
+    s = start
+    while s < num_steps:
+        done = _call_end(s, num_steps, k, periods) if k > 1 else s + 1
+        if done - s == k > 1:
+            stacked = jax.tree.map(lambda *b: np.stack(b), *[batches.batch(i) for i in range(s, done)])
+            state, metrics = multi_step(state, frozen, put_batch(stacked, mesh, stacked=True), rng)
+            window.add(s + 1, metrics, count=k)
+        else:
+            for i in range(s, done):
+                state, metrics = step(state, frozen, put_batch(batches.batch(i), mesh), rng)
+                window.add(i + 1, metrics)
         if t_window is None:  # the first call compiles; time it apart from throughput
             jax.block_until_ready(metrics)
             compile_s = time.perf_counter() - t_start
             t_window = time.perf_counter()
-            log.info('%s: first step (compilation included) took %.1fs', name, compile_s)
+            log.info('%s: first %s (compilation included) took %.1fs', name,
+                     'step' if done - s == 1 else f'call of {done - s} steps', compile_s)
         else:
-            n_window += 1
-        done = s + 1
-        window.add(done, metrics)
+            n_window += done - s
+        s = done
         if done % log_every == 0 or done == num_steps:
             window.fetch_and_check(last_good)
             last = window.means()

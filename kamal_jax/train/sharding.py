@@ -26,6 +26,11 @@ def data_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P('data'))
 
 
+def stacked_data_sharded(mesh: Mesh) -> NamedSharding:
+    """k stacked batches [k, batch, ...]: the batch axis (second) split over the mesh."""
+    return NamedSharding(mesh, P(None, 'data'))
+
+
 def process_rows(batch_size: int, mesh: Mesh) -> slice:
     """The rows of a global batch that this process's devices hold: [i*B/P, (i+1)*B/P) when the
     mesh lists the processes' devices in order (it does: `jax.devices()` is ordered that way)."""
@@ -39,17 +44,21 @@ def process_rows(batch_size: int, mesh: Mesh) -> slice:
     return slice(lo, hi)
 
 
-def put_batch(batch: Any, mesh: Mesh) -> Any:
+def put_batch(batch: Any, mesh: Mesh, stacked: bool = False) -> Any:
     """Host numpy batch -> global arrays split along the batch axis over the mesh.
 
     `batch` is the whole global batch (every process computes the same, seed-determined one);
-    with several processes each one hands over only the rows its own devices hold.
+    with several processes each one hands over only the rows its own devices hold. `stacked`:
+    k batches stacked on a leading axis ([k, batch, ...], for `steps.make_multi_step`).
     """
-    sharding = data_sharded(mesh)
+    sharding = stacked_data_sharded(mesh) if stacked else data_sharded(mesh)
     if jax.process_count() == 1:
         return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
-    size = len(jax.tree.leaves(batch)[0])
+    size = jax.tree.leaves(batch)[0].shape[int(stacked)]
     rows = process_rows(size, mesh)
+    if stacked:
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+            sharding, np.asarray(x[:, rows]), np.shape(x)), batch)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
         sharding, np.asarray(x[rows]), (size, *np.shape(x)[1:])), batch)
 
@@ -87,6 +96,13 @@ def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
     """jit with explicit shardings; the state argument is donated (updated in place)."""
     rep, data = replicated(mesh), data_sharded(mesh)
     return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep),
+                   donate_argnums=(0,))
+
+
+def jit_multi_step(multi: Callable, mesh: Mesh) -> Callable:
+    """As `jit_train_step`, for `steps.make_multi_step`: batches stacked [k, batch, ...]."""
+    rep = replicated(mesh)
+    return jax.jit(multi, in_shardings=(rep, rep, stacked_data_sharded(mesh), rep), out_shardings=(rep, rep),
                    donate_argnums=(0,))
 
 

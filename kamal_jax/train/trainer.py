@@ -15,20 +15,21 @@ from kamal_jax.train.loop import EpochBatches, fit
 from kamal_jax.train.metrics import Monitoring, TrainingMetrics
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import create_state, learning_rates, make_optimizer
-from kamal_jax.train.steps import make_train_step
+from kamal_jax.train.steps import make_multi_step, make_train_step
 
 
 def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, cfg: Any,
                   arrays: dict[str, np.ndarray], frozen: Any, mesh, seed: int,
                   crop_padding: int = 0, flip: bool = False, views: int = 1, ckpt_dir: str | None = None,
-                  log_every: int = 50, stop_after: int | None = None,
+                  log_every: int = 50, steps_per_call: int = 1, stop_after: int | None = None,
                   monitoring: Monitoring | None = None) -> tuple[dict, dict]:
     """Returns the student's variables and the last logged metrics.
 
     `cfg` carries epochs, batch_size and the optimiser fields; `views` > 1 means `arrays` hold that
     many pre-drawn views of each sample (`kamal_jax.train.views`); `stop_after` ends early at that
     step (used to test that an interrupted run resumes to the same result); `monitoring` says where
-    TensorBoard and JSONL metrics go and what held-out evaluation runs during training.
+    TensorBoard and JSONL metrics go and what held-out evaluation runs during training;
+    `steps_per_call` > 1 runs that many steps in one jitted call (`steps.make_multi_step`).
     """
     sharding.check_batch_size(cfg.batch_size, mesh, f'{name}.batch_size')
     batches = EpochBatches(arrays, cfg.batch_size, seed, views)
@@ -48,7 +49,9 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
                                     min_interval_s=cfg.get('checkpoint_min_interval_s', 0.0))
         if checkpointer.latest_step() is not None:
             state = checkpointer.restore(state)
-    step = sharding.jit_train_step(make_train_step(loss_fn, tx, crop_padding=crop_padding, flip=flip), mesh)
+    one_step = make_train_step(loss_fn, tx, crop_padding=crop_padding, flip=flip)
+    step = sharding.jit_train_step(one_step, mesh)
+    multi_step = sharding.jit_multi_step(make_multi_step(one_step), mesh) if steps_per_call > 1 else None
     frozen = sharding.put_replicated(frozen, mesh)
     hooks = monitoring and TrainingMetrics(name, monitoring, learning_rates=learning_rates(cfg, total),
                                            variables_of=_variables, num_steps=total, write=is_primary())
@@ -56,7 +59,9 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
         state, metrics = fit(name=name, step=step, state=state, frozen=frozen, batches=batches,
                              num_steps=min(total, stop_after or total), rng=jax.random.fold_in(rng, 2),
                              mesh=mesh, checkpointer=checkpointer, log_every=log_every,
-                             on_log=hooks and hooks.on_log, on_step=hooks and hooks.on_step)
+                             on_log=hooks and hooks.on_log, on_step=hooks and hooks.on_step,
+                             multi_step=multi_step, steps_per_call=steps_per_call,
+                             eval_every=monitoring.eval_every if monitoring else 0)
     finally:
         if hooks:
             hooks.close()
