@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent('''
     import toy
     from kamal_jax.train import sharding
     from kamal_jax.train.trainer import train_student
-    t1, v1 = toy.teacher('t1', 'resnet18', 7, {'a': (0, 5)}, seed=1, size=16, widths=(8, 8, 16, 32, 64))
+    t1, v1 = toy.teacher('t1', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1, size=16)
     t2, v2 = toy.teacher('t2', 'cifar_resnet14', 7, {'a': (2, 7)}, seed=2, size=16)
     stage = toy.stage1([t1, t2])
     variables, m = train_student(
