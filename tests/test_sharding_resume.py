@@ -1,4 +1,5 @@
-"""Sharded steps equal single-device steps; an interrupted run resumes to the same result."""
+"""Sharded steps (one or several per call) equal single-device steps, sharded evaluation equals
+one-device evaluation; an interrupted run resumes to the same result."""
 import os
 import subprocess
 import sys
@@ -20,24 +21,35 @@ SHARDED_SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     assert len(jax.devices()) == 4, jax.devices()
     import toy
-    from kamal_jax.train import sharding
+    from kamal_jax.train import evaluate, sharding
     from kamal_jax.train.trainer import train_student
     t1, v1 = toy.teacher('t1', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
     t2, v2 = toy.teacher('t2', 'cifar_resnet8', 7, {'a': (2, 7)}, seed=2)
     stage = toy.stage1([t1, t2])
     out = {}
-    for n in (1, 4):
+    for n, k in ((1, 1), (4, 1), (4, 2)):  # k: steps per jitted call
         variables, metrics = train_student(
-            name=f'mesh{n}', student=stage.student, loss_fn=stage.loss,
-            bridges=stage.init_bridges(jax.random.key(0)), cfg=toy.stage_config(epochs=1, batch_size=8),
+            name=f'mesh{n}x{k}', student=stage.student, loss_fn=stage.loss,
+            bridges=stage.init_bridges(jax.random.key(0)), cfg=toy.stage_config(epochs=2, batch_size=8),
             arrays={'image': toy.images(24)}, frozen={'t1': v1, 't2': v2},
-            mesh=sharding.make_mesh(n), seed=0, crop_padding=2, log_every=1)
-        out[n] = (variables, metrics['loss'])
-    (p1, l1), (p4, l4) = out[1], out[4]
+            mesh=sharding.make_mesh(n), seed=0, crop_padding=2, log_every=3, steps_per_call=k)
+        out[n, k] = (variables, metrics['loss'])
+    (p1, l1), (p4, l4), (p42, l42) = out[1, 1], out[4, 1], out[4, 2]
     assert np.isfinite(l1), l1
     np.testing.assert_allclose(l1, l4, rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+    np.testing.assert_allclose(l42, l4, rtol=1e-5)
+    for a, b, c in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), jax.tree.leaves(p42)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-3, atol=2e-5)
+        np.testing.assert_allclose(np.asarray(c), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # Evaluation runs on the mesh the weights live on, 30 images in padded batches split 4 ways.
+    assert evaluate._mesh_of(p4).size == 4 and evaluate._mesh_of(jax.device_get(p4)) is None
+    put, calls = sharding.put_batch, []
+    sharding.put_batch = lambda batch, mesh, **kw: calls.append(mesh.size) or put(batch, mesh, **kw)
+    on_mesh = evaluate.predict(stage.student, p4, toy.images(30, seed=3), batch_size=7)['a']
+    sharding.put_batch = put
+    on_host = evaluate.predict(stage.student, jax.device_get(p4), toy.images(30, seed=3), batch_size=7)['a']
+    assert calls == [4] * 4 and on_mesh.shape == (30, 5), calls  # batch 7 rounds up to 8
+    np.testing.assert_allclose(on_mesh, on_host, rtol=1e-5, atol=1e-5)
     print('SHARDED_OK', l1, l4)
 ''')
 

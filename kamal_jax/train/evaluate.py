@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any, Mapping
 
@@ -12,8 +13,11 @@ import numpy as np
 from kamal_jax.ambiguity import as_categorical
 from kamal_jax.progress import Progress
 from kamal_jax.tasks import Task
+from kamal_jax.train import sharding
 from kamal_jax.train.augment import to_unit
 from kamal_jax.train.nets import Net
+
+IN_FLIGHT = 2  # batches dispatched ahead of the one being fetched: the device never waits on the host
 
 
 def task_targets(task: Task, labels: Mapping[str, np.ndarray],
@@ -29,22 +33,48 @@ def _predict_fn(net: Net):
     return jax.jit(lambda v, x: {t: as_categorical(l) for t, l in net.apply_eval(v, to_unit(x))[0].items()})
 
 
+def _mesh_of(variables: Any):
+    """The mesh the weights are replicated over, when it spans more than one device: evaluation runs
+    there, the batch split over it like training's. None: one device, as jit places it."""
+    for x in jax.tree.leaves(variables):
+        spec = getattr(x, 'sharding', None)
+        if isinstance(spec, jax.sharding.NamedSharding) and (spec.mesh.size > 1 or jax.process_count() > 1):
+            return spec.mesh
+    return None
+
+
 def predict(net: Net, variables: Any, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Task logits for all images, in fixed-size padded batches (one compilation per net)."""
+    """Task logits for all images, in fixed-size padded batches (one compilation per net).
+
+    Where `variables` live replicated over a mesh (the run's teachers and trained students), each
+    batch is split over it and every process passes the rows its devices hold; the outputs are
+    gathered on every process. A few batches are in flight at once, so copies overlap compute.
+    """
     fn = _predict_fn(net)
-    if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(variables)):
-        # Several processes: each evaluates on its own devices, from a local copy of the weights.
-        from kamal_jax.train.sharding import to_host
-        variables = jax.device_put(to_host(variables), jax.local_devices()[0])
-    outputs, progress = [], Progress(f'evaluating {net.name}', len(images), 'images')
+    mesh = _mesh_of(variables)
+    if mesh is not None:
+        batch_size = -(-batch_size // mesh.size) * mesh.size
+
+    def put(chunk):
+        return sharding.put_batch(chunk, mesh) if mesh is not None else jnp.asarray(chunk)
+    outputs, pending = [], collections.deque()
+    progress = Progress(f'evaluating {net.name}', len(images), 'images')
+
+    def collect():
+        out, valid = pending.popleft()
+        out = sharding.to_host(out)
+        outputs.append({t: l[:valid] for t, l in out.items()})
+        progress.update(valid)
     for i in range(0, len(images), batch_size):
         chunk = images[i:i + batch_size]
-        pad = batch_size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-        out = jax.device_get(fn(variables, jnp.asarray(chunk)))
-        outputs.append({t: l[:batch_size - pad] for t, l in out.items()})
-        progress.update(len(chunk) - pad)
+        valid = len(chunk)
+        if valid < batch_size:
+            chunk = np.concatenate([chunk, np.zeros((batch_size - valid,) + chunk.shape[1:], chunk.dtype)])
+        pending.append((fn(variables, put(chunk)), valid))
+        if len(pending) > IN_FLIGHT:
+            collect()
+    while pending:
+        collect()
     return {t: np.concatenate([o[t] for o in outputs]) for t in outputs[0]}
 
 
