@@ -150,7 +150,8 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
     s = start
     while s < num_steps:
         done = _call_end(s, num_steps, k, periods) if k > 1 else s + 1
-        if done - s == k > 1:
+        scanned = done - s == k > 1
+        if scanned:
             stacked = jax.tree.map(lambda *b: np.stack(b), *[batches.batch(i) for i in range(s, done)])
             state, metrics = multi_step(state, frozen, put_batch(stacked, mesh, stacked=True), rng)
             window.add(s + 1, metrics, count=k)
@@ -163,7 +164,8 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
             compile_s = time.perf_counter() - t_start
             t_window = time.perf_counter()
             log.info('%s: first %s (compilation included) took %.1fs', name,
-                     'step' if done - s == 1 else f'call of {done - s} steps', compile_s)
+                     f'call of {k} steps' if scanned else 'step' if done - s == 1 else f'{done - s} steps',
+                     compile_s)
         else:
             n_window += done - s
         s = done
