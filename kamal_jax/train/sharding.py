@@ -54,13 +54,10 @@ def put_batch(batch: Any, mesh: Mesh, stacked: bool = False) -> Any:
     sharding = stacked_data_sharded(mesh) if stacked else data_sharded(mesh)
     if jax.process_count() == 1:
         return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
-    size = jax.tree.leaves(batch)[0].shape[int(stacked)]
-    rows = process_rows(size, mesh)
-    if stacked:
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-            sharding, np.asarray(x[:, rows]), np.shape(x)), batch)
+    axis = int(stacked)  # the batch axis
+    rows = (slice(None),) * axis + (process_rows(np.shape(jax.tree.leaves(batch)[0])[axis], mesh),)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-        sharding, np.asarray(x[rows]), (size, *np.shape(x)[1:])), batch)
+        sharding, np.asarray(x[rows]), np.shape(x)), batch)
 
 
 def put_replicated(tree: Any, mesh: Mesh) -> Any:
@@ -92,17 +89,11 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(get, tree)
 
 
-def jit_train_step(step: Callable, mesh: Mesh) -> Callable:
-    """jit with explicit shardings; the state argument is donated (updated in place)."""
-    rep, data = replicated(mesh), data_sharded(mesh)
+def jit_train_step(step: Callable, mesh: Mesh, stacked: bool = False) -> Callable:
+    """jit with explicit shardings; the state argument is donated (updated in place). `stacked`:
+    for `steps.make_multi_step`, whose batches are stacked [k, batch, ...]."""
+    rep, data = replicated(mesh), stacked_data_sharded(mesh) if stacked else data_sharded(mesh)
     return jax.jit(step, in_shardings=(rep, rep, data, rep), out_shardings=(rep, rep),
-                   donate_argnums=(0,))
-
-
-def jit_multi_step(multi: Callable, mesh: Mesh) -> Callable:
-    """As `jit_train_step`, for `steps.make_multi_step`: batches stacked [k, batch, ...]."""
-    rep = replicated(mesh)
-    return jax.jit(multi, in_shardings=(rep, rep, stacked_data_sharded(mesh), rep), out_shardings=(rep, rep),
                    donate_argnums=(0,))
 
 

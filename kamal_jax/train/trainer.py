@@ -51,7 +51,7 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
             state = checkpointer.restore(state)
     one_step = make_train_step(loss_fn, tx, crop_padding=crop_padding, flip=flip)
     step = sharding.jit_train_step(one_step, mesh)
-    multi_step = sharding.jit_multi_step(make_multi_step(one_step), mesh) if steps_per_call > 1 else None
+    multi_step = sharding.jit_train_step(make_multi_step(one_step), mesh, stacked=True) if steps_per_call > 1 else None
     frozen = sharding.put_replicated(frozen, mesh)
     hooks = monitoring and TrainingMetrics(name, monitoring, learning_rates=learning_rates(cfg, total),
                                            variables_of=_variables, num_steps=total, write=is_primary())
