@@ -85,7 +85,7 @@ def get_config(arg: str = ''):
     c.seed = 0
     c.data = dict(name='kamal_cifar10', data_dir='', manual_dir='', train_split='train', eval_split='test',
                   image_size=(32, 32), mean=MEAN, std=STD, crop_padding=4, flip=True,
-                  train_limit=budget['train_limit'], eval_limit=0, views=0)
+                  train_limit=budget['train_limit'], eval_limit=0, views=0, **stage_defaults.INPUT)
     c.zoo = ml_collections.ConfigDict()
     c.zoo.teachers = {}
     c.teachers = {}

@@ -61,7 +61,7 @@ def get_config(arg: str = ''):
     c.seed = 0
     c.data = dict(name='kamal_imagewoof', data_dir='', manual_dir='', train_split='train', eval_split='val',
                   image_size=(size, size), mean=MEAN, std=STD, crop_padding=size // 8, flip=True,
-                  train_limit=0, eval_limit=0, views=0)
+                  train_limit=0, eval_limit=0, views=0, **stage_defaults.INPUT)
 
     c.zoo = ml_collections.ConfigDict()
     c.zoo.teachers = {}

@@ -55,7 +55,7 @@ def get_config(arg: str = ''):
     c.seed = 0
     c.data = dict(name='kamal_utkface', data_dir='', manual_dir='', train_split='train', eval_split='test',
                   image_size=(64, 64), mean=MEAN, std=STD, crop_padding=4, flip=True, train_limit=0,
-                  eval_limit=0, views=0)
+                  eval_limit=0, views=0, **stage_defaults.INPUT)
 
     c.zoo = ml_collections.ConfigDict()
     c.zoo.teachers = {}

@@ -44,7 +44,7 @@ def get_config(arg: str = ''):
     c.seed = 0
     c.data = dict(name='kamal_digits', data_dir='', manual_dir='', train_split='train',
                   eval_split='test', image_size=(16, 16), mean=(0.3,) * 3, std=(0.4,) * 3,
-                  crop_padding=2, flip=False, train_limit=0, eval_limit=0, views=0)
+                  crop_padding=2, flip=False, train_limit=0, eval_limit=0, views=0, **stage_defaults.INPUT)
 
     c.zoo = ml_collections.ConfigDict()
     c.zoo.teachers = {}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from kamal_jax import models, selection
@@ -13,6 +14,7 @@ from kamal_jax.tasks import ConfigError, Plan, check_logit_slices, plan_from_con
 from kamal_jax.train import teacher_cache, views as views_lib
 
 SELECTIONS = ('online', 'offline')
+STREAMING_MODES = ('auto', 'always', 'never')
 # stage1.mode (before selectors existed) -> the selector that does the same.
 MODE_TO_SELECTOR = {'select': 'least_entropy', 'random': 'random', 'average': 'uniform'}
 
@@ -53,6 +55,35 @@ def check_views(data: Any) -> None:
     if k and not (data.get('crop_padding', 0) or data.get('flip', False)):
         raise ConfigError(f'data.views = {k} pre-draws augmented views, but data.crop_padding = 0 and '
                           'data.flip = False draw none; set one of them, or data.views = 0.')
+
+
+def check_input(config: Any) -> None:
+    """How the training images reach the step (`stage_defaults.INPUT`): streaming, its memory
+    limit, prefetch, and a records folder to train on."""
+    d = config.data
+    mode = d.get('streaming', 'auto')
+    if mode not in STREAMING_MODES:
+        raise ConfigError(f'data.streaming must be one of {", ".join(map(repr, STREAMING_MODES))} (\'auto\': from disk '
+                          f'when the split exceeds data.memory_limit_gb), got {mode!r}.')
+    limit = d.get('memory_limit_gb', 4.0)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        raise ConfigError(f'data.memory_limit_gb must be a positive number of GiB, got {limit!r}.')
+    prefetch = d.get('prefetch', 4)
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+        raise ConfigError(f'data.prefetch must be a whole number >= 0 (batches gathered ahead; 0: none), '
+                          f'got {prefetch!r}.')
+    path = d.get('train_records', '') or ''
+    if path:
+        from kamal_jax.data import records
+        try:
+            records.read_info(os.path.expanduser(path))
+        except ValueError as e:
+            raise ConfigError(f'data.train_records = {path!r} cannot be used: {e}.') from None
+    streamed = path or mode == 'always'
+    if streamed and views_lib.count(d):
+        raise ConfigError(f'data.views = {views_lib.count(d)} pre-draws views of every training image in host '
+                          f'memory, which {"data.train_records" if path else "data.streaming = always"} avoids; '
+                          'set data.views = 0' + ('.' if path else ", or data.streaming = 'never'."))
 
 
 def check_cadence(config: Any) -> None:
@@ -122,6 +153,7 @@ def validate(config: Any, workdir: str = '') -> Plan:
         raise ConfigError(f'compute_dtype = {config.compute_dtype!r} is not supported; choose one of '
                           f'{", ".join(models.registry.COMPUTE_DTYPES)}.')
     check_views(config.data)
+    check_input(config)
     check_cadence(config)
     check_cache(config, 'stage1', 'teacher_cache')
     check_cache(config, 'stage2', 'component_cache')

@@ -34,28 +34,71 @@ log = logging.getLogger('kamal_jax')
 
 # ----------------------------------------------------------------------------- data and teachers
 
-def load_split(config: Any, split: str):
-    from kamal_jax.data import datasets  # TensorFlow is imported only when data is read.
+def _streams(config: Any, split: str) -> bool:
+    """Whether `split` is read from records on disk (`data.streaming`; 'auto': when its decoded
+    pixels exceed `data.memory_limit_gb`) rather than held in host memory."""
+    from kamal_jax.data import datasets
     d = config.data
-    field = 'data.train_split' if split == d.train_split else 'data.eval_split'
-    try:
-        ds = datasets.load(d.name, split, data_dir=d.get('data_dir') or None,
-                           manual_dir=d.get('manual_dir') or None,
-                           image_size=tuple(d.image_size) if d.get('image_size') else None)
-    except (ValueError, AssertionError) as e:  # TFDS reports bad split specs this way
-        raise ConfigError(f'{field} = {split!r} of dataset {d.name!r} cannot be read: {e}') from None
-    limit_field = 'train_limit' if split == d.train_split else 'eval_limit'
+    mode = d.get('streaming', 'auto')
+    if mode != 'auto':
+        return mode == 'always'
+    nbytes = datasets.split_bytes(d.name, split, data_dir=d.get('data_dir') or None,
+                                  manual_dir=d.get('manual_dir') or None,
+                                  image_size=tuple(d.image_size) if d.get('image_size') else None)
+    return nbytes is not None and nbytes > float(d.get('memory_limit_gb', 4.0)) * 2 ** 30
+
+
+def load_split(config: Any, split: str):
+    from kamal_jax.data import datasets, records  # TensorFlow is imported only when data is read.
+    d = config.data
+    training = split == d.train_split
+    field = 'data.train_split' if training else 'data.eval_split'
+    if training and d.get('train_records'):
+        field = 'data.train_records'
+        ds = records.open_split(os.path.expanduser(d.train_records))
+        log.info('training images: %d of %s from the records in %s, read from disk as needed', len(ds.images),
+                 ds.images.shape[1:], d.train_records)
+    else:
+        try:
+            streaming = _streams(config, split)
+            kwargs = dict(data_dir=d.get('data_dir') or None, manual_dir=d.get('manual_dir') or None,
+                          image_size=tuple(d.image_size) if d.get('image_size') else None, streaming=streaming)
+            ds = distributed.primary_first(  # process 0 writes the records; the others read them
+                lambda: datasets.load(d.name, split, **kwargs), f'reading {field} = {split!r}')
+        except (ValueError, AssertionError) as e:  # TFDS reports bad split specs this way
+            raise ConfigError(f'{field} = {split!r} of dataset {d.name!r} cannot be read: {e}') from None
+        if streaming:
+            log.info('%s = %r: %d images of %s (%.1f GiB decoded) streamed from the records in %s', field, split,
+                     len(ds.images), ds.images.shape[1:], ds.images.nbytes / 2 ** 30, ds.images.directory)
+    limit_field = 'train_limit' if training else 'eval_limit'
     limit = int(d.get(limit_field, 0) or 0)
     if limit > len(ds.images):
         log.warning('data.%s = %d is above the %d images of %s = %r; using all %d.', limit_field, limit,
                     len(ds.images), field, split, len(ds.images))
     if limit and limit < len(ds.images):
-        keep = np.sort(np.random.default_rng(config.seed).permutation(len(ds.images))[:limit])
-        ds = type(ds)(images=ds.images[keep], labels={k: v[keep] for k, v in ds.labels.items()},
-                      label_names=ds.label_names, name=ds.name, split=ds.split)
+        ds = records.take(ds, np.sort(np.random.default_rng(config.seed).permutation(len(ds.images))[:limit]))
     if len(ds.images) == 0:
         raise ConfigError(f'{field} = {split!r} of dataset {d.name!r} is empty.')
     return ds
+
+
+def check_streaming_needs(config: Any, train: Any) -> None:
+    """What needs the whole training split in host memory cannot run on a streamed one: say which."""
+    from kamal_jax.data.records import RecordImages
+    if not isinstance(train.images, RecordImages):
+        return
+    why = (f'the training images are read from disk ({train.images.nbytes / 2 ** 30:.1f} GiB decoded; '
+           f"data.streaming = {config.data.get('streaming', 'auto')!r}, data.memory_limit_gb = "
+           f"{config.data.get('memory_limit_gb', 4.0)}{', data.train_records' if config.data.get('train_records') else ''})")
+    k = views_lib.count(config.data)
+    if k:
+        raise ConfigError(f'data.views = {k} pre-draws {k} views of every training image in host memory, but {why}; '
+                          "set data.views = 0, or data.streaming = 'never' to hold the split in memory.")
+    from kamal_jax import selection
+    name = config.stage1.get('selector', 'least_entropy')
+    if name in selection.SELECTORS and selection.SELECTORS[name].views:
+        raise ConfigError(f'stage1.selector = {name!r} draws {selection.SELECTORS[name].views} views of every training '
+                          f"image in host memory, but {why}; choose another selector, or data.streaming = 'never'.")
 
 
 def ensure_zoo_teachers(config: Any, plan: Plan, workdir: str) -> None:
@@ -194,6 +237,7 @@ def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
     if 'supervised' in (main, *baselines):
         task_label_arrays(plan, train)  # missing labels are refused before the workdir is claimed
     mesh = sharding.make_mesh(config.get('num_devices', -1))
+    check_streaming_needs(config, train)
     _check_budget(config, len(train.images), mesh.size)
     _check_teacher_files(config, plan, workdir)
     resumed = _claim(config, workdir, overwrite)

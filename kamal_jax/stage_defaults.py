@@ -9,6 +9,11 @@ _COMMON = dict(widths=(), epochs=30, batch_size=64, lr=1e-3, bridge_lr=1e-3, sch
                warmup_steps=0, weight_decay=0.0, feature_weight=1.0, logit_weight=1.0,
                logit_loss='mse', temperature=1.0, tap_pairs={}, checkpoint_every=200,
                checkpoint_min_interval_s=60.0)
+# How the training images reach the step (`kamal_jax.data.records`, `kamal_jax.train.input`):
+# streaming 'auto' reads a split from ArrayRecord files on disk when its decoded pixels exceed
+# memory_limit_gb ('always' / 'never' force it); prefetch batches are gathered ahead on worker
+# threads; train_records, a records folder, replaces the train split as the unlabelled images.
+INPUT = dict(streaming='auto', memory_limit_gb=4.0, prefetch=4, train_records='')
 # The frozen nets' output caches (fixed views only: data.crop_padding = 0 and no flip, or data.views = K).
 CACHE = dict(cache_dtype='float16', cache_limit_gb=8.0)
 

@@ -40,7 +40,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-__all__ = ['ArraySplit', 'BUILDERS', 'load', 'builder', 'default_manual_dir', 'DEFAULT_DATA_DIR']
+__all__ = ['ArraySplit', 'BUILDERS', 'load', 'builder', 'prepared_builder', 'split_bytes', 'default_manual_dir',
+           'DEFAULT_DATA_DIR']
 
 DEFAULT_DATA_DIR = '~/tensorflow_datasets'
 MANUAL_DIR_ENV = 'KAMAL_DATASETS_DIR'
@@ -231,21 +232,16 @@ def _decode_accurate(data, shape):
     return img
 
 
-def load(name: str, split: str, *, data_dir=None, manual_dir=None,
-         image_size: Optional[Sequence[int]] = None, crop_to_aspect: bool = True) -> ArraySplit:
-    """Builds (if needed) and reads one split of dataset `name` into memory.
+def _split_records(name, split, image_size, crop_to_aspect, data_dir) -> str:
+    """Where the records of one split at one size live: under the TFDS data dir, beside the builds."""
+    size = 'native' if image_size is None else f'{int(image_size[0])}x{int(image_size[1])}' + ('c' if crop_to_aspect else '')
+    safe = re.sub(r'[^A-Za-z0-9_.%+-]+', '_', f'{split}__{size}')
+    return os.path.join(os.path.expanduser(os.fspath(data_dir or DEFAULT_DATA_DIR)), 'kamal_jax_records', name, safe)
 
-    name: one of `BUILDERS` or a TFDS catalogue name. split: a split name of that dataset (TFDS
-    slicing like 'train[:10%]' works too). data_dir: TFDS data dir (default ~/tensorflow_datasets).
-    manual_dir: folder with the archives for our archive builders (default `default_manual_dir()`);
-    passed to TFDS as `DownloadConfig(manual_dir=...)`. image_size: (h, w) to resize to, antialiased
-    bilinear; with `crop_to_aspect` (default) the image is first center-cropped to the target aspect
-    ratio, so nothing is distorted (a no-op for square images resized to a square). Variable-size
-    datasets (e.g. kamal_imagewoof) need `image_size`.
-    """
-    import tensorflow as tf
+
+def prepared_builder(name: str, *, data_dir=None, manual_dir=None):
+    """The TFDS builder of `name`, built first (`download_and_prepare`) if it is not yet."""
     import tensorflow_datasets as tfds
-
     b = builder(name, data_dir=data_dir)
     if manual_dir is None and getattr(type(b), 'ARCHIVE', None) is not None:
         manual_dir = default_manual_dir()
@@ -253,7 +249,15 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None,
         _check_manual_archive(b, manual_dir)
         cfg = tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir) if manual_dir else None)
         b.download_and_prepare(download_config=cfg)
+    return b
 
+
+def _tf_examples(name: str, split: str, *, data_dir, manual_dir, image_size, crop_to_aspect):
+    """(the builder, a tf.data pipeline of (uint8 image, {label key: int64}), label specs)."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    b = prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir)
     known = dict(b.info.splits)
     for s in _base_splits(split):
         if s not in known:
@@ -285,7 +289,48 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None,
         return img, labs
 
     ds = b.as_dataset(split=split, shuffle_files=False, decoders=decoders)
-    ds = ds.map(to_arrays, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return b, ds.map(to_arrays, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True), specs
+
+
+def split_bytes(name: str, split: str, *, data_dir=None, manual_dir=None,
+                image_size: Optional[Sequence[int]] = None) -> Optional[int]:
+    """The decoded pixels of a split in bytes, from the builder's metadata (the builder is built
+    first if needed): what `load` would hold in memory. None when the images have no fixed size."""
+    b = prepared_builder(name, data_dir=data_dir, manual_dir=manual_dir)
+    try:
+        n = b.info.splits[split].num_examples
+    except Exception:  # unknown or odd split specs: `load` reports them
+        return None
+    shape = b.info.features[_image_key(b.info.features)].shape
+    h, w = (image_size or shape[:2])
+    if h is None or w is None or shape[-1] is None:
+        return None
+    return int(n) * int(h) * int(w) * int(shape[-1])
+
+
+def load(name: str, split: str, *, data_dir=None, manual_dir=None,
+         image_size: Optional[Sequence[int]] = None, crop_to_aspect: bool = True,
+         streaming: bool = False) -> ArraySplit:
+    """Builds (if needed) and reads one split of dataset `name` into memory.
+
+    name: one of `BUILDERS` or a TFDS catalogue name. split: a split name of that dataset (TFDS
+    slicing like 'train[:10%]' works too). data_dir: TFDS data dir (default ~/tensorflow_datasets).
+    manual_dir: folder with the archives for our archive builders (default `default_manual_dir()`);
+    passed to TFDS as `DownloadConfig(manual_dir=...)`. image_size: (h, w) to resize to, antialiased
+    bilinear; with `crop_to_aspect` (default) the image is first center-cropped to the target aspect
+    ratio, so nothing is distorted (a no-op for square images resized to a square). Variable-size
+    datasets (e.g. kamal_imagewoof) need `image_size`.
+
+    streaming: instead of holding the split in memory, write its decoded, resized pixels once as
+    ArrayRecord files under DATA_DIR/kamal_jax_records/ (`kamal_jax.data.records`) and return a
+    split whose `images` read rows from them on demand; the pixels are the in-memory path's exactly.
+    """
+    if streaming:
+        return _load_records(name, split, data_dir=data_dir, manual_dir=manual_dir, image_size=image_size,
+                             crop_to_aspect=crop_to_aspect)
+    import tensorflow_datasets as tfds
+    _, ds, specs = _tf_examples(name, split, data_dir=data_dir, manual_dir=manual_dir,
+                                image_size=image_size, crop_to_aspect=crop_to_aspect)
     img_shape = ds.element_spec[0].shape
     images, labels = [], {key: [] for _, key, _ in specs}
     if img_shape.is_fully_defined():
@@ -314,3 +359,33 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None,
         images = images.astype(np.uint8)
     return ArraySplit(images=images, labels=labels,
                       label_names={key: names for _, key, names in specs}, name=name, split=split)
+
+
+def _load_records(name, split, *, data_dir, manual_dir, image_size, crop_to_aspect) -> ArraySplit:
+    """The split's records folder, written first (one chunk in memory at a time) if missing or stale."""
+    from kamal_jax.data import records
+    import tensorflow_datasets as tfds
+    out = _split_records(name, split, image_size, crop_to_aspect, data_dir)
+    source = {'name': name, 'split': split, 'image_size': list(image_size) if image_size else None,
+              'crop_to_aspect': bool(crop_to_aspect)}
+    b, ds, specs = _tf_examples(name, split, data_dir=data_dir, manual_dir=manual_dir,
+                                image_size=image_size, crop_to_aspect=crop_to_aspect)
+    source['version'] = str(b.version)
+    try:
+        if records.read_info(out).get('source') == source:
+            return records.open_split(out)
+    except ValueError:
+        pass  # missing or incomplete: (re)write it
+    shape = ds.element_spec[0].shape
+    if not shape.is_fully_defined():
+        raise ValueError(f'{name} has images of different sizes; streaming needs image_size=(h, w).')
+    from kamal_jax.progress import Progress
+    progress = Progress(f'writing records of {name} {split}', b.info.splits[split].num_examples, 'images')
+
+    def chunks():
+        for img, labs in tfds.as_numpy(ds.batch(1024)):
+            progress.update(len(img))
+            yield img.astype(np.uint8), labs
+    records.write(out, chunks(), shape=tuple(shape), label_names={key: names for _, key, names in specs},
+                  name=name, split=split, source=source)
+    return records.open_split(out)

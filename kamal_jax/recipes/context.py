@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from kamal_jax import models, selection, summary as summary_lib
+from kamal_jax.data import records
 from kamal_jax.tasks import Plan
 from kamal_jax.train import evaluate as eval_lib
 from kamal_jax.train.metrics import Monitoring
@@ -49,8 +50,7 @@ class Run:
         if len(split.images) <= EVAL_SAMPLES:
             return split
         keep = np.sort(np.random.default_rng(self.config.seed).permutation(len(split.images))[:EVAL_SAMPLES])
-        return type(split)(images=split.images[keep], labels={k: v[keep] for k, v in split.labels.items()},
-                           label_names=split.label_names, name=split.name, split=split.split)
+        return records.take(split, keep)
 
     def monitoring(self, logdir: str, net: Net, config: Any) -> Monitoring:
         """Curves of `net`'s training under `logdir` (TensorBoard and JSONL), `config` as hparams, and

@@ -21,7 +21,7 @@ from kamal_jax import selection
 from kamal_jax.recipes.context import Outcome, Run, floats, loss_weights, selector_of
 from kamal_jax.recipes.stages import offline_selection, selection_arrays
 from kamal_jax.tasks import ConfigError, Plan
-from kamal_jax.train import evaluate as eval_lib, views as views_lib
+from kamal_jax.train import evaluate as eval_lib, input as input_lib, views as views_lib
 from kamal_jax.train.objectives import Distill, LossWeights, Supervised, make_pairs
 from kamal_jax.train.trainer import train_student
 
@@ -44,6 +44,7 @@ def _train(run: Run, name: str, main: bool, method: str, cfg: Any, target, loss_
         name='target' if main else f'baseline/{name}', student=target, loss_fn=loss_fn, bridges=bridges, cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=run.mesh, seed=run.config.seed + 1, ckpt_dir=ckpt,
         log_every=run.config.log_every, steps_per_call=run.config.get('steps_per_call', 1),
+        prefetch=input_lib.prefetch_of(run.config),
         monitoring=run.monitoring(logdir, target, run.config),
         **views_lib.step_augmentation(run.config.data))
     key = 'target' if main else f'baseline_{name}'

@@ -15,7 +15,7 @@ from kamal_jax import selection
 from kamal_jax.files import sha256
 from kamal_jax.recipes.context import compute_dtype, loss_weights, selector_of, student_net
 from kamal_jax.tasks import ConfigError, Plan
-from kamal_jax.train import distributed, evaluate as eval_lib, teacher_cache, views as views_lib
+from kamal_jax.train import distributed, evaluate as eval_lib, input as input_lib, teacher_cache, views as views_lib
 from kamal_jax.train.nets import Net
 from kamal_jax.train.objectives import Amalgamate, Distill, make_pairs
 from kamal_jax.train.trainer import train_student
@@ -133,7 +133,7 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir, monit
         bridges=stage.init_bridges(_task_rng(config.seed, task), cfg.get('bridge_width_ratio', 0.5)), cfg=cfg,
         arrays=arrays, frozen=group_frozen, mesh=mesh, seed=config.seed,
         ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every,
-        steps_per_call=config.get('steps_per_call', 1),
+        steps_per_call=config.get('steps_per_call', 1), prefetch=input_lib.prefetch_of(config),
         monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage1', task), student),
         **views_lib.step_augmentation(config.data))
     return student, variables, metrics
@@ -162,7 +162,7 @@ def run_stage2(plan, components, train, config, mesh, workdir, monitoring=None):
         bridges=stage.init_bridges(jax.random.fold_in(jax.random.key(config.seed), 2)), cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=mesh,
         seed=config.seed + 1, ckpt_dir=os.path.join(workdir, 'stage2'), log_every=config.log_every,
-        steps_per_call=config.get('steps_per_call', 1),
+        steps_per_call=config.get('steps_per_call', 1), prefetch=input_lib.prefetch_of(config),
         monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage2'), target),
         **views_lib.step_augmentation(config.data))
     return target, variables, metrics

@@ -1,4 +1,8 @@
-"""Orbax checkpoints of a train state: save every N steps (with a time floor), resume from the latest."""
+"""Orbax checkpoints of a train state: save every N steps (with a time floor), resume from the latest.
+
+A step holds the item `default` (the train state; checkpoints from before the input pipeline held
+only this one) and, where the loop has one, `data`: the input iterator's state as JSON.
+"""
 
 from __future__ import annotations
 
@@ -34,8 +38,11 @@ class Checkpointer:
         self.every_steps = max(1, int(every_steps))
         self.min_interval_s = float(min_interval_s)
         self._last_save = time.monotonic()  # restoring or starting counts as a fresh state
+        self.restored_data = None  # the input iterator's state of the step `restore` read, if it had one
         self.manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+            self.directory, item_names=('default', 'data'),
+            item_handlers={'default': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()},
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -45,12 +52,18 @@ class Checkpointer:
 
         A step that fails to restore (a truncated or corrupt file) is moved aside, never deleted,
         and the next newest is tried; with none left, returns `abstract_state` as it is (a fresh start).
+        The step's input iterator state, where it has one, is left in `restored_data`.
         """
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                               abstract_state)
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                return self.manager.restore(step, args=ocp.args.StandardRestore(target))
+                items = {'default': ocp.args.StandardRestore(target)}
+                if os.path.isdir(os.path.join(self.directory, str(step), 'data')):
+                    items['data'] = ocp.args.JsonRestore()
+                restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+                self.restored_data = restored.get('data') if 'data' in items else None
+                return restored['default']
             except Exception as e:  # orbax and tensorstore raise many kinds on a damaged checkpoint
                 reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                 aside = self._move_aside(step)
@@ -81,11 +94,16 @@ class Checkpointer:
             return False
         return self.manager.latest_step() != step
 
-    def maybe_save(self, step: int, state: Any, *, force: bool = False, due: bool | None = None) -> bool:
-        """Saves `state` as `step` when due (or `force`); returns whether it saved."""
+    def maybe_save(self, step: int, state: Any, *, force: bool = False, due: bool | None = None,
+                   data: dict | None = None) -> bool:
+        """Saves `state` (and `data`, the input iterator's state) as `step` when due (or `force`);
+        returns whether it saved."""
         if not (self.due(step, force=force) if due is None else due):
             return False
-        self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        items = {'default': ocp.args.StandardSave(state)}
+        if data is not None:
+            items['data'] = ocp.args.JsonSave(data)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._last_save = time.monotonic()
         return True
 

@@ -11,42 +11,10 @@ import jax
 import numpy as np
 
 from kamal_jax.train.checkpoint import Checkpointer
-from kamal_jax.train.sharding import put_batch, to_host
+from kamal_jax.train.input import DEFAULT_PREFETCH, BatchStream, EpochBatches
+from kamal_jax.train.sharding import process_rows, put_batch, to_host
 
 log = logging.getLogger('kamal_jax')
-
-
-class EpochBatches:
-    """Batches that depend only on (seed, step): a resumed run sees exactly the same data order.
-
-    With `views = K > 1` the arrays hold K pre-drawn views of each sample, view-major (row
-    v * N + i); an epoch still shows each of the N samples once, each in a view picked at random.
-    """
-
-    def __init__(self, arrays: Mapping[str, Any], batch_size: int, seed: int, views: int = 1):
-        self.arrays = arrays
-        rows = len(next(iter(jax.tree.leaves(arrays))))
-        if views < 1 or rows % views:
-            raise ValueError(f'{rows} rows cannot hold {views} views of each sample.')
-        self.views = views
-        self.size = rows // views
-        if self.size < batch_size:
-            raise ValueError(f'batch_size = {batch_size} exceeds the {self.size} training samples.')
-        self.batch_size = batch_size
-        self.seed = seed
-        self.steps_per_epoch = self.size // batch_size
-        self._epoch, self._order = -1, None
-
-    def batch(self, step: int) -> Any:
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:
-            self._epoch = epoch
-            rng = np.random.default_rng([self.seed, epoch])
-            self._order = rng.permutation(self.size)
-            if self.views > 1:
-                self._order = self._order + self.size * rng.integers(0, self.views, self.size)
-        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
-        return jax.tree.map(lambda a: a[idx], self.arrays)
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -121,13 +89,17 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
         rng: jax.Array, mesh, checkpointer: Checkpointer | None = None, log_every: int = 50,
         on_log: Callable[[int, dict, float], None] | None = None,
         on_step: Callable[[int, Any], None] | None = None,
-        multi_step: Callable | None = None, steps_per_call: int = 1, eval_every: int = 0) -> tuple[Any, dict]:
+        multi_step: Callable | None = None, steps_per_call: int = 1, eval_every: int = 0,
+        prefetch: int = DEFAULT_PREFETCH) -> tuple[Any, dict]:
     """Runs `step` from `state.step` to `num_steps`; returns the state and the last metrics.
 
     `on_log(step, window means, images/s)` follows each log line; `on_step(step, state)` each call.
     `multi_step` (`steps.make_multi_step`, jitted) runs `steps_per_call` steps per call; a call
     never crosses a step where a log line, an evaluation (`eval_every`) or a save may fall, and
     the steps up to such a step that are fewer than `steps_per_call` run one per call.
+
+    Batches come from a `BatchStream` that gathers `prefetch` of them ahead on worker threads; its
+    position is saved with every checkpoint and restored from the one `checkpointer` resumed from.
 
     Before every save the steps since the last check are fetched and checked: a state that a
     non-finite loss or update went into is never saved (`NonFiniteLoss`).
@@ -140,6 +112,13 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
     log.info('%s: steps %d..%d (%d per epoch, batch %d%s)%s', name, start, num_steps,
              batches.steps_per_epoch, batches.batch_size, f', {k} per call' if k > 1 else '',
              ' [resumed]' if start else '')
+    multi_process = jax.process_count() > 1  # each process gathers only its devices' rows
+    stream = BatchStream(batches, num_steps, prefetch=prefetch,
+                         rows=process_rows(batches.batch_size, mesh) if multi_process else None)
+    saved = checkpointer.restored_data if checkpointer is not None else None
+    stream.restore(saved, start)
+    if saved is not None:
+        log.info('%s: input resumed at step %d from the checkpoint\'s iterator state', name, stream.position)
     window, last = _Window(name), {}
     periods = (log_every, eval_every, checkpointer.every_steps if checkpointer is not None else 0)
 
@@ -152,12 +131,12 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
         done = _call_end(s, num_steps, k, periods) if k > 1 else s + 1
         scanned = done - s == k > 1
         if scanned:
-            stacked = jax.tree.map(lambda *b: np.stack(b), *[batches.batch(i) for i in range(s, done)])
-            state, metrics = multi_step(state, frozen, put_batch(stacked, mesh, stacked=True), rng)
+            stacked = jax.tree.map(lambda *b: np.stack(b), *[stream.next(i) for i in range(s, done)])
+            state, metrics = multi_step(state, frozen, put_batch(stacked, mesh, stacked=True, local=multi_process), rng)
             window.add(s + 1, metrics, count=k)
         else:
             for i in range(s, done):
-                state, metrics = step(state, frozen, put_batch(batches.batch(i), mesh), rng)
+                state, metrics = step(state, frozen, put_batch(stream.next(i), mesh, local=multi_process), rng)
                 window.add(i + 1, metrics)
         if t_window is None:  # the first call compiles; time it apart from throughput
             jax.block_until_ready(metrics)
@@ -183,7 +162,7 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
             force = done == num_steps
             if checkpointer.due(done, force=force):
                 window.fetch_and_check(last_good)
-                checkpointer.maybe_save(done, state, due=True)
+                checkpointer.maybe_save(done, state, due=True, data=stream.state())
     if checkpointer is not None:
         checkpointer.manager.wait_until_finished()
     last['compile_seconds'] = compile_s

@@ -44,16 +44,19 @@ def process_rows(batch_size: int, mesh: Mesh) -> slice:
     return slice(lo, hi)
 
 
-def put_batch(batch: Any, mesh: Mesh, stacked: bool = False) -> Any:
+def put_batch(batch: Any, mesh: Mesh, stacked: bool = False, local: bool = False) -> Any:
     """Host numpy batch -> global arrays split along the batch axis over the mesh.
 
     `batch` is the whole global batch (every process computes the same, seed-determined one);
-    with several processes each one hands over only the rows its own devices hold. `stacked`:
-    k batches stacked on a leading axis ([k, batch, ...], for `steps.make_multi_step`).
+    with several processes each one hands over only the rows its own devices hold. `local`: the
+    batch already holds only those rows (`process_rows`; the training input reads no others).
+    `stacked`: k batches stacked on a leading axis ([k, batch, ...], for `steps.make_multi_step`).
     """
     sharding = stacked_data_sharded(mesh) if stacked else data_sharded(mesh)
     if jax.process_count() == 1:
         return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+    if local:
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
     axis = int(stacked)  # the batch axis
     rows = (slice(None),) * axis + (process_rows(np.shape(jax.tree.leaves(batch)[0])[axis], mesh),)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(

@@ -255,7 +255,7 @@ def load_or_build(path: str, *, spec: Spec, frozen, images: np.ndarray, key: Map
         inputs['selected'] = np.asarray(selected, np.int32)
     arrays_spec = layout(spec, frozen, images.shape[1:], len(images), feature_dtype, 'selected' in inputs)
     manifest = {'key': dict(key), 'stage': name, 'feature_dtype': feature_dtype,
-                'inputs_crc32': {k: zlib.crc32(np.ascontiguousarray(v).data) for k, v in inputs.items()},
+                'inputs_crc32': {k: _checksum(v) for k, v in inputs.items()},
                 'arrays': {k: [list(s), d] for k, (s, d) in arrays_spec.items()}}
     manifest = json.loads(json.dumps(manifest))  # as it reads back from disk
     found = _read_manifest(path)
@@ -277,6 +277,13 @@ def load_or_build(path: str, *, spec: Spec, frozen, images: np.ndarray, key: Map
     arrays = _open(path, arrays_spec)
     assert arrays is not None, path
     return arrays
+
+
+def _checksum(array) -> int | str:
+    """What the cache was built on: the CRC-32 of an in-memory array; for images streamed from disk
+    (`data.records.RecordImages`) their fingerprint, the records' CRC-32 and rows (nothing is read)."""
+    fingerprint = getattr(array, 'fingerprint', None)
+    return fingerprint if fingerprint is not None else zlib.crc32(np.ascontiguousarray(array).data)
 
 
 def _build(path, fn, frozen, inputs, spec, manifest, batch_size) -> None:

@@ -11,7 +11,8 @@ import numpy as np
 from kamal_jax.train import sharding
 from kamal_jax.train.checkpoint import Checkpointer
 from kamal_jax.train.distributed import is_primary
-from kamal_jax.train.loop import EpochBatches, fit
+from kamal_jax.train.input import DEFAULT_PREFETCH, EpochBatches
+from kamal_jax.train.loop import fit
 from kamal_jax.train.metrics import Monitoring, TrainingMetrics
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import create_state, learning_rates, make_optimizer
@@ -21,7 +22,8 @@ from kamal_jax.train.steps import make_multi_step, make_train_step
 def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, cfg: Any,
                   arrays: dict[str, np.ndarray], frozen: Any, mesh, seed: int,
                   crop_padding: int = 0, flip: bool = False, views: int = 1, ckpt_dir: str | None = None,
-                  log_every: int = 50, steps_per_call: int = 1, stop_after: int | None = None,
+                  log_every: int = 50, steps_per_call: int = 1, prefetch: int = DEFAULT_PREFETCH,
+                  stop_after: int | None = None,
                   monitoring: Monitoring | None = None) -> tuple[dict, dict]:
     """Returns the student's variables and the last logged metrics.
 
@@ -29,7 +31,8 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
     many pre-drawn views of each sample (`kamal_jax.train.views`); `stop_after` ends early at that
     step (used to test that an interrupted run resumes to the same result); `monitoring` says where
     TensorBoard and JSONL metrics go and what held-out evaluation runs during training;
-    `steps_per_call` > 1 runs that many steps in one jitted call (`steps.make_multi_step`).
+    `steps_per_call` > 1 runs that many steps in one jitted call (`steps.make_multi_step`);
+    `prefetch` batches are gathered ahead on worker threads (`input.BatchStream`).
     """
     sharding.check_batch_size(cfg.batch_size, mesh, f'{name}.batch_size')
     batches = EpochBatches(arrays, cfg.batch_size, seed, views)
@@ -61,7 +64,7 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
                              mesh=mesh, checkpointer=checkpointer, log_every=log_every,
                              on_log=hooks and hooks.on_log, on_step=hooks and hooks.on_step,
                              multi_step=multi_step, steps_per_call=steps_per_call,
-                             eval_every=monitoring.eval_every if monitoring else 0)
+                             eval_every=monitoring.eval_every if monitoring else 0, prefetch=prefetch)
     finally:
         if hooks:
             hooks.close()

@@ -1,0 +1,171 @@
+"""Streaming input against the in-memory path: peak host memory by dataset size, and stage speed.
+
+    python -m kamal_jax.data.crops --size 500000 --out DIR500     # once per size (50k, 200k, 500k)
+    python -m kamal_jax.benchmarks.streaming memory DIR50 DIR200 DIR500 [--steps 40]
+    python -m kamal_jax.benchmarks.streaming speed DIR50 [--steps 60] [--rounds 2]
+
+Both train cifar10_parts' stage 1 as `train_student` drives it in a run: a ResNet-20 and a small
+ResNet-18 teacher (random weights: speed and memory do not depend on them), a ResNet-20 component,
+online least-entropy selection, tempered KL on logits plus feature matching, batch 128, random
+crops and flips on the device.
+
+`memory`: each (path, size) trains the same number of steps in a fresh process; a thread samples
+the process's anonymous resident memory (RssAnon: not file-backed pages, so the page cache the
+records are read through does not count) every 20 ms and reports its peak. The in-memory path
+holds the decoded split (N x 3 KiB at 32 px), so it grows with N; streaming should not.
+
+`speed`: one process, the paths alternating for `--rounds`; images/s of the best round with
+compilation excluded: in memory with the batch gathered on the loop's thread (prefetch 0, the loop
+before streaming existed), in memory with prefetch, streamed with prefetch, streamed without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+
+from kamal_jax import xla
+
+xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kamal_jax import models, selection, stage_defaults  # noqa: E402
+from kamal_jax.data import records  # noqa: E402
+from kamal_jax.train import sharding  # noqa: E402
+from kamal_jax.train.nets import Net  # noqa: E402
+from kamal_jax.train.objectives import Distill, LossWeights, make_pairs  # noqa: E402
+from kamal_jax.train.trainer import train_student  # noqa: E402
+
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+TEACHERS = (('a_resnet20', 'cifar_resnet20', None, (0, 5)), ('a_resnet18', 'resnet18_small', (16, 16, 32, 64, 128), (3, 8)))
+BATCH = 128
+
+
+def cifar10_parts_stage1():
+    """(component Net, Distill loss, frozen teacher variables, stage config) of cifar10_parts' part_a."""
+    teachers, frozen = [], {}
+    for i, (name, arch, widths, logits) in enumerate(TEACHERS):
+        net = Net(name, arch, models.classifier(arch, 8, widths), MEAN, STD, heads={'part_a': logits})
+        teachers.append(net)
+        frozen[name] = net.module.init(jax.random.key(i), jnp.zeros((1, 32, 32, 3)))
+    student = Net('component_part_a', 'cifar_resnet20', models.multihead('cifar_resnet20', [('part_a', 5)]), MEAN, STD)
+    pairs = {t.name: make_pairs(t, student, None) for t in teachers}
+    loss = Distill.component('part_a', student, teachers, pairs, LossWeights(logit_loss='kl', temperature=4.0),
+                             selector=selection.get('least_entropy'))
+    cfg = ml_collections.ConfigDict(stage_defaults.stage1(arch='cifar_resnet20', epochs=1, batch_size=BATCH,
+                                                          lr=2e-3, bridge_lr=2e-3, logit_loss='kl', temperature=4.0))
+    return student, loss, frozen, cfg
+
+
+def train(images, steps: int, prefetch: int) -> dict:
+    student, loss, frozen, cfg = cifar10_parts_stage1()
+    cfg.epochs = max(1, -(-steps * BATCH // len(images)))
+    _, m = train_student(name='stage1', student=student, loss_fn=loss.loss, bridges=loss.init_bridges(jax.random.key(0)),
+                         cfg=cfg, arrays={'image': images}, frozen=frozen, mesh=sharding.make_mesh(1), seed=0,
+                         crop_padding=4, flip=True, log_every=steps, stop_after=steps, prefetch=prefetch)
+    return {'img_per_s': (steps - 1) * BATCH / (m['train_seconds'] - m['compile_seconds']),
+            'compile_s': m['compile_seconds']}
+
+
+def _rss_anon_kib() -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('RssAnon:'):
+                return int(line.split()[1])
+    return 0
+
+
+def measure_memory(directory: str, path: str, steps: int) -> dict:
+    """One (path, size) in this process: peak RssAnon while loading and training `steps` steps."""
+    peak, stop = [0], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_anon_kib())
+            time.sleep(0.02)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    images = records.open_split(directory).images
+    if path == 'memory':
+        images = images[:]  # the whole split decoded in host memory, as the in-memory loader holds it
+    result = train(images, steps, prefetch=4)
+    stop.set()
+    sampler.join()
+    return {'path': path, 'images': len(images), 'peak_rss_anon_mib': peak[0] / 1024, **result}
+
+
+def memory(dirs, steps: int) -> list[dict]:
+    rows = []
+    for path in ('stream', 'memory'):
+        for d in dirs:
+            out = subprocess.run([sys.executable, '-m', 'kamal_jax.benchmarks.streaming', '_one', d, path,
+                                  '--steps', str(steps)], capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"{path:7s} {rows[-1]['images']:7d} images: peak RssAnon {rows[-1]['peak_rss_anon_mib']:.0f} MiB, "
+                  f"{rows[-1]['img_per_s']:.0f} img/s", flush=True)
+    return rows
+
+
+def speed(directory: str, steps: int, rounds: int) -> dict:
+    streamed = records.open_split(directory).images
+    in_memory = streamed[:]
+    runs = {'memory, prefetch 0': (in_memory, 0), 'memory, prefetch 4': (in_memory, 4),
+            'stream, prefetch 4': (streamed, 4), 'stream, prefetch 0': (streamed, 0)}
+    best = {k: 0.0 for k in runs}
+    for r in range(rounds):
+        for name, (images, prefetch) in runs.items():
+            best[name] = max(best[name], train(images, steps, prefetch)['img_per_s'])
+            print(f'round {r + 1}: {name}: {best[name]:.0f} img/s (best so far)', flush=True)
+    return best
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    sub = p.add_subparsers(dest='what', required=True)
+    m = sub.add_parser('memory')
+    m.add_argument('dirs', nargs='+', help='records folders of different sizes (kamal_jax.data.crops)')
+    m.add_argument('--steps', type=int, default=40)
+    s = sub.add_parser('speed')
+    s.add_argument('dir')
+    s.add_argument('--steps', type=int, default=60)
+    s.add_argument('--rounds', type=int, default=2)
+    one = sub.add_parser('_one')  # a child process of `memory`
+    one.add_argument('dir')
+    one.add_argument('path', choices=('stream', 'memory'))
+    one.add_argument('--steps', type=int, default=40)
+    a = p.parse_args(argv)
+    where = f'{jax.devices()[0].platform} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
+    if a.what == '_one':
+        print(json.dumps(measure_memory(a.dir, a.path, a.steps)))
+        return
+    if a.what == 'memory':
+        rows = memory(a.dirs, a.steps)
+        print(f'\n{where}, cifar10_parts stage 1 shape, batch {BATCH}, {a.steps} steps per run, one process each')
+        print('| input | images | peak anonymous memory (MiB) | vs the smallest set | images/s |')
+        print('|---|---:|---:|---:|---:|')
+        for r in rows:
+            base = min(x['peak_rss_anon_mib'] for x in rows if x['path'] == r['path'] and x['images'] == min(
+                y['images'] for y in rows if y['path'] == r['path']))
+            print(f"| {'streamed from records' if r['path'] == 'stream' else 'in memory'} | {r['images']:,} | "
+                  f"{r['peak_rss_anon_mib']:.0f} | {r['peak_rss_anon_mib'] / base:.3f}x | {r['img_per_s']:.0f} |")
+        return
+    best = speed(a.dir, a.steps, a.rounds)
+    print(f'\n{where}, cifar10_parts stage 1 shape, batch {BATCH}, {a.steps} steps, best of {a.rounds}')
+    print('| input | images/s (compilation excluded) | vs memory, prefetch 0 |')
+    print('|---|---:|---:|')
+    for name, rate in best.items():
+        print(f'| {name} | {rate:.0f} | {rate / best["memory, prefetch 0"]:.2f}x |')
+
+
+if __name__ == '__main__':
+    main()

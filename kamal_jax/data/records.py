@@ -1,0 +1,223 @@
+"""A split on disk as ArrayRecord files of ready pixels, read lazily by row: data past host memory.
+
+    from kamal_jax.data import records
+    records.write(out_dir, chunks, shape=(32, 32, 3), label_names={'label': [...]})
+    split = records.open_split(out_dir)     # an ArraySplit whose `images` are a RecordImages
+    split.images[[3, 1, 4]]                 # (3, 32, 32, 3) uint8, read from disk now
+
+Why this format: each record is one image's already-decoded, already-resized uint8 pixels, stored
+losslessly, so training reads exactly the pixels the in-memory loader gives, without TensorFlow
+(it is needed only to decode and resize when the records are written). Records are read by index
+(random access), so the seed-determined batch order of the in-memory path carries over unchanged,
+and resuming is exact. Labels are small (one int64 per image and label key) and stay in memory.
+
+A folder holds `images-NNNNN-of-MMMMM.array_record` shards, `labels.npz` and `info.json`; it is
+written to a temporary folder and renamed into place, so a half-written folder is never read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ['RecordImages', 'write', 'open_split', 'is_records_dir', 'INFO', 'FORMAT']
+
+INFO = 'info.json'
+LABELS = 'labels.npz'
+FORMAT = 'kamal_jax.records/1'
+WRITER_OPTIONS = 'group_size:1,uncompressed'  # one record per chunk: random access reads one image
+RECORDS_PER_SHARD = 100_000
+
+
+def is_records_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, INFO))
+
+
+class RecordImages:
+    """(N, H, W, C) uint8 images read from ArrayRecord shards on demand; indexes like a numpy array
+    for what the trainer asks of it: an int, a slice or an integer array of rows.
+
+    `subset(rows)` is a lazy view on some rows (nothing is read). `fingerprint` names the files and
+    rows, so caches keyed by image index can tell one set of images from another without reading them.
+    """
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, directory: str, paths: Sequence[str], count: int, shape: Sequence[int],
+                 digest: str, rows: np.ndarray | None = None):
+        self.directory, self.paths, self.count = directory, tuple(paths), int(count)
+        self.image_shape, self.digest = tuple(int(s) for s in shape), digest
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+        self._source = None
+
+    @property
+    def shape(self) -> tuple:
+        return (len(self), *self.image_shape)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * int(np.prod(self.image_shape))
+
+    @property
+    def fingerprint(self) -> str:
+        rows = '' if self.rows is None else f':{zlib.crc32(self.rows.tobytes()):08x}'
+        return f'{self.digest}:{len(self)}{rows}'
+
+    def __len__(self) -> int:
+        return self.count if self.rows is None else len(self.rows)
+
+    def __getstate__(self):  # the reader holds open files; workers open their own
+        return {**self.__dict__, '_source': None}
+
+    def _reader(self):
+        if self._source is None:
+            from grain.python import ArrayRecordDataSource
+            self._source = ArrayRecordDataSource(list(self.paths))
+        return self._source
+
+    def subset(self, rows) -> 'RecordImages':
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim != 1 or (len(rows) and (rows.min() < 0 or rows.max() >= len(self))):
+            raise IndexError(f'rows out of range for {len(self)} images')
+        base = rows if self.rows is None else self.rows[rows]
+        return RecordImages(self.directory, self.paths, self.count, self.image_shape, self.digest, base)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self._read(np.asarray([key]))[0]
+        if isinstance(key, slice):
+            return self._read(np.arange(*key.indices(len(self))))
+        key = np.asarray(key)
+        if key.dtype == bool:
+            key = np.flatnonzero(key)
+        if key.ndim != 1 or not np.issubdtype(key.dtype, np.integer):
+            raise TypeError(f'RecordImages take an int, a slice or a 1-d integer array of rows, not {key!r}')
+        return self._read(key)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        n = len(self)
+        idx = np.where(idx < 0, idx + n, idx)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f'row {int(idx.max() if idx.max() >= n else idx.min())} is out of range for {n} images')
+        rows = idx if self.rows is None else self.rows[idx]
+        out = np.empty((len(rows), *self.image_shape), np.uint8)
+        if len(rows):
+            for i, record in enumerate(self._reader().__getitems__([int(r) for r in rows])):
+                out[i] = np.frombuffer(record, np.uint8).reshape(self.image_shape)
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[:]
+        return a if dtype is None else a.astype(dtype)
+
+    def __repr__(self):
+        return f'RecordImages({self.directory!r}, shape={self.shape})'
+
+
+def write(out_dir: str, chunks: Iterable[tuple[np.ndarray, Mapping[str, np.ndarray]]], *, shape: Sequence[int],
+          label_names: Mapping[str, list], name: str = '', split: str = '', source: Mapping | None = None) -> str:
+    """Writes (images [n, H, W, C] uint8, {label key: [n] ints}) chunks as a records folder; returns it.
+
+    Only one chunk is in memory at a time. `source` (JSON data) says where the pixels came from;
+    it is kept in info.json, and `open_or_write`-style callers compare it before reusing a folder.
+    An existing `out_dir` is replaced only once the new folder is complete.
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+    shape = tuple(int(s) for s in shape)
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = f'{os.path.abspath(out_dir)}.tmp{os.getpid()}'
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    labels = {k: [] for k in label_names}
+    count, shard, writer, digest = 0, 0, None, zlib.crc32(repr(shape).encode())
+    try:
+        for images, labs in chunks:
+            images = np.asarray(images)
+            if images.dtype != np.uint8 or tuple(images.shape[1:]) != shape:
+                raise ValueError(f'records of {shape} uint8 pixels cannot hold a chunk of '
+                                 f'{images.shape[1:]} {images.dtype}')
+            if set(labs) != set(labels):
+                raise ValueError(f'a chunk has labels {sorted(labs)}, the split {sorted(labels)}')
+            for k, v in labs.items():
+                labels[k].append(np.asarray(v, np.int64))
+            for image in images:
+                if writer is None or count % RECORDS_PER_SHARD == 0:
+                    if writer is not None:
+                        writer.close()
+                    writer = ArrayRecordWriter(os.path.join(tmp, f'images-{shard:05d}'), WRITER_OPTIONS)
+                    shard += 1
+                data = np.ascontiguousarray(image).tobytes()
+                writer.write(data)
+                digest = zlib.crc32(data, digest)
+                count += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    if count == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f'no images to write to {out_dir}')
+    names = []
+    for i in range(shard):  # the shard count is known only now
+        names.append(f'images-{i:05d}-of-{shard:05d}.array_record')
+        os.replace(os.path.join(tmp, f'images-{i:05d}'), os.path.join(tmp, names[-1]))
+    np.savez(os.path.join(tmp, LABELS), **{k: np.concatenate(v) if v else np.zeros(0, np.int64)
+                                           for k, v in labels.items()})
+    info = {'format': FORMAT, 'name': name, 'split': split, 'count': count, 'shape': list(shape),
+            'label_names': {k: list(v) for k, v in label_names.items()}, 'shards': names,
+            'crc32': f'{digest:08x}', 'source': dict(source or {})}
+    with open(os.path.join(tmp, INFO), 'w') as f:
+        json.dump(info, f, indent=1)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def read_info(directory: str) -> dict:
+    """info.json of a records folder, or a ValueError naming the folder and what is wrong."""
+    path = os.path.join(directory, INFO)
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f'{directory!r} is not a kamal_jax records folder: it has no {INFO}') from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f'{path!r} cannot be read: {e}') from None
+    if not isinstance(info, dict) or info.get('format') != FORMAT:
+        raise ValueError(f'{path!r} is not of format {FORMAT!r} (found {info.get("format") if isinstance(info, dict) else info!r})')
+    missing = [s for s in info['shards'] if not os.path.isfile(os.path.join(directory, s))]
+    if missing or not os.path.isfile(os.path.join(directory, LABELS)):
+        raise ValueError(f'records folder {directory!r} is incomplete: {", ".join(missing) or LABELS} missing')
+    return info
+
+
+def open_split(directory: str):
+    """The records folder as an `ArraySplit` whose `images` are read from disk on demand."""
+    from kamal_jax.data.datasets import ArraySplit
+    info = read_info(directory)
+    with np.load(os.path.join(directory, LABELS), allow_pickle=False) as z:
+        labels = {k: z[k].astype(np.int64) for k in z.files}
+    count = int(info['count'])
+    for k, v in labels.items():
+        if len(v) != count:
+            raise ValueError(f'records folder {directory!r}: {len(v)} labels {k!r} for {count} images')
+    images = RecordImages(directory, [os.path.join(directory, s) for s in info['shards']], count,
+                          info['shape'], info['crc32'])
+    return ArraySplit(images=images, labels=labels, label_names=info['label_names'],
+                      name=info.get('name') or os.path.basename(os.path.normpath(directory)),
+                      split=info.get('split') or 'train')
+
+
+def take(split, rows):
+    """The split restricted to `rows` (lazy for records: nothing is read)."""
+    rows = np.asarray(rows)
+    images = split.images.subset(rows) if isinstance(split.images, RecordImages) else split.images[rows]
+    return type(split)(images=images, labels={k: v[rows] for k, v in split.labels.items()},
+                       label_names=split.label_names, name=split.name, split=split.split)
