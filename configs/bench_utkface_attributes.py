@@ -87,6 +87,8 @@ def get_config(arg: str = ''):
     c.num_devices = -1
     c.log_every = 50
     c.eval_every = 1000  # held-out accuracy during training (up to 1000 images; TensorBoard, report)
+    c.steps_per_call = 1  # training steps per jitted call (README: accelerators where dispatch shows)
+    c.profile_steps = 0  # >0: a jax.profiler trace of that many steps per stage, under WORKDIR/tb/<stage>
     if arg == 'tiny':
         c.data.train_split, c.data.eval_split = 'train[:512]', 'test[:256]'
         stage_defaults.shrink_to_tiny(c)

@@ -71,6 +71,8 @@ def get_config(arg: str = ''):
     c.num_devices = -1
     c.log_every = 50
     c.eval_every = 200  # held-out accuracy during training (TensorBoard and the report)
+    c.steps_per_call = 1  # training steps per jitted call (README: accelerators where dispatch shows)
+    c.profile_steps = 0  # >0: a jax.profiler trace of that many steps per stage, under WORKDIR/tb/<stage>
     if arg == 'tiny':  # the teachers keep their (already short) budget
         c.stage1.epochs = c.stage2.epochs = 8
         c.log_every = 10

@@ -87,10 +87,10 @@ def check_input(config: Any) -> None:
 
 
 def check_cadence(config: Any) -> None:
-    """`log_every` (steps per log line), `eval_every` (steps between held-out evaluations) and
-    `steps_per_call` (training steps per jitted call)."""
+    """`log_every` (steps per log line), `eval_every` (steps between held-out evaluations),
+    `steps_per_call` (training steps per jitted call) and `profile_steps` (steps traced per stage)."""
     for key, low, meaning in (('log_every', 1, ''), ('eval_every', 0, ' (0: no evaluation during training)'),
-                              ('steps_per_call', 1, '')):
+                              ('steps_per_call', 1, ''), ('profile_steps', 0, ' (0: no profile)')):
         value = config.get(key, low)
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(f'{key} must be a whole number >= {low}{meaning}, got {value!r}.')

@@ -26,7 +26,7 @@ ADDITIVE_FIELDS = ('baselines', 'relaunches')  # may change between runs of one 
 RETUNABLE_FIELDS = ('lr', 'bridge_lr', 'feature_weight', 'logit_weight', 'weight_norm')
 RUN_CONTROL_FIELDS = ('log_every', 'eval_every', 'steps_per_call', 'checkpoint_every',
                       'checkpoint_min_interval_s',  # at any depth; the input's too: the batches are the same
-                      'streaming', 'memory_limit_gb', 'prefetch')
+                      'streaming', 'memory_limit_gb', 'prefetch', 'profile_steps')
 # Fields the configs gained later, with the value a config without them behaves as.
 LATER_FIELDS = {'data.views': 0, 'stage1.teacher_cache': False, 'stage2.component_cache': False,
                 **{f'{stage}.{k}': v for stage in ('stage1', 'stage2') for k, v in stage_defaults.CACHE.items()},

@@ -63,3 +63,19 @@ def test_without_tensorboard_metrics_go_to_jsonl_and_it_is_said_once(tmp_path, m
     assert evaluated == [3, 6, 8]  # evaluated on the state of that step
     hparams = json.load(open(tmp_path / 'one' / metrics_lib.HPARAMS))
     assert hparams == {'stage1.lr': 1e-3, 'stage1.widths': '[8, 16]'}
+
+
+def test_profile_steps_writes_a_trace_of_those_steps_after_the_first_call(tmp_path, caplog):
+    import glob
+    import gzip
+    batches = EpochBatches({'x': np.arange(16, dtype=np.float32) / 16}, batch_size=4, seed=0)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params={}, batch_stats={}, opt_state=())
+    caplog.set_level('INFO', logger='kamal_jax')
+    fit(name='stage1/a', step=_step, state=state, frozen={}, batches=batches, num_steps=8, rng=jax.random.key(0),
+        mesh=sharding.make_mesh(1), log_every=4, profile_steps=3, profile_dir=str(tmp_path))
+    traces = glob.glob(str(tmp_path / 'plugins' / 'profile' / '*' / '*.trace.json.gz'))
+    assert len(traces) == 1 and glob.glob(str(tmp_path / 'plugins' / 'profile' / '*' / '*.xplane.pb'))
+    events = json.loads(gzip.open(traces[0]).read())['traceEvents']
+    steps = sorted({int(e['args']['step_num']) for e in events if e.get('name') == 'stage1/a' and 'step_num' in e.get('args', {})})
+    assert steps == [2, 3, 4]  # the three steps after the first (compiling) one, each annotated
+    assert 'profile of steps 2..4' in caplog.text

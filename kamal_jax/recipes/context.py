@@ -59,7 +59,8 @@ class Run:
         subset, batch_size = self.held_out_subset, self.config.eval_batch_size
         return Monitoring(logdir, config.to_dict(),
                           evaluate=lambda v: eval_lib.evaluate(net, v, subset, tasks, batch_size),
-                          eval_every=int(config.get('eval_every', 0) or 0))
+                          eval_every=int(config.get('eval_every', 0) or 0),
+                          profile_steps=int(config.get('profile_steps', 0) or 0))
 
     def target_net(self, name: str, cfg: Any) -> Net:
         """A multi-head net with one head per target task, of `cfg`'s architecture and widths."""

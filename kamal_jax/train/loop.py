@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from typing import Any, Callable, Mapping
 
@@ -67,6 +68,31 @@ class _Window:
         return {k: float(np.mean([m[k] for m in window])) for k in window[0] if k != 'finite'}
 
 
+class _Profile:
+    """A `jax.profiler` trace of `steps` steps that starts after the first call (the compilation)."""
+
+    def __init__(self, name: str, steps: int, directory: str | None, num_steps: int):
+        self.name, self.steps, self.directory, self.num_steps = name, int(steps or 0), directory, num_steps
+        self.first = self.until = None
+
+    def after_call(self, done: int, state: Any) -> None:
+        if not self.steps or not self.directory:
+            return
+        if self.first is None and done < self.num_steps:
+            self.first, self.until = done, min(done + self.steps, self.num_steps)
+            jax.profiler.start_trace(self.directory)
+        elif self.until is not None and done >= self.until:
+            jax.block_until_ready(state)  # the trace holds the device work of the last step too
+            self.close()
+            log.info('%s: profile of steps %d..%d in %s (TensorBoard\'s profile tab; *.trace.json.gz opens in '
+                     'Perfetto)', self.name, self.first + 1, done, os.path.join(self.directory, 'plugins', 'profile'))
+
+    def close(self) -> None:
+        if self.until is not None:
+            self.until = None
+            jax.profiler.stop_trace()
+
+
 def _call_end(start: int, num_steps: int, steps_per_call: int, periods) -> int:
     """Where a call that starts after step `start` ends: `steps_per_call` steps on, or sooner at the
     next step a log line, an evaluation or a save may fall on, or at the end."""
@@ -90,7 +116,8 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
         on_log: Callable[[int, dict, float], None] | None = None,
         on_step: Callable[[int, Any], None] | None = None,
         multi_step: Callable | None = None, steps_per_call: int = 1, eval_every: int = 0,
-        prefetch: int = DEFAULT_PREFETCH) -> tuple[Any, dict]:
+        prefetch: int = DEFAULT_PREFETCH, profile_steps: int = 0,
+        profile_dir: str | None = None) -> tuple[Any, dict]:
     """Runs `step` from `state.step` to `num_steps`; returns the state and the last metrics.
 
     `on_log(step, window means, images/s)` follows each log line; `on_step(step, state)` each call.
@@ -100,6 +127,10 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
 
     Batches come from a `BatchStream` that gathers `prefetch` of them ahead on worker threads; its
     position is saved with every checkpoint and restored from the one `checkpointer` resumed from.
+
+    `profile_steps` > 0 traces that many steps after the first call (which compiles) with
+    `jax.profiler` into `profile_dir` (TensorBoard's profile tab reads it; `*.trace.json.gz` opens
+    in Perfetto); each step is annotated with its number.
 
     Before every save the steps since the last check are fetched and checked: a state that a
     non-finite loss or update went into is never saved (`NonFiniteLoss`).
@@ -127,42 +158,49 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
     t_start = time.perf_counter()
     t_window, n_window, compile_s = None, 0, 0.0
     s = start
-    while s < num_steps:
-        done = _call_end(s, num_steps, k, periods) if k > 1 else s + 1
-        scanned = done - s == k > 1
-        if scanned:
-            stacked = jax.tree.map(lambda *b: np.stack(b), *[stream.next(i) for i in range(s, done)])
-            state, metrics = multi_step(state, frozen, put_batch(stacked, mesh, stacked=True, local=multi_process), rng)
-            window.add(s + 1, metrics, count=k)
-        else:
-            for i in range(s, done):
-                state, metrics = step(state, frozen, put_batch(stream.next(i), mesh, local=multi_process), rng)
-                window.add(i + 1, metrics)
-        if t_window is None:  # the first call compiles; time it apart from throughput
-            jax.block_until_ready(metrics)
-            compile_s = time.perf_counter() - t_start
-            t_window = time.perf_counter()
-            log.info('%s: first %s (compilation included) took %.1fs', name,
-                     f'call of {k} steps' if scanned else 'step' if done - s == 1 else f'{done - s} steps',
-                     compile_s)
-        else:
-            n_window += done - s
-        s = done
-        if done % log_every == 0 or done == num_steps:
-            window.fetch_and_check(last_good)
-            last = window.means()
-            elapsed = time.perf_counter() - t_window
-            rate = n_window * batches.batch_size / elapsed if elapsed > 0 and n_window else float('nan')
-            _log_line(name, done, num_steps, batches, last, rate)
-            if on_log is not None:  # the window's means, already on the host
-                on_log(done, last, rate)
-        if on_step is not None:  # e.g. held-out evaluation every so many steps
-            on_step(done, state)
-        if checkpointer is not None:
-            force = done == num_steps
-            if checkpointer.due(done, force=force):
+    profile = _Profile(name, profile_steps, profile_dir, num_steps)
+    try:
+        while s < num_steps:
+            done = _call_end(s, num_steps, k, periods) if k > 1 else s + 1
+            scanned = done - s == k > 1
+            if scanned:
+                stacked = jax.tree.map(lambda *b: np.stack(b), *[stream.next(i) for i in range(s, done)])
+                state, metrics = multi_step(state, frozen, put_batch(stacked, mesh, stacked=True, local=multi_process),
+                                            rng)
+                window.add(s + 1, metrics, count=k)
+            else:
+                for i in range(s, done):
+                    with jax.profiler.StepTraceAnnotation(name, step_num=i + 1):
+                        state, metrics = step(state, frozen, put_batch(stream.next(i), mesh, local=multi_process), rng)
+                    window.add(i + 1, metrics)
+            if t_window is None:  # the first call compiles; time it apart from throughput
+                jax.block_until_ready(metrics)
+                compile_s = time.perf_counter() - t_start
+                t_window = time.perf_counter()
+                log.info('%s: first %s (compilation included) took %.1fs', name,
+                         f'call of {k} steps' if scanned else 'step' if done - s == 1 else f'{done - s} steps',
+                         compile_s)
+            else:
+                n_window += done - s
+            s = done
+            profile.after_call(done, state)
+            if done % log_every == 0 or done == num_steps:
                 window.fetch_and_check(last_good)
-                checkpointer.maybe_save(done, state, due=True, data=stream.state())
+                last = window.means()
+                elapsed = time.perf_counter() - t_window
+                rate = n_window * batches.batch_size / elapsed if elapsed > 0 and n_window else float('nan')
+                _log_line(name, done, num_steps, batches, last, rate)
+                if on_log is not None:  # the window's means, already on the host
+                    on_log(done, last, rate)
+            if on_step is not None:  # e.g. held-out evaluation every so many steps
+                on_step(done, state)
+            if checkpointer is not None:
+                force = done == num_steps
+                if checkpointer.due(done, force=force):
+                    window.fetch_and_check(last_good)
+                    checkpointer.maybe_save(done, state, due=True, data=stream.state())
+    finally:
+        profile.close()
     if checkpointer is not None:
         checkpointer.manager.wait_until_finished()
     last['compile_seconds'] = compile_s

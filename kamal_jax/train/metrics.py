@@ -33,11 +33,13 @@ def _say_once(key: str, message: str) -> None:
 @dataclasses.dataclass(frozen=True)
 class Monitoring:
     """Where a trained net's curves go (`logdir`), the config to show beside them (`hparams`), and
-    the held-out evaluation run every `eval_every` steps (`evaluate(variables) -> {task: accuracy}`)."""
+    the held-out evaluation run every `eval_every` steps (`evaluate(variables) -> {task: accuracy}`);
+    `profile_steps` > 0: a `jax.profiler` trace of that many steps under `logdir`/plugins/profile."""
     logdir: str
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     evaluate: Callable[[Any], Mapping[str, float]] | None = None
     eval_every: int = 0
+    profile_steps: int = 0  # steps traced with jax.profiler into logdir, after the first call
 
 
 class JsonlWriter:

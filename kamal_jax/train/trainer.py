@@ -64,7 +64,9 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
                              mesh=mesh, checkpointer=checkpointer, log_every=log_every,
                              on_log=hooks and hooks.on_log, on_step=hooks and hooks.on_step,
                              multi_step=multi_step, steps_per_call=steps_per_call,
-                             eval_every=monitoring.eval_every if monitoring else 0, prefetch=prefetch)
+                             eval_every=monitoring.eval_every if monitoring else 0, prefetch=prefetch,
+                             profile_steps=monitoring.profile_steps if monitoring else 0,
+                             profile_dir=monitoring.logdir if monitoring else None)
     finally:
         if hooks:
             hooks.close()
