@@ -85,9 +85,12 @@ def test_a_restored_stream_continues_where_the_saved_one_stopped(digits):
         first.next(step)
     saved = first.state()
     assert saved['next_index'] == 17
-    second = BatchStream(batches, 50)
+    second = BatchStream(batches, 50, put=lambda b: jax.tree.map(jnp.asarray, b))  # on the device, ahead
     second.restore(saved, 17)
-    np.testing.assert_array_equal(second.next(17)['image'], batches.batch(17)['image'])
+    on_device = second.next(17)['image']
+    assert isinstance(on_device, jax.Array)
+    np.testing.assert_array_equal(np.asarray(on_device), batches.batch(17)['image'])
+    second.close()
     with pytest.raises(ValueError, match='saved the input at step 17'):
         BatchStream(batches, 50).restore(saved, 20)
     with pytest.raises(RuntimeError, match='step 3 .* step 2'):

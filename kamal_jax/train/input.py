@@ -4,14 +4,15 @@ Why: the loop used to gather each batch on its own thread between steps, so the 
 the host every step; with images read from disk (`kamal_jax.data.records`) that wait grows. Here a
 grain `MapDataset` over step numbers maps step -> that step's batch (`EpochBatches.batch`, a pure
 function of seed and step), and its iterator gathers `prefetch` batches ahead on worker threads.
-Its state is the next step's position; the loop saves it in every checkpoint and a resumed run
-restores it, so the batches after a resume are exactly those of an uninterrupted run.
+A thread of its own then copies the next batches onto the devices. Its state is the next step's
+position; the loop saves it in every checkpoint and a resumed run restores it, so the batches
+after a resume are exactly those of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import grain
 import jax
@@ -73,17 +74,27 @@ class BatchStream:
     `rows`: the rows of each global batch this process feeds (several processes: each reads only
     its own share); `prefetch` > 0 gathers that many batches ahead on min(prefetch, 2) threads
     (two keep the reads of a 2-core host ahead of the step without taking its cores from XLA);
-    0 gathers each batch when it is asked for, on the caller's thread.
+    0 gathers each batch when it is asked for, on the caller's thread. `put` (host batch -> device
+    arrays, e.g. `sharding.put_batch`): batches come out already on the devices, `ON_DEVICE` of
+    them transferred ahead on a thread of their own, so a step never waits on a copy.
     """
 
+    ON_DEVICE = 2
+
     def __init__(self, batches: EpochBatches, num_steps: int, *, rows: slice | None = None,
-                 prefetch: int = DEFAULT_PREFETCH):
+                 prefetch: int = DEFAULT_PREFETCH, put: Callable[[Any], Any] | None = None):
         if prefetch < 0:
             raise ValueError(f'data.prefetch must be >= 0 (batches gathered ahead), got {prefetch}.')
         self.num_steps = int(num_steps)
         dataset = grain.MapDataset.range(self.num_steps).map(lambda step: (step, batches.batch(step, rows)))
         options = grain.ReadOptions(num_threads=min(prefetch, 2), prefetch_buffer_size=prefetch)
-        self._iterator = iter(dataset.to_iter_dataset(options))
+        dataset = dataset.to_iter_dataset(options)
+        if put is not None and prefetch:
+            dataset = grain.experimental.ThreadPrefetchIterDataset(
+                dataset.map(lambda item: (item[0], put(item[1]))), prefetch_buffer_size=self.ON_DEVICE)
+        elif put is not None:
+            dataset = dataset.map(lambda item: (item[0], put(item[1])))
+        self._iterator = iter(dataset)
 
     def state(self) -> dict[str, Any]:
         """The iterator's state (JSON): where the next batch is read from. Saved with each checkpoint."""
@@ -103,6 +114,12 @@ class BatchStream:
                                  'the checkpoint folder mixes two runs: move it aside to start the stage afresh.')
         elif step:
             self._iterator.set_state({**self.state(), 'next_index': int(step)})
+
+    def close(self) -> None:
+        """Stops the worker threads (an iterator left to the interpreter's exit complains there)."""
+        close = getattr(self._iterator, 'close', None)
+        if close is not None:
+            close()
 
     def next(self, step: int) -> Any:
         got, batch = next(self._iterator)

@@ -144,7 +144,10 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
              batches.steps_per_epoch, batches.batch_size, f', {k} per call' if k > 1 else '',
              ' [resumed]' if start else '')
     multi_process = jax.process_count() > 1  # each process gathers only its devices' rows
-    stream = BatchStream(batches, num_steps, prefetch=prefetch,
+    # One step per call: batches reach the devices ahead, on the stream's thread. k per call: the
+    # loop stacks k host batches and puts them at once.
+    put = (lambda b: put_batch(b, mesh, local=multi_process)) if k == 1 else None
+    stream = BatchStream(batches, num_steps, prefetch=prefetch, put=put,
                          rows=process_rows(batches.batch_size, mesh) if multi_process else None)
     saved = checkpointer.restored_data if checkpointer is not None else None
     stream.restore(saved, start)
@@ -170,8 +173,11 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
                 window.add(s + 1, metrics, count=k)
             else:
                 for i in range(s, done):
-                    with jax.profiler.StepTraceAnnotation(name, step_num=i + 1):
-                        state, metrics = step(state, frozen, put_batch(stream.next(i), mesh, local=multi_process), rng)
+                    with jax.profiler.StepTraceAnnotation(str(name), step_num=i + 1):
+                        batch = stream.next(i)
+                        if put is None:  # a call cut short at a log, eval or save step
+                            batch = put_batch(batch, mesh, local=multi_process)
+                        state, metrics = step(state, frozen, batch, rng)
                     window.add(i + 1, metrics)
             if t_window is None:  # the first call compiles; time it apart from throughput
                 jax.block_until_ready(metrics)
@@ -201,6 +207,7 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
                     checkpointer.maybe_save(done, state, due=True, data=stream.state())
     finally:
         profile.close()
+        stream.close()
     if checkpointer is not None:
         checkpointer.manager.wait_until_finished()
     last['compile_seconds'] = compile_s
