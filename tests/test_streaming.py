@@ -116,10 +116,14 @@ def _toy_fit(tmp_path, images, *, stop_after=None, checkpointer=None):
                rng=jax.random.key(2), mesh=mesh, checkpointer=checkpointer, log_every=4)[0]
 
 
-def test_a_streamed_stage_stopped_and_resumed_ends_as_an_uninterrupted_in_memory_one(tmp_path):
+def test_a_streamed_stage_stopped_and_resumed_ends_as_an_uninterrupted_in_memory_one(tmp_path, monkeypatch):
     images = toy.images(32)
-    folder = records.write(str(tmp_path / 'rec'), [(images, {})], shape=images.shape[1:], label_names={})
+    monkeypatch.setattr(records, 'RECORDS_PER_SHARD', 10)  # four shards: batches read across them
+    folder = records.write(str(tmp_path / 'rec'), [(images[:20], {}), (images[20:], {})], shape=images.shape[1:],
+                           label_names={})
+    assert len(records.read_info(folder)['shards']) == 4
     streamed = records.open_split(folder).images
+    np.testing.assert_array_equal(streamed[np.array([31, 0, 10, 9, 25])], images[[31, 0, 10, 9, 25]])
     whole = _toy_fit(tmp_path, images)  # in memory, no interruption
     ckpt = Checkpointer(str(tmp_path / 'ckpt'), 3, max_to_keep=5)
     _toy_fit(tmp_path, streamed, stop_after=7, checkpointer=ckpt)  # saves at 3, 6 and (the end) 7

@@ -9,7 +9,8 @@ ResNet-18 teacher (random weights: speed and memory do not depend on them), a Re
 online least-entropy selection, tempered KL on logits plus feature matching, batch 128, random
 crops and flips on the device.
 
-`memory`: each (path, size) trains the same number of steps in a fresh process; a thread samples
+`memory`: each (path, size) trains the same number of steps in a fresh process (compiled programs
+come from a shared compilation cache, so XLA's compile-time peak is left out); a thread samples
 the process's anonymous resident memory (RssAnon: not file-backed pages, so the page cache the
 records are read through does not count) every 20 ms and reports its peak. The in-memory path
 holds the decoded split (N x 3 KiB at 32 px), so it grows with N; streaming should not.
@@ -27,6 +28,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -101,17 +103,28 @@ def measure_memory(directory: str, path: str, steps: int) -> dict:
     result = train(images, steps, prefetch=4)
     stop.set()
     sampler.join()
-    return {'path': path, 'images': len(images), 'peak_rss_anon_mib': peak[0] / 1024, **result}
+    return {'path': path, 'images': len(images), 'peak_rss_anon_mib': peak[0] / 1024,
+            'end_rss_anon_mib': _rss_anon_kib() / 1024, **result}
 
 
-def memory(dirs, steps: int) -> list[dict]:
+def memory(dirs, steps: int, repeats: int) -> list[dict]:
+    """Each (path, size) `repeats` times, each in a fresh process. The processes share a compilation
+    cache, warmed by one unrecorded run first: XLA compiling in-process peaks at a size that varies
+    from run to run by more than the input pipeline holds, and it does not depend on the data."""
     rows = []
-    for path in ('stream', 'memory'):
-        for d in dirs:
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
+
+        def one(d, path):
             out = subprocess.run([sys.executable, '-m', 'kamal_jax.benchmarks.streaming', '_one', d, path,
-                                  '--steps', str(steps)], capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(f"{path:7s} {rows[-1]['images']:7d} images: peak RssAnon {rows[-1]['peak_rss_anon_mib']:.0f} MiB, "
+                                  '--steps', str(steps)], capture_output=True, text=True, check=True, env=env)
+            return json.loads(out.stdout.strip().splitlines()[-1])
+        one(dirs[0], 'stream')
+        for path in ('stream', 'memory'):
+            for d in [d for d in dirs for _ in range(repeats)]:
+                rows.append(one(d, path))
+            print(f"{path:7s} {rows[-1]['images']:7d} images: peak RssAnon {rows[-1]['peak_rss_anon_mib']:.0f} MiB "
+                  f"(at the end {rows[-1]['end_rss_anon_mib']:.0f}), "
                   f"{rows[-1]['img_per_s']:.0f} img/s", flush=True)
     return rows
 
@@ -135,6 +148,8 @@ def main(argv=None) -> None:
     m = sub.add_parser('memory')
     m.add_argument('dirs', nargs='+', help='records folders of different sizes (kamal_jax.data.crops)')
     m.add_argument('--steps', type=int, default=40)
+    m.add_argument('--repeats', type=int, default=2, help='processes per (input, size): the peak varies by tens of MiB')
+    m.add_argument('--json', default='', help='write the rows here too')
     s = sub.add_parser('speed')
     s.add_argument('dir')
     s.add_argument('--steps', type=int, default=60)
@@ -149,15 +164,24 @@ def main(argv=None) -> None:
         print(json.dumps(measure_memory(a.dir, a.path, a.steps)))
         return
     if a.what == 'memory':
-        rows = memory(a.dirs, a.steps)
+        rows = memory(a.dirs, a.steps, a.repeats)
+        if a.json:
+            with open(a.json, 'w') as f:
+                json.dump({'where': where, 'steps': a.steps, 'batch': BATCH, 'rows': rows}, f, indent=1)
         print(f'\n{where}, cifar10_parts stage 1 shape, batch {BATCH}, {a.steps} steps per run, one process each')
-        print('| input | images | peak anonymous memory (MiB) | vs the smallest set | images/s |')
+        print('| input | images | peak anonymous memory, MiB (each process) | mean vs the smallest set\'s | '
+              'at the end, MiB |')
         print('|---|---:|---:|---:|---:|')
-        for r in rows:
-            base = min(x['peak_rss_anon_mib'] for x in rows if x['path'] == r['path'] and x['images'] == min(
-                y['images'] for y in rows if y['path'] == r['path']))
-            print(f"| {'streamed from records' if r['path'] == 'stream' else 'in memory'} | {r['images']:,} | "
-                  f"{r['peak_rss_anon_mib']:.0f} | {r['peak_rss_anon_mib'] / base:.3f}x | {r['img_per_s']:.0f} |")
+        for path in ('stream', 'memory'):
+            sizes = sorted({r['images'] for r in rows if r['path'] == path})
+            mean = {n: np.mean([r['peak_rss_anon_mib'] for r in rows if r['path'] == path and r['images'] == n])
+                    for n in sizes}
+            for n in sizes:
+                these = [r for r in rows if r['path'] == path and r['images'] == n]
+                peaks = ' / '.join('%.0f' % r['peak_rss_anon_mib'] for r in these)
+                ends = ' / '.join('%.0f' % r['end_rss_anon_mib'] for r in these)
+                label = 'streamed from records' if path == 'stream' else 'in memory'
+                print(f'| {label} | {n:,} | {peaks} | {mean[n] / mean[sizes[0]]:.3f}x | {ends} |')
         return
     best = speed(a.dir, a.steps, a.rounds)
     print(f'\n{where}, cifar10_parts stage 1 shape, batch {BATCH}, {a.steps} steps, best of {a.rounds}')

@@ -72,13 +72,21 @@ class RecordImages:
     def __len__(self) -> int:
         return self.count if self.rows is None else len(self.rows)
 
-    def __getstate__(self):  # the reader holds open files; workers open their own
+    def __getstate__(self):  # the readers hold open files; workers open their own
         return {**self.__dict__, '_source': None}
 
-    def _reader(self):
+    def _readers(self):
+        """One reader per shard, and the first row of each shard. The shards are read from the
+        calling thread (a grain worker): a thread pool per read, as grain's ArrayRecordDataSource
+        starts, let peak memory grow with the number of shards (docs/PERFORMANCE.md)."""
         if self._source is None:
-            from grain.python import ArrayRecordDataSource
-            self._source = ArrayRecordDataSource(list(self.paths))
+            from array_record.python.array_record_module import ArrayRecordReader
+            readers = [ArrayRecordReader(p, 'readahead_buffer_size:0') for p in self.paths]
+            starts = np.cumsum([0] + [r.num_records() for r in readers])
+            if starts[-1] != self.count:
+                raise ValueError(f'records folder {self.directory!r}: the shards hold {starts[-1]} images, '
+                                 f'its {INFO} says {self.count}')
+            self._source = (readers, starts)
         return self._source
 
     def subset(self, rows) -> 'RecordImages':
@@ -107,8 +115,13 @@ class RecordImages:
             raise IndexError(f'row {int(idx.max() if idx.max() >= n else idx.min())} is out of range for {n} images')
         rows = idx if self.rows is None else self.rows[idx]
         out = np.empty((len(rows), *self.image_shape), np.uint8)
-        if len(rows):
-            for i, record in enumerate(self._reader().__getitems__([int(r) for r in rows])):
+        if not len(rows):
+            return out
+        readers, starts = self._readers()
+        shard = np.searchsorted(starts, rows, side='right') - 1
+        for s in np.unique(shard):
+            where = np.flatnonzero(shard == s)
+            for i, record in zip(where, readers[s].read([int(r) for r in rows[where] - starts[s]])):
                 out[i] = np.frombuffer(record, np.uint8).reshape(self.image_shape)
         return out
 
