@@ -107,7 +107,14 @@ def measure_memory(directory: str, path: str, steps: int) -> dict:
             'end_rss_anon_mib': _rss_anon_kib() / 1024, **result}
 
 
-def memory(dirs, steps: int, repeats: int) -> list[dict]:
+def drop_page_cache() -> None:
+    """Empties the kernel's page cache (root only), so every run reads its records from disk."""
+    os.sync()
+    with open('/proc/sys/vm/drop_caches', 'w') as f:
+        f.write('1\n')
+
+
+def memory(dirs, steps: int, repeats: int, cold: bool = False) -> list[dict]:
     """Each (path, size) `repeats` times, each in a fresh process. The processes share a compilation
     cache, warmed by one unrecorded run first: XLA compiling in-process peaks at a size that varies
     from run to run by more than the input pipeline holds, and it does not depend on the data."""
@@ -116,6 +123,8 @@ def memory(dirs, steps: int, repeats: int) -> list[dict]:
         env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
 
         def one(d, path):
+            if cold:
+                drop_page_cache()
             out = subprocess.run([sys.executable, '-m', 'kamal_jax.benchmarks.streaming', '_one', d, path,
                                   '--steps', str(steps)], capture_output=True, text=True, check=True, env=env)
             return json.loads(out.stdout.strip().splitlines()[-1])
@@ -150,6 +159,7 @@ def main(argv=None) -> None:
     m.add_argument('--steps', type=int, default=40)
     m.add_argument('--repeats', type=int, default=2, help='processes per (input, size): the peak varies by tens of MiB')
     m.add_argument('--json', default='', help='write the rows here too')
+    m.add_argument('--cold', action='store_true', help='empty the page cache before each process (root only)')
     s = sub.add_parser('speed')
     s.add_argument('dir')
     s.add_argument('--steps', type=int, default=60)
@@ -164,11 +174,17 @@ def main(argv=None) -> None:
         print(json.dumps(measure_memory(a.dir, a.path, a.steps)))
         return
     if a.what == 'memory':
-        rows = memory(a.dirs, a.steps, a.repeats)
+        if a.cold:
+            try:
+                drop_page_cache()
+            except OSError as e:
+                p.error(f'--cold empties the page cache, which needs root: {e}')
+        rows = memory(a.dirs, a.steps, a.repeats, a.cold)
         if a.json:
             with open(a.json, 'w') as f:
-                json.dump({'where': where, 'steps': a.steps, 'batch': BATCH, 'rows': rows}, f, indent=1)
-        print(f'\n{where}, cifar10_parts stage 1 shape, batch {BATCH}, {a.steps} steps per run, one process each')
+                json.dump({'where': where, 'steps': a.steps, 'batch': BATCH, 'cold': a.cold, 'rows': rows}, f, indent=1)
+        print(f'\n{where}, cifar10_parts stage 1 shape, batch {BATCH}, {a.steps} steps per run, one process each'
+              f'{", page cache emptied before each" if a.cold else ""}')
         print('| input | images | peak anonymous memory, MiB (each process) | mean vs the smallest set\'s | '
               'at the end, MiB |')
         print('|---|---:|---:|---:|---:|')

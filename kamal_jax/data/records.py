@@ -31,6 +31,10 @@ INFO = 'info.json'
 LABELS = 'labels.npz'
 FORMAT = 'kamal_jax.records/1'
 WRITER_OPTIONS = 'group_size:1,uncompressed'  # one record per chunk: random access reads one image
+# Random access: no read-ahead. Reads run on the calling thread (the input's grain workers are
+# the parallelism): the reader's own pool let peak memory rise by ~230 MiB when reads missed the
+# page cache (docs/PERFORMANCE.md).
+READER_OPTIONS = 'readahead_buffer_size:0,max_parallelism:1'
 RECORDS_PER_SHARD = 100_000
 
 
@@ -81,7 +85,7 @@ class RecordImages:
         starts, let peak memory grow with the number of shards (docs/PERFORMANCE.md)."""
         if self._source is None:
             from array_record.python.array_record_module import ArrayRecordReader
-            readers = [ArrayRecordReader(p, 'readahead_buffer_size:0') for p in self.paths]
+            readers = [ArrayRecordReader(p, READER_OPTIONS.strip()) for p in self.paths]
             starts = np.cumsum([0] + [r.num_records() for r in readers])
             if starts[-1] != self.count:
                 raise ValueError(f'records folder {self.directory!r}: the shards hold {starts[-1]} images, '
