@@ -266,6 +266,7 @@ def _load(path, arg=''):
 
 def test_unknown_baseline_is_refused_before_work(tmp_path):
     config = _load('configs/quickstart.py', 'tiny')
+    config.recipe = 'paper'
     config.baselines = ('average', 'oracle')
     with pytest.raises(ConfigError, match=r"baselines names \['oracle'\].*paper, random, logits_only, "
                                           r"one_stage, average, supervised"):

@@ -52,10 +52,13 @@ def images(n=16, size=12, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def quickstart_config(arg='tiny'):
-    """configs/quickstart.py's config (for validation tests)."""
+def quickstart_config(arg='tiny', recipe='paper'):
+    """configs/quickstart.py's config (for validation tests), with the paper's two stages as the
+    main recipe unless `recipe` says otherwise (the quickstart's own default is 'average')."""
     spec = importlib.util.spec_from_file_location(
         'quickstart', os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'quickstart.py'))
     quickstart = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(quickstart)
-    return quickstart.get_config(arg)
+    config = quickstart.get_config(arg)
+    config.recipe = recipe
+    return config
