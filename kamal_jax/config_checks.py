@@ -68,9 +68,10 @@ def check_input(config: Any) -> None:
     limit = d.get('memory_limit_gb', 4.0)
     if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
         raise ConfigError(f'data.memory_limit_gb must be a positive number of GiB, got {limit!r}.')
-    prefetch = d.get('prefetch', 4)
-    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
-        raise ConfigError(f'data.prefetch must be a whole number >= 0 (batches gathered ahead; 0: none), '
+    prefetch = d.get('prefetch', -1)
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < -1:
+        raise ConfigError(f'data.prefetch must be a whole number >= -1 (batches gathered ahead; 0: none; '
+                          f'-1: 4 where the images come from disk or the devices are accelerators, else 0), '
                           f'got {prefetch!r}.')
     path = d.get('train_records', '') or ''
     if path:

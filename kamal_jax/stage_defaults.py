@@ -12,8 +12,9 @@ _COMMON = dict(widths=(), epochs=30, batch_size=64, lr=1e-3, bridge_lr=1e-3, sch
 # How the training images reach the step (`kamal_jax.data.records`, `kamal_jax.train.input`):
 # streaming 'auto' reads a split from ArrayRecord files on disk when its decoded pixels exceed
 # memory_limit_gb ('always' / 'never' force it); prefetch batches are gathered ahead on worker
-# threads; train_records, a records folder, replaces the train split as the unlabelled images.
-INPUT = dict(streaming='auto', memory_limit_gb=4.0, prefetch=4, train_records='')
+# threads (-1: 4 where the images come from disk or the devices are accelerators, else 0);
+# train_records, a records folder, replaces the train split as the unlabelled images.
+INPUT = dict(streaming='auto', memory_limit_gb=4.0, prefetch=-1, train_records='')
 # The frozen nets' output caches (fixed views only: data.crop_padding = 0 and no flip, or data.views = K).
 CACHE = dict(cache_dtype='float16', cache_limit_gb=8.0)
 

@@ -158,7 +158,7 @@ def _data(**fields):
 @pytest.mark.parametrize('fields, words', [
     ({'streaming': 'yes'}, r"data\.streaming must be one of 'auto', 'always', 'never'"),
     ({'memory_limit_gb': 0}, r'data\.memory_limit_gb must be a positive number'),
-    ({'prefetch': -1}, r'data\.prefetch must be a whole number >= 0'),
+    ({'prefetch': -2}, r'data\.prefetch must be a whole number >= -1'),
     ({'train_records': '/nonexistent/records'}, r"data\.train_records = '/nonexistent/records' cannot be used: "
                                                  r".* is not a kamal_jax records folder"),
     ({'streaming': 'always', 'views': 2, 'flip': True}, r'data\.views = 2 pre-draws views .* data\.streaming'),
@@ -178,3 +178,12 @@ def test_a_streamed_split_refuses_what_needs_it_in_memory(digits):
         pipeline.check_streaming_needs(config, streamed)
     config.stage1.selector = 'least_entropy'
     pipeline.check_streaming_needs(config, streamed)  # nothing else needs the split in memory
+
+
+def test_auto_prefetch_threads_only_where_they_pay(digits):
+    from kamal_jax.train.input import AUTO, PREFETCH, resolve_prefetch
+    memory, streamed = digits
+    assert resolve_prefetch(AUTO, {'image': streamed.images}) == PREFETCH  # reads from disk overlap the step
+    on_cpu = jax.default_backend() == 'cpu'
+    assert resolve_prefetch(AUTO, {'image': memory.images}) == (0 if on_cpu else PREFETCH)
+    assert resolve_prefetch(0, {'image': streamed.images}) == 0 and resolve_prefetch(2, {'image': memory.images}) == 2

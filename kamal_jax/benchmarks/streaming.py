@@ -10,7 +10,7 @@ online least-entropy selection, tempered KL on logits plus feature matching, bat
 crops and flips on the device.
 
 `memory`: each (path, size) trains the same number of steps in a fresh process (compiled programs
-come from a shared compilation cache, so XLA's compile-time peak is left out); a thread samples
+come from a compilation cache warmed per size, so XLA's compile-time peak is left out); a thread samples
 the process's anonymous resident memory (RssAnon: not file-backed pages, so the page cache the
 records are read through does not count) every 20 ms and reports its peak. The in-memory path
 holds the decoded split (N x 3 KiB at 32 px), so it grows with N; streaming should not.
@@ -116,8 +116,9 @@ def drop_page_cache() -> None:
 
 def memory(dirs, steps: int, repeats: int, cold: bool = False) -> list[dict]:
     """Each (path, size) `repeats` times, each in a fresh process. The processes share a compilation
-    cache, warmed by one unrecorded run first: XLA compiling in-process peaks at a size that varies
-    from run to run by more than the input pipeline holds, and it does not depend on the data."""
+    cache, warmed by one unrecorded run per size first (the step's learning-rate schedule knows the
+    steps per epoch, so each size is its own program): compiling in-process adds ~250 MiB to the
+    peak, the same for every size, which would hide what the input holds."""
     rows = []
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, 'JAX_COMPILATION_CACHE_DIR': cache, 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
@@ -128,7 +129,8 @@ def memory(dirs, steps: int, repeats: int, cold: bool = False) -> list[dict]:
             out = subprocess.run([sys.executable, '-m', 'kamal_jax.benchmarks.streaming', '_one', d, path,
                                   '--steps', str(steps)], capture_output=True, text=True, check=True, env=env)
             return json.loads(out.stdout.strip().splitlines()[-1])
-        one(dirs[0], 'stream')
+        for d in dirs:
+            one(d, 'stream')
         for path in ('stream', 'memory'):
             for d in [d for d in dirs for _ in range(repeats)]:
                 rows.append(one(d, path))

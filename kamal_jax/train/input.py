@@ -3,7 +3,8 @@
 Why: the loop used to gather each batch on its own thread between steps, so the device waited for
 the host every step; with images read from disk (`kamal_jax.data.records`) that wait grows. Here a
 grain `MapDataset` over step numbers maps step -> that step's batch (`EpochBatches.batch`, a pure
-function of seed and step), and its iterator gathers `prefetch` batches ahead on worker threads.
+function of seed and step), and its iterator gathers `prefetch` batches ahead on worker threads
+(by default where that pays: streamed images or an accelerator, `resolve_prefetch`).
 A thread of its own then copies the next batches onto the devices. Its state is the next step's
 position; the loop saves it in every checkpoint and a resumed run restores it, so the batches
 after a resume are exactly those of an uninterrupted run.
@@ -18,13 +19,27 @@ import grain
 import jax
 import numpy as np
 
-DEFAULT_PREFETCH = 4  # batches gathered ahead; `data.prefetch` in a config
+AUTO = -1  # `data.prefetch` default: `resolve_prefetch` decides
+PREFETCH = 4  # batches gathered ahead where worker threads pay
 
 
 def prefetch_of(config: Any) -> int:
-    """`data.prefetch` of a run's config (configs made before it existed: the default)."""
-    value = (config.get('data') or {}).get('prefetch', DEFAULT_PREFETCH)
-    return DEFAULT_PREFETCH if value is None else int(value)
+    """`data.prefetch` of a run's config (configs made before it existed: AUTO)."""
+    value = (config.get('data') or {}).get('prefetch', AUTO)
+    return AUTO if value is None else int(value)
+
+
+def resolve_prefetch(prefetch: int, arrays: Mapping[str, Any]) -> int:
+    """AUTO -> PREFETCH batches ahead when the images come from disk or the devices are
+    accelerators, else 0. Why: on a CPU backend with the split in memory a batch is gathered in
+    microseconds, and worker threads only take cores from XLA; measured on a 2-core CPU, they
+    cost 13% of a dispatch-bound loop (3 ms steps) and nothing on cifar10_parts' 0.7 s steps
+    (docs/PERFORMANCE.md). Any other value is kept."""
+    if prefetch != AUTO:
+        return prefetch
+    from kamal_jax.data.records import RecordImages
+    streamed = any(isinstance(a, RecordImages) for a in jax.tree.leaves(arrays))
+    return PREFETCH if streamed or jax.default_backend() != 'cpu' else 0
 
 
 class EpochBatches:
@@ -82,7 +97,7 @@ class BatchStream:
     ON_DEVICE = 2
 
     def __init__(self, batches: EpochBatches, num_steps: int, *, rows: slice | None = None,
-                 prefetch: int = DEFAULT_PREFETCH, put: Callable[[Any], Any] | None = None):
+                 prefetch: int = PREFETCH, put: Callable[[Any], Any] | None = None):
         if prefetch < 0:
             raise ValueError(f'data.prefetch must be >= 0 (batches gathered ahead), got {prefetch}.')
         self.num_steps = int(num_steps)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from kamal_jax.train.checkpoint import Checkpointer
-from kamal_jax.train.input import DEFAULT_PREFETCH, BatchStream, EpochBatches
+from kamal_jax.train.input import AUTO, BatchStream, EpochBatches, resolve_prefetch
 from kamal_jax.train.sharding import process_rows, put_batch, to_host
 
 log = logging.getLogger('kamal_jax')
@@ -116,7 +116,7 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
         on_log: Callable[[int, dict, float], None] | None = None,
         on_step: Callable[[int, Any], None] | None = None,
         multi_step: Callable | None = None, steps_per_call: int = 1, eval_every: int = 0,
-        prefetch: int = DEFAULT_PREFETCH, profile_steps: int = 0,
+        prefetch: int = AUTO, profile_steps: int = 0,
         profile_dir: str | None = None) -> tuple[Any, dict]:
     """Runs `step` from `state.step` to `num_steps`; returns the state and the last metrics.
 
@@ -125,7 +125,8 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
     never crosses a step where a log line, an evaluation (`eval_every`) or a save may fall, and
     the steps up to such a step that are fewer than `steps_per_call` run one per call.
 
-    Batches come from a `BatchStream` that gathers `prefetch` of them ahead on worker threads; its
+    Batches come from a `BatchStream` that gathers `prefetch` of them ahead on worker threads
+    (`input.AUTO`: where that pays, `input.resolve_prefetch`); its
     position is saved with every checkpoint and restored from the one `checkpointer` resumed from.
 
     `profile_steps` > 0 traces that many steps after the first call (which compiles) with
@@ -147,7 +148,7 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
     # One step per call: batches reach the devices ahead, on the stream's thread. k per call: the
     # loop stacks k host batches and puts them at once.
     put = (lambda b: put_batch(b, mesh, local=multi_process)) if k == 1 else None
-    stream = BatchStream(batches, num_steps, prefetch=prefetch, put=put,
+    stream = BatchStream(batches, num_steps, prefetch=resolve_prefetch(prefetch, batches.arrays), put=put,
                          rows=process_rows(batches.batch_size, mesh) if multi_process else None)
     saved = checkpointer.restored_data if checkpointer is not None else None
     stream.restore(saved, start)

@@ -11,7 +11,7 @@ import numpy as np
 from kamal_jax.train import sharding
 from kamal_jax.train.checkpoint import Checkpointer
 from kamal_jax.train.distributed import is_primary
-from kamal_jax.train.input import DEFAULT_PREFETCH, EpochBatches
+from kamal_jax.train.input import AUTO, EpochBatches
 from kamal_jax.train.loop import fit
 from kamal_jax.train.metrics import Monitoring, TrainingMetrics
 from kamal_jax.train.nets import Net
@@ -22,7 +22,7 @@ from kamal_jax.train.steps import make_multi_step, make_train_step
 def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, cfg: Any,
                   arrays: dict[str, np.ndarray], frozen: Any, mesh, seed: int,
                   crop_padding: int = 0, flip: bool = False, views: int = 1, ckpt_dir: str | None = None,
-                  log_every: int = 50, steps_per_call: int = 1, prefetch: int = DEFAULT_PREFETCH,
+                  log_every: int = 50, steps_per_call: int = 1, prefetch: int = AUTO,
                   stop_after: int | None = None,
                   monitoring: Monitoring | None = None) -> tuple[dict, dict]:
     """Returns the student's variables and the last logged metrics.
@@ -32,7 +32,8 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
     step (used to test that an interrupted run resumes to the same result); `monitoring` says where
     TensorBoard and JSONL metrics go and what held-out evaluation runs during training;
     `steps_per_call` > 1 runs that many steps in one jitted call (`steps.make_multi_step`);
-    `prefetch` batches are gathered ahead on worker threads (`input.BatchStream`).
+    `prefetch` batches are gathered ahead on worker threads (`input.BatchStream`; AUTO: where that
+    pays, `input.resolve_prefetch`).
     """
     sharding.check_batch_size(cfg.batch_size, mesh, f'{name}.batch_size')
     batches = EpochBatches(arrays, cfg.batch_size, seed, views)
