@@ -187,3 +187,18 @@ def test_auto_prefetch_threads_only_where_they_pay(digits):
     on_cpu = jax.default_backend() == 'cpu'
     assert resolve_prefetch(AUTO, {'image': memory.images}) == (0 if on_cpu else PREFETCH)
     assert resolve_prefetch(0, {'image': streamed.images}) == 0 and resolve_prefetch(2, {'image': memory.images}) == 2
+
+
+def test_reading_written_records_needs_no_tensorflow(digits):
+    import subprocess
+    import sys
+    _, streamed = digits
+    data_dir = os.path.dirname(os.path.dirname(os.path.dirname(streamed.images.directory)))
+    code = ('import sys; from kamal_jax.data import datasets; '
+            f's = datasets.load("kamal_digits", "train", data_dir={data_dir!r}, image_size=(16, 16), streaming=True); '
+            'x = s.images[[0, 5]]; '
+            'print(len(s.images), x.shape, "tensorflow" in sys.modules, "tensorflow_datasets" in sys.modules)')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=root,
+                         env={**os.environ, 'PYTHONPATH': root})
+    assert out.stdout.split() == ['1347', '(2,', '16,', '16,', '3)', 'False', 'False']

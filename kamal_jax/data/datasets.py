@@ -362,20 +362,24 @@ def load(name: str, split: str, *, data_dir=None, manual_dir=None,
 
 
 def _load_records(name, split, *, data_dir, manual_dir, image_size, crop_to_aspect) -> ArraySplit:
-    """The split's records folder, written first (one chunk in memory at a time) if missing or stale."""
+    """The split's records folder, written first (one chunk in memory at a time) if missing or of
+    another size. Reading existing records needs no TensorFlow: only writing them decodes and
+    resizes (the builder's version is recorded then; delete the folder to rewrite it)."""
     from kamal_jax.data import records
-    import tensorflow_datasets as tfds
     out = _split_records(name, split, image_size, crop_to_aspect, data_dir)
     source = {'name': name, 'split': split, 'image_size': list(image_size) if image_size else None,
               'crop_to_aspect': bool(crop_to_aspect)}
-    b, ds, specs = _tf_examples(name, split, data_dir=data_dir, manual_dir=manual_dir,
-                                image_size=image_size, crop_to_aspect=crop_to_aspect)
-    source['version'] = str(b.version)
     try:
-        if records.read_info(out).get('source') == source:
+        found = dict(records.read_info(out).get('source') or {})
+        found.pop('version', None)
+        if found == source:
             return records.open_split(out)
     except ValueError:
         pass  # missing or incomplete: (re)write it
+    import tensorflow_datasets as tfds
+    b, ds, specs = _tf_examples(name, split, data_dir=data_dir, manual_dir=manual_dir,
+                                image_size=image_size, crop_to_aspect=crop_to_aspect)
+    source['version'] = str(b.version)
     shape = ds.element_spec[0].shape
     if not shape.is_fully_defined():
         raise ValueError(f'{name} has images of different sizes; streaming needs image_size=(h, w).')
