@@ -1,13 +1,13 @@
-"""Training batches assembled ahead of the step in background threads (grain), resumable by position.
+"""Training batches gathered ahead of the step on worker threads (grain), resumable by position.
 
-Why: the loop used to gather each batch on its own thread between steps, so the device waited for
-the host every step; with images read from disk (`kamal_jax.data.records`) that wait grows. Here a
-grain `MapDataset` over step numbers maps step -> that step's batch (`EpochBatches.batch`, a pure
-function of seed and step), and its iterator gathers `prefetch` batches ahead on worker threads
-(by default where that pays: streamed images or an accelerator, `resolve_prefetch`).
-A thread of its own then copies the next batches onto the devices. Its state is the next step's
-position; the loop saves it in every checkpoint and a resumed run restores it, so the batches
-after a resume are exactly those of an uninterrupted run.
+Why: a batch gathered between steps makes the device wait for the host at every step, and with
+images read from disk (`kamal_jax.data.records`) that wait grows. Here a grain `MapDataset` over
+step numbers maps step -> that step's batch (`EpochBatches.batch`, a pure function of seed and
+step); its iterator gathers `prefetch` batches ahead on worker threads, and with one step per call
+a thread of its own copies the next two onto the devices (by default only where that pays:
+streamed images or an accelerator, `resolve_prefetch`). Its state is the next step's position;
+the loop saves it in every checkpoint and a resumed run restores it, so the batches after a resume
+are exactly those of an uninterrupted run.
 """
 
 from __future__ import annotations
