@@ -30,7 +30,6 @@ Importing this module is cheap: TensorFlow / TFDS are imported inside the functi
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import re
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+
+from kamal_jax.data.split import ArraySplit
 
 __all__ = ['ArraySplit', 'BUILDERS', 'load', 'builder', 'prepared_builder', 'split_bytes', 'default_manual_dir',
            'DEFAULT_DATA_DIR']
@@ -80,26 +81,6 @@ class _LazyRegistry(Mapping):
 
 
 BUILDERS = _LazyRegistry(_BUILDER_PATHS)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ArraySplit:
-    """One split of a dataset, fully in memory.
-
-    images: (N, H, W, C) uint8. labels: label key -> (N,) int64. label_names: label key -> class
-    names (index = label id); an empty list marks a numeric label (e.g. UTKFace `age`).
-    """
-    images: np.ndarray
-    labels: dict
-    label_names: dict
-    name: str
-    split: str
-
-    def __len__(self):
-        return int(self.images.shape[0])
-
-    def num_classes(self, key='label'):
-        return len(self.label_names[key])
 
 
 def default_manual_dir() -> Optional[Path]:

@@ -25,6 +25,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from kamal_jax.data.split import ArraySplit
+
 __all__ = ['RecordImages', 'write', 'open_split', 'is_records_dir', 'INFO', 'FORMAT']
 
 INFO = 'info.json'
@@ -217,7 +219,6 @@ def read_info(directory: str) -> dict:
 
 def open_split(directory: str):
     """The records folder as an `ArraySplit` whose `images` are read from disk on demand."""
-    from kamal_jax.data.datasets import ArraySplit
     info = read_info(directory)
     with np.load(os.path.join(directory, LABELS), allow_pickle=False) as z:
         labels = {k: z[k].astype(np.int64) for k in z.files}
