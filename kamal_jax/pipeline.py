@@ -233,6 +233,13 @@ def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
     train = load_split(config, config.data.train_split)  # data problems stop us before the
     held_out = load_split(config, config.data.eval_split)  # workdir is claimed
     check_data_labels(plan, held_out.label_names, config.data.eval_split)
+    if tuple(train.images.shape[1:]) != tuple(held_out.images.shape[1:]):
+        field = 'data.train_records' if config.data.get('train_records') else 'data.train_split'
+        hint = ('write the records at the evaluation size' if field == 'data.train_records'
+                else 'set data.image_size')
+        raise ConfigError(f'{field} holds images of {tuple(train.images.shape[1:])}, but data.eval_split = '
+                          f'{config.data.eval_split!r} of {tuple(held_out.images.shape[1:])}; {hint} '
+                          f'(data.image_size = {tuple(config.data.get("image_size") or ())}).')
     main, baselines = check_recipes(config)
     if 'supervised' in (main, *baselines):
         task_label_arrays(plan, train)  # missing labels are refused before the workdir is claimed

@@ -202,3 +202,16 @@ def test_reading_written_records_needs_no_tensorflow(digits):
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=root,
                          env={**os.environ, 'PYTHONPATH': root})
     assert out.stdout.split() == ['1347', '(2,', '16,', '16,', '3)', 'False', 'False']
+
+
+def test_train_records_of_another_size_than_the_evaluation_are_refused_before_work(tmp_path, digits):
+    memory, _ = digits
+    folder = records.write(str(tmp_path / 'rec8'), [(np.zeros((64, 8, 8, 3), np.uint8), {'label': np.zeros(64, np.int64)})],
+                           shape=(8, 8, 3), label_names=memory.label_names)
+    config = toy.quickstart_config()
+    config.data.train_records = folder
+    config.data.data_dir = os.path.dirname(os.path.dirname(os.path.dirname(digits[1].images.directory)))
+    with pytest.raises(ConfigError, match=r"data\.train_records holds images of \(8, 8, 3\), but data\.eval_split = "
+                                          r"'test' of \(16, 16, 3\); write the records at the evaluation size"):
+        pipeline.run(config, str(tmp_path / 'run'))
+    assert not (tmp_path / 'run').exists()
