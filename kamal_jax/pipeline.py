@@ -63,8 +63,11 @@ def load_split(config: Any, split: str):
             streaming = _streams(config, split)
             kwargs = dict(data_dir=d.get('data_dir') or None, manual_dir=d.get('manual_dir') or None,
                           image_size=tuple(d.image_size) if d.get('image_size') else None, streaming=streaming)
-            ds = distributed.primary_first(  # process 0 writes the records; the others read them
-                lambda: datasets.load(d.name, split, **kwargs), f'reading {field} = {split!r}')
+            if streaming:  # process 0 writes the records; the others read them
+                ds = distributed.primary_first(lambda: datasets.load(d.name, split, **kwargs),
+                                               f'writing the records of {field} = {split!r}')
+            else:  # in memory: every process reads its copy at once, as before
+                ds = datasets.load(d.name, split, **kwargs)
         except (ValueError, AssertionError) as e:  # TFDS reports bad split specs this way
             raise ConfigError(f'{field} = {split!r} of dataset {d.name!r} cannot be read: {e}') from None
         if streaming:
