@@ -95,3 +95,45 @@ def test_torch_recipe_runs_under_bf16_autocast(tmp_path):
     assert set(result['results']) == {'supervised', 'stage1', 'stage2'}
     assert all(r['images_per_s'] > 0 for r in result['results'].values())
     assert result['config']['compute_dtype'] == 'bfloat16' and result['device'] == 'cpu'
+
+
+def test_torch_rival_times_both_layouts_and_drops_a_layout_whose_gradients_are_wrong(tmp_path):
+    """The PyTorch rival is timed in every layout whose losses and gradients match a float64
+    reference, its fastest setting is the one reported; a layout computing something else (here
+    channels-last made to scale its loss by 1.1) is caught by the check and never timed."""
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(__file__))
+    script = f'''
+import json, sys, torch
+from configs import bench_steps
+from kamal_jax.benchmarks import torch_steps as ts
+c = bench_steps.get_config('tiny'); c.timed_steps = 1; c.warmup_steps = 1
+good = ts.run(c, torch_compile=False)
+build = ts.build_cases
+def broken(c, device, layout, bf16, dtype=torch.float32):
+    cases = build(c, device, layout, bf16, dtype)
+    if layout is torch.channels_last:
+        cases = {{k: ((lambda f=f: 1.1 * f()), p, o) for k, (f, p, o) in cases.items()}}
+    return cases
+ts.build_cases = broken
+bad = ts.run(c, torch_compile=False)
+json.dump({{'good': good, 'bad': bad}}, open(sys.argv[1], 'w'))
+'''
+    out = tmp_path / 'rival.json'
+    subprocess.run([sys.executable, '-c', script, str(out)], check=True, cwd=root, capture_output=True,
+                   env={**os.environ, 'PYTHONPATH': root})
+    result = json.loads(out.read_text())
+    good, bad = result['good'], result['bad']
+    assert set(good['layout_check']) == {'supervised', 'stage1', 'stage2'}
+    for case, check in good['layout_check'].items():
+        assert check['ok'] and check['grad_rel'] < 2e-2 and check['loss_rel'] < 1e-5, (case, check)
+        rates = {s: good['by_setting'][s][case]['images_per_s'] for s in ('nchw', 'channels_last')}
+        assert good['results'][case]['setting'] == max(rates, key=rates.get)
+        assert good['results'][case]['images_per_s'] == max(rates.values())
+    for case, check in bad['layout_check'].items():
+        assert not check['ok'] and check['first_mismatch_step'] == 0, (case, check)
+        assert check['loss_rel'] > 0.05 and check['worst'].startswith('param ')
+    assert set(bad['by_setting']) == {'nchw'}
+    assert all(r['setting'] == 'nchw' for r in bad['results'].values())

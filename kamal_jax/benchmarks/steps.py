@@ -12,6 +12,10 @@ XLA:CPU's YNN fusion flag is on, as in launch.py; KAMAL_JAX_PLAIN_XLA=1 measures
 `--config.compute_dtype=bfloat16` times the steps in bf16 (params and optimizer state float32), the
 way `compute_dtype` runs them in a config; with `--compare_torch` the PyTorch recipe then runs under
 bf16 autocast. On a GPU both sides run on the GPU.
+
+`--compare_torch` first runs the PyTorch recipe (`kamal_jax.benchmarks.torch_steps`, own process) in
+NCHW and, where its gradients check out, channels-last, and with `--torch_compile=on` (the default
+on a GPU) compiled as well; each ratio is against PyTorch's fastest setting for that step, named.
 """
 
 from __future__ import annotations
@@ -169,14 +173,14 @@ def run(c) -> dict:
     }
 
 
-def _torch_reference(config_arg: str) -> dict:
+def _torch_reference(config_arg: str, torch_compile: str = 'auto') -> dict:
     import subprocess
     import sys
     import tempfile
     with tempfile.NamedTemporaryFile(suffix='.json') as f:
         env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
         subprocess.run([sys.executable, '-m', 'kamal_jax.benchmarks.torch_steps', f'--config={config_arg}',
-                        f'--json={f.name}'], check=True, env=env)
+                        f'--json={f.name}', f'--torch_compile={torch_compile}'], check=True, env=env)
         return json.load(open(f.name))
 
 
@@ -187,8 +191,8 @@ def yardstick(case: str) -> str:
 
 def table(results: dict, torch_results: dict | None = None) -> str:
     """Markdown: images/s per case, vs the same student's plain supervised step (`yardstick`) and vs
-    the PyTorch recipe's same stage."""
-    head = '| step | kamal_jax img/s | / own supervised |' + (' PyTorch img/s | kamal_jax / PyTorch |'
+    the PyTorch recipe's same stage in its fastest setting (layout, compiled or not), named."""
+    head = '| step | kamal_jax img/s | / own supervised |' + (' PyTorch img/s (fastest setting) | kamal_jax / PyTorch |'
                                                               if torch_results else '')
     lines = [head, '|---|' + '---:|' * (head.count('|') - 2)]
     for name, r in results.items():
@@ -197,7 +201,8 @@ def table(results: dict, torch_results: dict | None = None) -> str:
         row = f'| {name} | {rate:.1f} | {rate / sup:.2f}x |'
         if torch_results:
             ref = torch_results.get(name.replace('_cached', ''))
-            row += (f' {ref["images_per_s"]:.1f} | {rate / ref["images_per_s"]:.2f}x |' if ref and
+            setting = f' ({ref["setting"]})' if ref and 'setting' in ref else ''
+            row += (f' {ref["images_per_s"]:.1f}{setting} | {rate / ref["images_per_s"]:.2f}x |' if ref and
                     not name.endswith('_build') else ' | |')
         lines.append(row)
     return '\n'.join(lines)
@@ -209,7 +214,7 @@ def main(argv):
     if _COMPARE_TORCH.value:
         print('PyTorch recipe (own process):', flush=True)
         reference = _torch_reference(flags.FLAGS['config'].value if isinstance(flags.FLAGS['config'].value, str)
-                                     else flags.FLAGS['config'].config_filename)
+                                     else flags.FLAGS['config'].config_filename, _TORCH_COMPILE.value)
         print('kamal_jax:', flush=True)
     out = run(_CONFIG.value)
     out['table'] = table(out['results'], reference['results'] if reference else None)
@@ -226,4 +231,6 @@ if __name__ == '__main__':  # flags only when run as a program, so tests can imp
     _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
     _COMPARE_TORCH = flags.DEFINE_bool('compare_torch', False, 'First run the PyTorch recipe of the same steps '
                                        '(kamal_jax.benchmarks.torch_steps, own process) and print both.')
+    _TORCH_COMPILE = flags.DEFINE_enum('torch_compile', 'auto', ['auto', 'on', 'off'], 'With --compare_torch: '
+                                       'also time the PyTorch steps under torch.compile (auto: on a GPU only).')
     app.run(main)
