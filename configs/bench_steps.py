@@ -30,6 +30,7 @@ def get_config(arg: str = ''):
     c.timed_steps = 10
     c.seed = 0
     c.compute_dtype = 'float32'  # or 'bfloat16': activations only; params and optimizer stay float32
+    c.cases = ''  # comma-separated step names to time (e.g. 'supervised,stage1'); '' times every one
     if arg == 'cifar':
         c.image_size, c.batch_size = 32, 128
         c.teacher_arch = c.component_arch = c.target_arch = 'cifar_resnet20'

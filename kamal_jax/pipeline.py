@@ -153,7 +153,7 @@ def _claim(config: Any, workdir: str, overwrite: bool) -> bool:
     return resumed
 
 
-def _teachers(config: Any, plan: Plan, workdir: str, image_size, mesh):
+def load_teachers(config: Any, plan: Plan, workdir: str, image_size, mesh):
     """The used teachers ported (or read from the workdir's cache), their variables replicated."""
     def load():  # process 0 ports and caches them, the others then read the cache
         return {spec.name: load_teacher(spec, os.path.join(workdir, 'teachers'), image_size)
@@ -264,7 +264,7 @@ def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
         train = views_lib.expand_split(train, config.data, config.seed)
         log.info('pre-drew %d augmented views of each training image (%.1f MiB in memory, %.1fs)', n_views,
                  train.images.nbytes / 2 ** 20, time.perf_counter() - t0)
-    teachers, frozen = _teachers(config, plan, workdir, image_size, mesh)
+    teachers, frozen = load_teachers(config, plan, workdir, image_size, mesh)
     return Run(config, plan, teachers, frozen, train, held_out, mesh, workdir)
 
 

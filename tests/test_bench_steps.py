@@ -137,3 +137,39 @@ json.dump({{'good': good, 'bad': bad}}, open(sys.argv[1], 'w'))
         assert check['loss_rel'] > 0.05 and check['worst'].startswith('param ')
     assert set(bad['by_setting']) == {'nchw'}
     assert all(r['setting'] == 'nchw' for r in bad['results'].values())
+
+
+def test_benchmark_times_only_the_named_cases_including_the_logits_only_diagnostics():
+    c = _tiny()
+    c.cases = 'stage1_logits_only,supervised'
+    out = steps.run(c)
+    assert set(out['results']) == {'supervised', 'stage1_logits_only'}
+    assert all(r['images_per_s'] > 0 for r in out['results'].values())
+    c.cases = 'supervised,stage3'
+    with pytest.raises(ValueError, match=r"config.cases names unknown steps \['stage3'\]"):
+        steps.run(c)
+
+
+def test_projection_counts_train_step_flops_and_scales_hours():
+    """The ImageNet projection's FLOPs are XLA's count of the real train steps: a supervised step
+    is about three forward passes of the student (forward, and backward at twice that), stage 1
+    adds the teachers' forward passes; hours follow from the rates."""
+    from kamal_jax.benchmarks import projection
+    from kamal_jax.train import evaluate as eval_lib
+    c = _tiny()
+    flops = projection.step_flops(c)
+    teachers, teacher_vars, component, *_ = steps.random_nets(c, __import__('jax').random.key(0))
+    import jax
+    import jax.numpy as jnp
+    variables = component.module.init(jax.random.key(1), jnp.zeros((1, c.image_size, c.image_size, 3)))
+    forward = eval_lib.forward_flops(component, variables, (c.image_size, c.image_size, 3))
+    teacher_forward = eval_lib.forward_flops(teachers[0], teacher_vars[teachers[0].name],
+                                             (c.image_size, c.image_size, 3))
+    assert 2.5 * forward < flops['supervised']['flops_per_image'] < 3.5 * forward
+    extra = flops['stage1']['flops_per_image'] - flops['supervised']['flops_per_image']
+    assert extra > 1.5 * teacher_forward  # two teachers' forward passes, plus bridges
+    p = projection.project(flops, flops, epochs1=3, epochs2=2, tasks=2, devices_per_host=8, hosts=2)
+    stage1 = p['rows']['stage1']
+    assert stage1['images_per_s_per_chip'] == pytest.approx(projection.MEASURED['stage1'])  # same FLOPs
+    assert stage1['hours'] == pytest.approx(6 * projection.IMAGENET_TRAIN / (projection.MEASURED['stage1'] * 16) / 3600)
+    assert p['total_hours'] == pytest.approx(stage1['hours'] + p['rows']['stage2']['hours'])

@@ -139,7 +139,13 @@ def _cases(c, rng, images):
     }
     builds = [('stage1_cache_build', build_fns[offline], teacher_vars, cache_inputs),
               ('stage2_cache_build', build_fns[stage2_cached], comp_vars, {'image': images})]
-    return cases, builds
+    # On request only (config.cases): what the bridges and feature losses cost, i.e. the most that
+    # fusing them or fewer taps (`stageN.tap_pairs`) could save: the same steps with logits only.
+    logits1 = Distill.component(tasks[0], component, teachers, {t.name: () for t in teachers}, LossWeights())
+    logits2 = Amalgamate(target, comps, {n.name: () for _, n in comps}, LossWeights())
+    extra = {'stage1_logits_only': (logits1.loss, component, logits1.init_bridges(rng), teacher_vars, {}),
+             'stage2_logits_only': (logits2.loss, target, logits2.init_bridges(rng), comp_vars, {})}
+    return cases, builds, extra
 
 
 def run(c) -> dict:
@@ -149,7 +155,15 @@ def run(c) -> dict:
     x = jnp.zeros((1, size, size, 3))
     images = np.random.default_rng(c.seed).integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
     batch = sharding.put_batch({'image': images}, mesh)
-    cases, builds = _cases(c, rng, images)
+    cases, builds, extra = _cases(c, rng, images)
+    wanted = [n.strip() for n in str(c.get('cases', '') or '').split(',') if n.strip()]
+    valid = [*cases, *(b[0] for b in builds), *extra]
+    unknown = sorted(set(wanted) - set(valid))
+    if unknown:
+        raise ValueError(f'config.cases names unknown steps {unknown}; valid: {", ".join(valid)}.')
+    if wanted:
+        cases = {k: v for k, v in {**cases, **extra}.items() if k in wanted}
+        builds = [b for b in builds if b[0] in wanted]
     results = {}
     for name, (loss_fn, student, bridges, frozen, extra) in cases.items():
         tx = make_optimizer(OPT, 1000)

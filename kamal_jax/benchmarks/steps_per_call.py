@@ -1,4 +1,5 @@
-"""Whole-loop images/s with one training step per jitted call against k per call (`steps_per_call`).
+"""Whole-loop images/s with one training step per jitted call against k per call (`steps_per_call`),
+and against the bare step.
 
     python -m kamal_jax.benchmarks.steps_per_call [--size 8] [--batch 8] [--steps 256] [--k 1 4 16] [--rounds 2]
 
@@ -7,12 +8,17 @@ weights) and a ResNet-8 component on tiny random images: a step of a few millise
 call's dispatch of the state and the frozen teachers' arrays weighs most. Each k runs `--rounds`
 times in one process, alternating; the best round is reported, compilation excluded (the machine
 may be shared). Compile seconds are reported apart.
+
+The bare step is what the step benchmark (`benchmarks/steps.py`) times: the same jitted step called
+back to back on one batch already on the device, no input, no loop. The loop's rate over it is
+what the loop itself costs.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import time
 
 from kamal_jax import xla
 
@@ -25,6 +31,8 @@ import numpy as np  # noqa: E402
 
 from kamal_jax import models, selection, stage_defaults  # noqa: E402
 from kamal_jax.train import sharding  # noqa: E402
+from kamal_jax.train.state import create_state, make_optimizer  # noqa: E402
+from kamal_jax.train.steps import make_train_step  # noqa: E402
 from kamal_jax.train.nets import Net  # noqa: E402
 from kamal_jax.train.objectives import Distill, LossWeights, make_pairs  # noqa: E402
 from kamal_jax.train.trainer import train_student  # noqa: E402
@@ -46,12 +54,34 @@ def stage(size: int):
     return student, loss, frozen
 
 
+def bare_step_rate(student, loss, frozen, cfg, images, steps: int) -> float:
+    """Images/s of the loop's own jitted step on one device-resident batch, back to back."""
+    mesh = sharding.make_mesh(1)
+    tx = make_optimizer(cfg, steps)
+    size = images.shape[1]
+    state = jax.jit(lambda r: create_state(r, student.module, jnp.zeros((1, size, size, 3)),
+                                           loss.init_bridges(jax.random.key(0)), tx))(jax.random.key(1))
+    step = sharding.jit_train_step(make_train_step(loss.loss, tx), mesh)
+    batch = sharding.put_batch({'image': images[:cfg.batch_size]}, mesh)
+    frozen = sharding.put_replicated(frozen, mesh)
+    rng = jax.random.key(2)
+    state, metrics = step(state, frozen, batch, rng)  # compiles
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(steps - 1):
+        state, metrics = step(state, frozen, batch, rng)
+    jax.block_until_ready(metrics)
+    return (steps - 1) * cfg.batch_size / (time.perf_counter() - t0)
+
+
 def run(size: int, batch: int, steps: int, ks, rounds: int) -> dict:
     student, loss, frozen = stage(size)
     images = np.random.default_rng(0).integers(0, 256, (steps * batch, size, size, 3), dtype=np.uint8)
     cfg = ml_collections.ConfigDict(stage_defaults.stage1(arch='cifar_resnet8', epochs=1, batch_size=batch))
     best = {k: (0.0, 0.0) for k in ks}
+    best['bare'] = (0.0, 0.0)
     for _ in range(rounds):
+        best['bare'] = max(best['bare'], (bare_step_rate(student, loss, frozen, cfg, images, steps), 0.0))
         for k in ks:
             _, m = train_student(name=f'k{k}', student=student, loss_fn=loss.loss,
                                  bridges=loss.init_bridges(jax.random.key(0)), cfg=cfg,
@@ -75,11 +105,14 @@ def main(argv=None) -> None:
     best = run(a.size, a.batch, a.steps, a.k, a.rounds)
     print(f'{jax.devices()[0].platform} ({platform.processor() or platform.machine()}), {a.size}px, batch {a.batch}, '
           f'{a.steps} steps, best of {a.rounds}')
-    print('| steps per call | images/s (compilation excluded) | vs 1 per call | first call (compile) s |')
-    print('|---:|---:|---:|---:|')
+    bare = best['bare'][0]
+    print(f'bare step (no input, no loop): {bare:.0f} images/s')
+    print('| steps per call | whole loop images/s (compilation excluded) | vs 1 per call | vs the bare step | '
+          'first call (compile) s |')
+    print('|---:|---:|---:|---:|---:|')
     for k in a.k:
         rate, compile_s = best[k]
-        print(f'| {k} | {rate:.0f} | {rate / best[a.k[0]][0]:.2f}x | {compile_s:.1f} |')
+        print(f'| {k} | {rate:.0f} | {rate / best[a.k[0]][0]:.2f}x | {rate / bare:.2f}x | {compile_s:.1f} |')
 
 
 if __name__ == '__main__':

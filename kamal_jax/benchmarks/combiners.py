@@ -1,0 +1,143 @@
+"""Label-free ways to combine a run's teachers, scored without training a student.
+
+    python -m kamal_jax.benchmarks.combiners WORKDIR [WORKDIR ...] [--views 4] [--json out.json]
+
+For each target task of each run (a workdir whose teachers are ported: WORKDIR/teachers), the
+teachers' predictions on the evaluation split are combined by each rule below, fitted where a rule
+fits anything on the *training* images without their labels, and the combination's accuracy is
+reported in points against the best single teacher (labels are used only for that score). A
+student distilled from a rule's soft targets tends to land a little above that rule's score: on
+the quickstart's five seeds the `average` recipe's target scored 0.0 to 1.8 points above the
+averaged teachers' own prediction (docs/BENCHMARKS.md). So this is a cheap screen for a selector or
+combined target before the hours a full recipe takes, and shows how far the oracle (some teacher
+right) is from the best teacher.
+
+Rules: `average` (the 'average' recipe's combined target, at T = 1 and at the run's distillation
+temperature), `least_entropy` and `entropy_percentile` (the library's selectors, the picked
+teacher's prediction), `view_average` (each teacher's prediction averaged over the plain image and
+`--views` augmented views, then over teachers), `calibrated_average` (each teacher's temperature
+fitted on the training images so that its mean top probability equals the teachers' mean, then
+averaged: removes a teacher's systematic over-confidence), `geometric` (mean log-probability).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+
+from kamal_jax import xla
+
+xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from kamal_jax import losses, pipeline, selection  # noqa: E402
+from kamal_jax.recipes import one_stage_config  # noqa: E402
+from kamal_jax.recipes.stages import selection_context  # noqa: E402
+from kamal_jax.train import evaluate as eval_lib, sharding  # noqa: E402
+
+
+def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32) / temperature, axis=-1))
+
+
+def confidence_temperature(logits: np.ndarray, confidence: float) -> float:
+    """The temperature at which the mean top probability of softmax(logits / T) is `confidence`
+    (bisection in log T: the mean top probability falls as T grows)."""
+    lo, hi = 1e-2, 1e2
+    for _ in range(60):
+        mid = float(np.sqrt(lo * hi))
+        lo, hi = (mid, hi) if _softmax(logits, mid).max(-1).mean() > confidence else (lo, mid)
+    return float(np.sqrt(lo * hi))
+
+
+def _picked(selector: selection.Selector, train: selection.Context, held_out: selection.Context) -> np.ndarray:
+    params = selector.fit(train) if selector.fit is not None else None
+    weights = np.asarray(selector(held_out, jax.random.key(0), params))
+    probs = np.stack([_softmax(l) for l in held_out.teacher_logits])  # [teachers, batch, classes]
+    return np.einsum('bt,tbc->bc', weights, probs)
+
+
+def rules(temperature: float) -> dict:
+    """name -> fn(train context, held-out context) -> [batch, classes] combined prediction."""
+    def calibrated(train, held_out):
+        confidence = float(np.mean([_softmax(l).max(-1).mean() for l in train.teacher_logits]))
+        temps = [confidence_temperature(np.asarray(l), confidence) for l in train.teacher_logits]
+        return np.mean([_softmax(l, t) for l, t in zip(held_out.teacher_logits, temps)], 0)
+
+    def view_average(train, held_out):
+        return np.mean([np.concatenate([_softmax(p)[None], _softmax(v)]).mean(0)
+                        for p, v in zip(held_out.teacher_logits, held_out.view_logits)], 0)
+
+    return {
+        'average (T=1)': lambda tr, ho: np.asarray(losses.average_probabilities(ho.teacher_logits, 1.0)),
+        f'average (T={temperature:g})': lambda tr, ho: np.asarray(losses.average_probabilities(ho.teacher_logits,
+                                                                                               temperature)),
+        'least_entropy': lambda tr, ho: _picked(selection.get('least_entropy'), tr, ho),
+        'entropy_percentile': lambda tr, ho: _picked(selection.get('entropy_percentile'), tr, ho),
+        'view_average': view_average,
+        'calibrated_average': calibrated,
+        'geometric': lambda tr, ho: np.mean([np.log(np.maximum(_softmax(l), 1e-12)) for l in ho.teacher_logits], 0),
+    }
+
+
+def score_run(workdir: str, views: int) -> dict:
+    """Per target task of the run in `workdir`: teachers' accuracies, the oracle's, each rule's."""
+    config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, 'config.json'))))
+    plan = pipeline.validate(config, workdir)
+    train = pipeline.load_split(config, config.data.train_split)
+    held_out = pipeline.load_split(config, config.data.eval_split)
+    teachers, frozen = pipeline.load_teachers(config, plan, workdir, tuple(train.images.shape[1:3]),
+                                              sharding.make_mesh(-1))
+    viewing = dataclasses.replace(selection.get('least_entropy'), views=views)
+    temperature = float(one_stage_config(config).get('temperature', 1.0))
+    out = {}
+    for task in plan.target_tasks:
+        group = [teachers[t.name] for t in plan.group(task)]
+        context = {name: selection_context(task, group, frozen, np.asarray(split.images[:]), config.eval_batch_size,
+                                           viewing, config.data, config.seed)
+                   for name, split in (('train', train), ('held_out', held_out))}
+        target = eval_lib.task_targets(plan.tasks[task], held_out.labels, held_out.label_names)
+        valid = target >= 0
+        right = np.stack([np.argmax(l, -1)[valid] == target[valid] for l in context['held_out'].teacher_logits])
+        accuracy = {t.name: float(r.mean()) for t, r in zip(group, right)}
+        best = max(accuracy.values())
+        scores = {}
+        for name, rule in rules(temperature).items():
+            predicted = np.argmax(rule(context['train'], context['held_out']), -1)[valid]
+            scores[name] = float(np.mean(predicted == target[valid]))
+        out[task] = {'teachers': accuracy, 'best_teacher': best, 'oracle': float(right.any(0).mean()),
+                     'rules': scores, 'rules_minus_best_teacher': {k: v - best for k, v in scores.items()},
+                     'held_out_images': int(valid.sum())}
+        print(f'{workdir} {task}: teachers {", ".join(f"{k} {100 * v:.1f}" for k, v in accuracy.items())}; '
+              f'oracle {100 * out[task]["oracle"]:.1f}', flush=True)
+        for k, v in scores.items():
+            print(f'    {k:>22}: {100 * v:.1f} ({100 * (v - best):+.1f} vs the best teacher)', flush=True)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('workdirs', nargs='+')
+    p.add_argument('--views', type=int, default=4, help='augmented views per image for view_average')
+    p.add_argument('--json', default=None)
+    a = p.parse_args(argv)
+    results = {w: score_run(w, a.views) for w in a.workdirs}
+    rows = [r['rules_minus_best_teacher'] for run in results.values() for r in run.values()]
+    summary = {k: {'mean': float(np.mean([r[k] for r in rows])), 'worst': float(np.min([r[k] for r in rows]))}
+               for k in rows[0]}
+    print('\n| rule | mean vs best teacher | worst |\n|---|---:|---:|')
+    for k, v in summary.items():
+        print(f'| {k} | {100 * v["mean"]:+.2f} | {100 * v["worst"]:+.1f} |')
+    if a.json:
+        with open(a.json, 'w') as f:
+            json.dump({'runs': results, 'summary': summary, 'views': a.views}, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

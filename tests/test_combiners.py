@@ -1,0 +1,39 @@
+"""The label-free combination screen: its calibration and rules, on crafted teachers."""
+import numpy as np
+import pytest
+
+from kamal_jax import selection
+from kamal_jax.benchmarks import combiners
+
+
+def test_confidence_temperature_undoes_a_teachers_scale():
+    logits = np.random.default_rng(0).normal(size=(500, 5)).astype(np.float32)
+    t1 = combiners.confidence_temperature(logits, 0.6)
+    t3 = combiners.confidence_temperature(3.0 * logits, 0.6)
+    assert t3 == pytest.approx(3.0 * t1, rel=1e-3)
+    top = combiners._softmax(logits, t1).max(-1).mean()
+    assert top == pytest.approx(0.6, abs=1e-4)
+
+
+def test_calibration_takes_away_a_teachers_overconfidence_but_plain_averaging_follows_it():
+    """Teacher B is right on the first 60 samples only, A on the last 40; B's logits are 20x
+    sharper, so the plain average follows B everywhere; calibrated to one mean confidence, each
+    sample goes to the teacher relatively surer of it."""
+    rng = np.random.default_rng(1)
+    n, k = 100, 5
+    truth = rng.integers(0, k, n)
+    wrong = (truth + 1) % k
+
+    def teacher(right_rows, scale):
+        logits = rng.normal(scale=0.1, size=(n, k)).astype(np.float32)
+        labels = np.where(right_rows, truth, wrong)
+        logits[np.arange(n), labels] += 1.0 + right_rows  # surer where right
+        return scale * logits
+    a = teacher(np.arange(n) >= 60, 1.0)
+    b = teacher(np.arange(n) < 60, 20.0)
+    context = selection.Context((a, b))
+    rules = combiners.rules(temperature=4.0)
+    plain = np.argmax(rules['average (T=1)'](context, context), -1)
+    calibrated = np.argmax(rules['calibrated_average'](context, context), -1)
+    assert np.mean(plain == truth) == pytest.approx(0.6)
+    assert np.mean(calibrated == truth) > 0.95
