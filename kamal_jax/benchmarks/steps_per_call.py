@@ -60,12 +60,14 @@ def bare_step_rate(student, loss, frozen, cfg, images, steps: int) -> float:
     tx = make_optimizer(cfg, steps)
     size = images.shape[1]
     state = jax.jit(lambda r: create_state(r, student.module, jnp.zeros((1, size, size, 3)),
-                                           loss.init_bridges(jax.random.key(0)), tx))(jax.random.key(1))
+                                           loss.init_bridges(jax.random.key(0)), tx),
+                    out_shardings=sharding.replicated(mesh))(jax.random.key(1))  # as train_student
     step = sharding.jit_train_step(make_train_step(loss.loss, tx), mesh)
     batch = sharding.put_batch({'image': images[:cfg.batch_size]}, mesh)
     frozen = sharding.put_replicated(frozen, mesh)
     rng = jax.random.key(2)
-    state, metrics = step(state, frozen, batch, rng)  # compiles
+    for _ in range(3):  # compiles (once: the state keeps its sharding), then warm
+        state, metrics = step(state, frozen, batch, rng)
     jax.block_until_ready(metrics)
     t0 = time.perf_counter()
     for _ in range(steps - 1):
