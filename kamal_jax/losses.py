@@ -65,6 +65,13 @@ def average_probabilities(teacher_logits, temperature: float = 1.0) -> jax.Array
     return jnp.mean(jnp.stack(probs), axis=0)
 
 
+def average_logits(teacher_logits, temperature: float = 1.0) -> jax.Array:
+    """softmax(mean of the teachers' logits / T): the normalised product (geometric mean) of their
+    softmax(logits / T), i.e. a product of experts, where a class must be likely under every teacher."""
+    mean = jnp.mean(jnp.stack([as_categorical(l).astype(jnp.float32) for l in teacher_logits]), axis=0)
+    return jax.nn.softmax(mean / temperature, axis=-1)
+
+
 def soft_target_kl(student: jax.Array, target_probs: jax.Array, *, temperature: float = 1.0) -> jax.Array:
     """Per-sample KL(target || softmax(student / T)) x T^2, for a target given as probabilities."""
     logq = jax.nn.log_softmax(as_categorical(student).astype(jnp.float32) / temperature, axis=-1)

@@ -181,4 +181,6 @@ def entropy_percentile(context: Context, rng=None, params=None) -> jax.Array:
 COMBINERS: dict[str, Callable[[Sequence[jax.Array], float], jax.Array]] = {
     # Hinton-style multi-teacher distillation: the mean of the teachers' softmax(logits / T).
     'average': losses.average_probabilities,
+    # The product of experts: softmax of the mean logits (the geometric mean of the probabilities).
+    'product': losses.average_logits,
 }

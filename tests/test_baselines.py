@@ -69,6 +69,39 @@ def test_average_distils_towards_the_mean_of_teacher_probabilities():
                                p, rtol=1e-5)
 
 
+def test_product_distils_towards_the_normalised_product_of_teacher_probabilities():
+    """'product': KL from softmax(mean logits / T), which is the normalised geometric mean of the
+    teachers' softmax(logits / T), and not their arithmetic mean ('average')."""
+    t1, v1 = toy.teacher('t1', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
+    t2, v2 = toy.teacher('t2', 'cifar_resnet8', 7, {'a': (2, 7)}, seed=2)
+    v1 = {**v1, 'params': {**v1['params'], 'fc': jax.tree.map(lambda x: 30 * x, v1['params']['fc'])}}
+    target, temperature = _target(), 2.0
+    x = to_unit(jnp.asarray(toy.images(8)))
+    frozen = {'t1': v1, 't2': v2}
+    params, stats = _init(target)
+    got = {}
+    for name in ('product', 'average'):
+        stage = Distill(target, (('a', (t1, t2)),), {}, LossWeights(temperature=temperature),
+                        combine=selection.COMBINERS[name])
+        got[name] = float(jax.jit(stage.loss)(params, stats, frozen, x, {})[0])
+    (s_logits, _), _ = jax.jit(lambda v, x: target.module.apply(v, target.prepare(x), train=True,
+                                                                mutable=['batch_stats']))(
+        {'params': params['net'], 'batch_stats': stats}, x)
+    t_logits = [np.asarray(jax.jit(t.apply_eval)(v, x)[0]['a'], np.float64) for t, v in ((t1, v1), (t2, v2))]
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    geometric = np.exp(np.mean([log_softmax(l / temperature) for l in t_logits], axis=0))
+    p = geometric / geometric.sum(-1, keepdims=True)
+    log_q = log_softmax(np.asarray(s_logits['a'], np.float64) / temperature)
+    expected = np.mean(np.sum(p * (np.log(p) - log_q), -1)) * temperature ** 2
+    np.testing.assert_allclose(got['product'], expected, rtol=1e-4)
+    assert abs(got['product'] - got['average']) > 1e-2 * abs(expected)
+    np.testing.assert_allclose(losses.average_logits([jnp.asarray(l) for l in t_logits], temperature), p,
+                               rtol=1e-5)
+
+
 def test_one_stage_takes_signal_only_from_the_unambiguous_teacher():
     flat, flat_vars = toy.uniform_teacher('flat', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
     good, good_vars = toy.teacher('good', 'cifar_resnet14', 7, {'a': (2, 7), 'b': (0, 2)}, seed=2)

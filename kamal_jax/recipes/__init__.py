@@ -14,6 +14,8 @@ on the same held-out images and entered in the summary as `baseline_<name>`:
   average      Hinton-style multi-teacher KD in one stage: per head, KL (x T^2) from the mean of the
                task's teachers' softmax(logits / T); logits only (T: the one-stage budget's
                `temperature`).
+  product      as `average`, from the normalised product of the teachers' softened predictions
+               (softmax of their mean logits / T): a class wins only if no teacher rules it out.
   supervised   the target on the true training labels (the upper reference; it sees labels).
 
 Two-stage recipes use `config.stage1` and `config.stage2` (changed as the entry says); one-stage
@@ -37,6 +39,8 @@ RECIPES = {
                             stage1={'feature_weight': 0.0}, stage2={'feature_weight': 0.0}),
     'one_stage': OneStage('one stage from the source nets, {selection} {selector} selection'),
     'average': OneStage('multi-teacher KD, averaged soft targets, T={temperature:g}', combine='average'),
+    'product': OneStage('multi-teacher KD, product of the teachers\' soft targets, T={temperature:g}',
+                        combine='product'),
     'supervised': Labelled('cross-entropy on the true training labels'),
 }
 
