@@ -17,7 +17,8 @@ temperature), `least_entropy` and `entropy_percentile` (the library's selectors,
 teacher's prediction), `view_average` (each teacher's prediction averaged over the plain image and
 `--views` augmented views, then over teachers), `calibrated_average` (each teacher's temperature
 fitted on the training images so that its mean top probability equals the teachers' mean, then
-averaged: removes a teacher's systematic over-confidence), `geometric` (mean log-probability).
+averaged: removes a teacher's systematic over-confidence), `product` (the 'product' recipe's
+target: softmax of the mean logits, the normalised geometric mean of the probabilities).
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def rules(temperature: float) -> dict:
         'entropy_percentile': lambda tr, ho: _picked(selection.get('entropy_percentile'), tr, ho),
         'view_average': view_average,
         'calibrated_average': calibrated,
-        'geometric': lambda tr, ho: np.mean([np.log(np.maximum(_softmax(l), 1e-12)) for l in ho.teacher_logits], 0),
+        'product': lambda tr, ho: np.asarray(losses.average_logits(ho.teacher_logits, temperature)),
     }
 
 
