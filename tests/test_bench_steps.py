@@ -154,13 +154,13 @@ def test_projection_counts_train_step_flops_and_scales_hours():
     """The ImageNet projection's FLOPs are XLA's count of the real train steps: a supervised step
     is about three forward passes of the student (forward, and backward at twice that), stage 1
     adds the teachers' forward passes; hours follow from the rates."""
+    import jax
+    import jax.numpy as jnp
     from kamal_jax.benchmarks import projection
     from kamal_jax.train import evaluate as eval_lib
     c = _tiny()
     flops = projection.step_flops(c)
-    teachers, teacher_vars, component, *_ = steps.random_nets(c, __import__('jax').random.key(0))
-    import jax
-    import jax.numpy as jnp
+    teachers, teacher_vars, component, *_ = steps.random_nets(c, jax.random.key(0))
     variables = component.module.init(jax.random.key(1), jnp.zeros((1, c.image_size, c.image_size, 3)))
     forward = eval_lib.forward_flops(component, variables, (c.image_size, c.image_size, 3))
     teacher_forward = eval_lib.forward_flops(teachers[0], teacher_vars[teachers[0].name],

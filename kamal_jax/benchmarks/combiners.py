@@ -100,9 +100,11 @@ def score_run(workdir: str, views: int) -> dict:
     out = {}
     for task in plan.target_tasks:
         group = [teachers[t.name] for t in plan.group(task)]
+        # Views only for the held-out images: the rules fit on the training images' plain view.
         context = {name: selection_context(task, group, frozen, np.asarray(split.images[:]), config.eval_batch_size,
-                                           viewing, config.data, config.seed)
-                   for name, split in (('train', train), ('held_out', held_out))}
+                                           selector, config.data, config.seed)
+                   for name, split, selector in (('train', train, selection.get('least_entropy')),
+                                                 ('held_out', held_out, viewing))}
         target = eval_lib.task_targets(plan.tasks[task], held_out.labels, held_out.label_names)
         valid = target >= 0
         right = np.stack([np.argmax(l, -1)[valid] == target[valid] for l in context['held_out'].teacher_logits])
