@@ -50,8 +50,8 @@ SOURCES = {
 
 def get_config(arg: str = ''):
     """`configs/bench_cifar10_parts.py:tiny` shrinks data and budgets to a smoke run."""
-    if arg not in ('', 'tiny'):
-        raise ValueError(f"configs/bench_cifar10_parts.py takes no argument or 'tiny', got {arg!r}.")
+    if arg not in ('', 'tiny', 'reduced'):
+        raise ValueError(f"configs/bench_cifar10_parts.py takes no argument, 'tiny' or 'reduced', got {arg!r}.")
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.data = dict(name='kamal_cifar10', data_dir='', manual_dir='', train_split='train', eval_split='test',
@@ -87,4 +87,6 @@ def get_config(arg: str = ''):
     if arg == 'tiny':
         c.data.train_split, c.data.eval_split, c.data.train_limit = 'train[:512]', 'test[:256]', 0
         stage_defaults.shrink_to_tiny(c)
+    if arg == 'reduced':
+        stage_defaults.shrink_to_reduced(c)
     return c

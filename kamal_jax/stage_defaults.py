@@ -34,6 +34,15 @@ def stage2(**overrides) -> dict:
     return {**_COMMON, 'component_cache': False, **CACHE, **overrides}
 
 
+def shrink_to_reduced(c, *, images: int = 10000, epochs: int = 5) -> None:
+    """The benchmarks' `:reduced` budget, the recipe x selector matrix's (docs/BENCHMARKS.md): a seeded
+    subset of the training images and fewer epochs per stage, so that every recipe fits one session on
+    a 2-core CPU. The zoo, its data and the held-out split stay as in the full config."""
+    c.data.train_limit = images
+    c.stage1.epochs = c.stage2.epochs = epochs
+    c.baselines = ('average', 'product', 'one_stage')
+
+
 def shrink_to_tiny(c, *, batch_size: int = 32) -> None:
     """The benchmarks' `:tiny` smoke version: one epoch everywhere, small batches."""
     for t in c.zoo.teachers.values():

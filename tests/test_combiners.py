@@ -37,3 +37,22 @@ def test_calibration_takes_away_a_teachers_overconfidence_but_plain_averaging_fo
     calibrated = np.argmax(rules['calibrated_average'](context, context), -1)
     assert np.mean(plain == truth) == pytest.approx(0.6)
     assert np.mean(calibrated == truth) > 0.95
+
+
+def test_view_agreement_rule_prefers_the_teacher_whose_answer_holds_across_views():
+    """Teacher A is sharper on the plain view but wrong and unstable: its views spread over all
+    classes; B is less sure and right on every view. Least entropy follows A, view agreement B."""
+    n, k, views = 50, 5, 4
+    truth = np.arange(n) % k
+    a_plain = np.full((n, k), 0.0, np.float32)
+    a_plain[np.arange(n), (truth + 1) % k] = 8.0
+    b_plain = np.full((n, k), 0.0, np.float32)
+    b_plain[np.arange(n), truth] = 4.0
+    a_views = np.zeros((views, n, k), np.float32)
+    for v in range(views):
+        a_views[v, np.arange(n), (truth + 1 + v) % k] = 8.0  # a different wrong class per view
+    b_views = np.repeat(b_plain[None], views, 0)
+    context = selection.Context((a_plain, b_plain), view_logits=(a_views, b_views))
+    rules = combiners.rules(temperature=4.0)
+    assert np.mean(np.argmax(rules['least_entropy'](context, context), -1) == truth) == 0.0
+    assert np.mean(np.argmax(rules['view_agreement'](context, context), -1) == truth) == 1.0

@@ -13,8 +13,8 @@ combined target before the hours a full recipe takes, and shows how far the orac
 right) is from the best teacher.
 
 Rules: `average` (the 'average' recipe's combined target, at T = 1 and at the run's distillation
-temperature), `least_entropy` and `entropy_percentile` (the library's selectors, the picked
-teacher's prediction), `view_average` (each teacher's prediction averaged over the plain image and
+temperature), `least_entropy`, `entropy_percentile` and `view_agreement` (the library's selectors,
+the picked teacher's prediction; `view_agreement` over `--views` augmented views), `view_average` (each teacher's prediction averaged over the plain image and
 `--views` augmented views, then over teachers), `calibrated_average` (each teacher's temperature
 fitted on the training images so that its mean top probability equals the teachers' mean, then
 averaged: removes a teacher's systematic over-confidence), `product` (the 'product' recipe's
@@ -81,6 +81,7 @@ def rules(temperature: float) -> dict:
                                                                                                temperature)),
         'least_entropy': lambda tr, ho: _picked(selection.get('least_entropy'), tr, ho),
         'entropy_percentile': lambda tr, ho: _picked(selection.get('entropy_percentile'), tr, ho),
+        'view_agreement': lambda tr, ho: _picked(selection.get('view_agreement'), tr, ho),
         'view_average': view_average,
         'calibrated_average': calibrated,
         'product': lambda tr, ho: np.asarray(losses.average_logits(ho.teacher_logits, temperature)),
@@ -127,7 +128,7 @@ def score_run(workdir: str, views: int) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('workdirs', nargs='+')
-    p.add_argument('--views', type=int, default=4, help='augmented views per image for view_average')
+    p.add_argument('--views', type=int, default=4, help='augmented views per image for view_agreement and view_average')
     p.add_argument('--json', default=None)
     a = p.parse_args(argv)
     results = {w: score_run(w, a.views) for w in a.workdirs}

@@ -1,0 +1,105 @@
+"""Finished runs -> the recipe x selector matrix: each net against the best teacher, per task.
+
+    python -m kamal_jax.benchmarks.matrix WORKDIR [WORKDIR ...] [--json out.json] [--note "..."]
+
+One row per trained net of each run: the main recipe's target (recipe `recipe`, with stage 1's
+selector where the recipe selects), then each baseline. Per task: the net's held-out accuracy
+minus the best teacher's, and, where the run reports it (a two-stage main recipe's components),
+the selection diagnostics: how often the selected teacher is right (weighted by the selector's
+weights) against the best teacher and the oracle (some teacher right). The JSON keeps every row
+with its run's command inputs, so a table in docs/BENCHMARKS.md can be traced back to its runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from kamal_jax.recipes import RECIPES
+from kamal_jax.recipes.one_stage import OneStage
+from kamal_jax.recipes.two_stage import TwoStage
+
+
+def recipe_selector(recipe: str, config: dict) -> str:
+    """The selector a recipe uses under `config` ('-' for one that combines or reads labels)."""
+    r = RECIPES[recipe]
+    stage1 = dict(config.get('stage1', {}))
+    if isinstance(r, TwoStage):
+        stage1.update(r.stage1)
+    elif not (isinstance(r, OneStage) and not r.combine):
+        return '-'
+    return f"{stage1.get('selector', 'least_entropy')} ({stage1.get('selection', 'online')})"
+
+
+def _read(workdir: str, name: str) -> dict:
+    path = os.path.join(workdir, name)
+    if not os.path.isfile(path):
+        raise SystemExit(f'{path} is missing: is {workdir!r} the workdir of a run that has finished a recipe?')
+    with open(path) as f:
+        return json.load(f)
+
+
+def rows(workdir: str) -> list[dict[str, Any]]:
+    """The matrix rows of one run: every finished net of a recipe, scored per task."""
+    config, summary = _read(workdir, 'config.json'), _read(workdir, 'summary.json')
+    models = summary['models']
+    tasks = list(config['target_tasks'])
+    teachers = {t: {n: m['accuracy'][t] for n, m in models.items() if m.get('role') == 'teacher' and t in m['accuracy']}
+                for t in tasks}
+    best = {t: max(a.values()) for t, a in teachers.items()}
+    nets = [('target', config.get('recipe') or 'paper')]
+    nets += [(k, k[len('baseline_'):]) for k in models if k.startswith('baseline_')]
+    out = []
+    for key, recipe in nets:
+        if key not in models:
+            continue
+        row = {'workdir': os.path.basename(os.path.normpath(workdir)), 'net': key, 'recipe': recipe,
+               'selector': recipe_selector(recipe, config), 'seed': config.get('seed', 0),
+               'epochs': models[key].get('epochs'), 'tasks': {}}
+        for t in tasks:
+            acc = models[key]['accuracy'].get(t)
+            entry = {'teachers': teachers[t], 'best_teacher': best[t], 'result': acc,
+                     'minus_best_teacher': None if acc is None else acc - best[t]}
+            component = models.get(f'component_{t}', {})
+            if key == 'target' and component.get('selection'):
+                entry['selection'] = component['selection']
+            row['tasks'][t] = entry
+        out.append(row)
+    return out
+
+
+def table(all_rows: list[dict]) -> str:
+    """Markdown: one line per row, points against the best teacher and selection diagnostics."""
+    tasks = list(dict.fromkeys(t for r in all_rows for t in r['tasks']))
+    lines = ['| run | recipe | selector | ' + ' / '.join(tasks) + ' - best teacher | selected right | best teacher | oracle |',
+             '|---|---|---|---:|---:|---:|---:|']
+    for r in all_rows:
+        ts = [r['tasks'][t] for t in tasks if t in r['tasks']]
+        delta = ' / '.join('-' if e['minus_best_teacher'] is None else f"{100 * e['minus_best_teacher']:+.1f}" for e in ts)
+        sel = [e.get('selection') for e in ts]
+        right = ' / '.join(f"{100 * s['selected_teacher_accuracy']:.1f}" for s in sel) if all(sel) else '-'
+        oracle = ' / '.join(f"{100 * s['oracle_accuracy']:.1f}" for s in sel) if all(sel) else '-'
+        best = ' / '.join(f"{100 * e['best_teacher']:.1f}" for e in ts)
+        lines.append(f"| {r['workdir']} | {r['recipe']} | {r['selector']} | {delta} | {right} | {best} | {oracle} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('workdirs', nargs='+')
+    p.add_argument('--json', default=None, help='write the rows here')
+    p.add_argument('--note', default='', help='what, where and how the runs ran (kept in the JSON)')
+    a = p.parse_args(argv)
+    all_rows = [r for w in a.workdirs for r in rows(w)]
+    print(table(all_rows))
+    if a.json:
+        configs = {os.path.basename(os.path.normpath(w)): _read(w, 'config.json') for w in a.workdirs}
+        walls = {os.path.basename(os.path.normpath(w)): _read(w, 'summary.json').get('wall_seconds') for w in a.workdirs}
+        with open(a.json, 'w') as f:
+            json.dump({'note': a.note, 'rows': all_rows, 'wall_seconds': walls, 'configs': configs}, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
