@@ -331,6 +331,16 @@ def test_bench_configs_validate(path, arg):
     assert params(config.stage2, heads) < sum(params(config.stage1, [h]) for h in heads)
 
 
+@pytest.mark.parametrize('path', ['configs/bench_cifar10_parts.py', 'configs/bench_utkface_attributes.py'])
+def test_reduced_budget_cuts_the_students_data_and_epochs_but_keeps_zoo_and_test_split(path):
+    full, reduced = _load(path, ''), _load(path, 'reduced')
+    pipeline.validate(reduced)
+    assert (reduced.data.train_limit, reduced.stage1.epochs, reduced.stage2.epochs) == (10000, 5, 5)
+    assert reduced.zoo.to_dict() == full.zoo.to_dict() and reduced.teachers.to_dict() == full.teachers.to_dict()
+    assert reduced.data.eval_split == full.data.eval_split and reduced.data.eval_limit == full.data.eval_limit
+    assert reduced.recipe == 'paper' and set(reduced.baselines) == {'average', 'product', 'one_stage'}
+
+
 def test_one_stage_budget_equals_the_epochs_of_all_two_stage_nets_together():
     from kamal_jax.recipes import one_stage_config
     config = toy.quickstart_config('')  # two target tasks, 40 + 40 epochs
