@@ -56,3 +56,22 @@ def test_a_workdir_without_a_summary_is_named(tmp_path):
     (tmp_path / 'config.json').write_text('{}')
     with pytest.raises(SystemExit, match='summary.json is missing'):
         matrix.rows(str(tmp_path))
+
+
+def test_rows_of_earlier_files_join_and_each_recipe_gets_mean_spread_and_worst_task_over_seeds(tmp_path):
+    def run(seed, recipe, a, b):
+        task = lambda d: {'teachers': {'t': 0.8}, 'best_teacher': 0.8, 'target': 0.8 + d, 'target_minus_best_teacher': d}
+        return {'seed': seed, 'recipe': recipe, 'tasks': {'a': task(a), 'b': task(b)}}
+    path = tmp_path / 'old.json'
+    path.write_text(json.dumps({'runs': [run(0, 'average', 0.01, 0.04), run(1, 'average', 0.03, -0.02),
+                                         run(0, 'product', 0.02, 0.00)]}))
+    rows = matrix.included(str(path))
+    assert [r['selector'] for r in rows] == ['-', '-', '-'] and rows[1]['tasks']['b']['result'] == pytest.approx(0.78)
+    rows += matrix.rows(_run(tmp_path, 'paper', 'least_entropy'))[:1]  # seed 3
+    summary = matrix.summarise(rows)
+    avg = summary['average | -']
+    assert avg['seeds'] == [0, 1]
+    assert avg['tasks']['a'] == pytest.approx({'mean': 0.02, 'min': 0.01, 'max': 0.03, 'n': 2})
+    assert avg['worst'] == {'minus_best_teacher': pytest.approx(-0.02), 'seed': 1, 'task': 'b'}
+    assert summary['paper | least_entropy (offline)']['worst']['seed'] == 3
+    assert '| average | - | 0,1 | +2.0 [+1.0, +3.0] / +1.0 [-2.0, +4.0] | -2.0 (seed 1, b) |' in matrix.summary_table(summary)

@@ -1,6 +1,7 @@
 """Finished runs -> the recipe x selector matrix: each net against the best teacher, per task.
 
-    python -m kamal_jax.benchmarks.matrix WORKDIR [WORKDIR ...] [--json out.json] [--note "..."]
+    python -m kamal_jax.benchmarks.matrix WORKDIR [WORKDIR ...] [--include rows.json ...] \
+        [--json out.json] [--note "..."]
 
 One row per trained net of each run: the main recipe's target (recipe `recipe`, with stage 1's
 selector where the recipe selects), then each baseline. Per task: the net's held-out accuracy
@@ -8,6 +9,8 @@ minus the best teacher's, and, where the run reports it (a two-stage main recipe
 the selection diagnostics: how often the selected teacher is right (weighted by the selector's
 weights) against the best teacher and the oracle (some teacher right). The JSON keeps every row
 with its run's command inputs, so a table in docs/BENCHMARKS.md can be traced back to its runs.
+`--include` adds the rows of earlier results files (this tool's, or a list under 'runs'), and a
+second table gives each recipe and selector's mean, spread and worst task over the rows' seeds.
 """
 
 from __future__ import annotations
@@ -86,19 +89,77 @@ def table(all_rows: list[dict]) -> str:
     return '\n'.join(lines)
 
 
+def included(path: str) -> list[dict[str, Any]]:
+    """Rows of an earlier results file: this tool's JSON ('rows'), or a list of runs ('runs') whose
+    tasks give `target`/`result` and `target_minus_best_teacher`/`minus_best_teacher`."""
+    with open(path) as f:
+        data = json.load(f)
+    out = []
+    for r in data.get('rows', data.get('runs', [])):
+        tasks = {}
+        for t, e in r['tasks'].items():
+            result = e.get('result', e.get('target'))
+            tasks[t] = {'teachers': e['teachers'], 'best_teacher': e['best_teacher'], 'result': result,
+                        'minus_best_teacher': e.get('minus_best_teacher', e.get('target_minus_best_teacher')),
+                        **({'selection': e['selection']} if e.get('selection') else {})}
+        out.append({'workdir': r.get('workdir', os.path.basename(path)), 'net': r.get('net', 'target'),
+                    'recipe': r['recipe'], 'selector': r.get('selector', '-'), 'seed': r.get('seed', 0),
+                    'epochs': r.get('epochs'), 'tasks': tasks})
+    return out
+
+
+def summarise(all_rows: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per recipe and selector, over its rows (seeds): per task the mean, min and max of the points
+    against the best teacher, and the worst task of all."""
+    groups: dict[str, list[dict]] = {}
+    for r in all_rows:
+        groups.setdefault(f"{r['recipe']} | {r['selector']}", []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        tasks = list(dict.fromkeys(t for r in rs for t in r['tasks']))
+        per_task = {}
+        for t in tasks:
+            v = [r['tasks'][t]['minus_best_teacher'] for r in rs if r['tasks'].get(t, {}).get('minus_best_teacher') is not None]
+            per_task[t] = {'mean': sum(v) / len(v), 'min': min(v), 'max': max(v), 'n': len(v)}
+        worst = min((r['tasks'][t]['minus_best_teacher'], r['seed'], t) for r in rs for t in r['tasks']
+                    if r['tasks'][t]['minus_best_teacher'] is not None)
+        out[key] = {'seeds': sorted({r['seed'] for r in rs}), 'tasks': per_task,
+                    'worst': {'minus_best_teacher': worst[0], 'seed': worst[1], 'task': worst[2]}}
+    return out
+
+
+def summary_table(summary: dict[str, dict[str, Any]]) -> str:
+    """Markdown: mean [min, max] per task over the seeds, and the worst task."""
+    lines = ['| recipe | selector | seeds | mean [min, max] per task - best teacher | worst task |',
+             '|---|---|---|---|---:|']
+    for key, s in summary.items():
+        recipe, selector = key.split(' | ')
+        cells = ' / '.join(f"{100 * v['mean']:+.1f} [{100 * v['min']:+.1f}, {100 * v['max']:+.1f}]"
+                           for v in s['tasks'].values())
+        w = s['worst']
+        lines.append(f"| {recipe} | {selector} | {','.join(map(str, s['seeds']))} | {cells} | "
+                     f"{100 * w['minus_best_teacher']:+.1f} (seed {w['seed']}, {w['task']}) |")
+    return '\n'.join(lines)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('workdirs', nargs='+')
+    p.add_argument('workdirs', nargs='*')
+    p.add_argument('--include', nargs='*', default=[], help='earlier results files whose rows to add')
     p.add_argument('--json', default=None, help='write the rows here')
     p.add_argument('--note', default='', help='what, where and how the runs ran (kept in the JSON)')
     a = p.parse_args(argv)
-    all_rows = [r for w in a.workdirs for r in rows(w)]
-    print(table(all_rows))
+    all_rows = [r for w in a.workdirs for r in rows(w)] + [r for path in a.include for r in included(path)]
+    if not all_rows:
+        raise SystemExit('no rows: name at least one finished workdir or --include file.')
+    summary = summarise(all_rows)
+    print(table(all_rows) + '\n\n' + summary_table(summary))
     if a.json:
         configs = {os.path.basename(os.path.normpath(w)): _read(w, 'config.json') for w in a.workdirs}
         walls = {os.path.basename(os.path.normpath(w)): _read(w, 'summary.json').get('wall_seconds') for w in a.workdirs}
         with open(a.json, 'w') as f:
-            json.dump({'note': a.note, 'rows': all_rows, 'wall_seconds': walls, 'configs': configs}, f, indent=2)
+            json.dump({'note': a.note, 'included': a.include, 'rows': all_rows, 'summary': summary,
+                       'wall_seconds': walls, 'configs': configs}, f, indent=2)
 
 
 if __name__ == '__main__':
