@@ -68,9 +68,10 @@ def test_rows_of_earlier_files_join_and_each_recipe_gets_mean_spread_and_worst_t
     rows = matrix.included(str(path))
     assert [r['selector'] for r in rows] == ['-', '-', '-'] and rows[1]['tasks']['b']['result'] == pytest.approx(0.78)
     rows += matrix.rows(_run(tmp_path, 'paper', 'least_entropy'))[:1]  # seed 3
+    rows.append(dict(rows[0], tasks={t: dict(e, minus_best_teacher=-0.5) for t, e in rows[0]['tasks'].items()}))
     summary = matrix.summarise(rows)
     avg = summary['average | -']
-    assert avg['seeds'] == [0, 1]
+    assert avg['seeds'] == [0, 1]  # the second seed-0 row is the same run again: counted once
     assert avg['tasks']['a'] == pytest.approx({'mean': 0.02, 'min': 0.01, 'max': 0.03, 'n': 2})
     assert avg['worst'] == {'minus_best_teacher': pytest.approx(-0.02), 'seed': 1, 'task': 'b'}
     assert summary['paper | least_entropy (offline)']['worst']['seed'] == 3

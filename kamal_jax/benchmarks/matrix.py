@@ -110,10 +110,13 @@ def included(path: str) -> list[dict[str, Any]]:
 
 def summarise(all_rows: list[dict]) -> dict[str, dict[str, Any]]:
     """Per recipe and selector, over its rows (seeds): per task the mean, min and max of the points
-    against the best teacher, and the worst task of all."""
+    against the best teacher, and the worst task of all. A seed counts once per recipe and selector:
+    of two rows with the same seed (a run entered in two results files), the first is kept."""
     groups: dict[str, list[dict]] = {}
     for r in all_rows:
-        groups.setdefault(f"{r['recipe']} | {r['selector']}", []).append(r)
+        group = groups.setdefault(f"{r['recipe']} | {r['selector']}", [])
+        if all(g['seed'] != r['seed'] for g in group):
+            group.append(r)
     out = {}
     for key, rs in groups.items():
         tasks = list(dict.fromkeys(t for r in rs for t in r['tasks']))
