@@ -8,7 +8,7 @@ from typing import Any
 
 from kamal_jax import models, selection
 from kamal_jax.porting import generic
-from kamal_jax.recipes import RECIPES, one_stage_config
+from kamal_jax.recipes import DEFAULT_RECIPE, RECIPES, one_stage_config
 from kamal_jax.recipes.context import compute_dtype
 from kamal_jax.tasks import ConfigError, Plan, check_logit_slices, plan_from_config
 from kamal_jax.train import teacher_cache, views as views_lib
@@ -118,9 +118,10 @@ def check_cache(config: Any, section: str, switch: str) -> None:
 
 
 def check_recipes(config: Any) -> tuple[str, tuple[str, ...]]:
-    """The main recipe (`recipe`, default 'paper') and the baselines (`baselines`, default none)."""
+    """The main recipe (`recipe`, default `recipes.DEFAULT_RECIPE`) and the baselines (`baselines`,
+    default none)."""
     valid = ', '.join(RECIPES)
-    main = config.get('recipe', 'paper') or 'paper'
+    main = config.get('recipe') or DEFAULT_RECIPE
     if main not in RECIPES:
         raise ConfigError(f'recipe = {main!r} is unknown; valid recipes: {valid}.')
     if isinstance(config.get('baselines'), str):

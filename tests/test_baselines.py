@@ -297,6 +297,16 @@ def _load(path, arg=''):
     return module.get_config(arg)
 
 
+def test_a_config_without_a_recipe_runs_the_default_the_matrix_measured_best():
+    from kamal_jax import config_checks
+    config = _load('configs/quickstart.py', 'tiny')
+    del config['recipe']
+    assert config_checks.check_recipes(config) == (recipes.DEFAULT_RECIPE, ())
+    assert recipes.DEFAULT_RECIPE == 'average' and recipes.DEFAULT_RECIPE in recipes.RECIPES
+    config.recipe = 'paper'  # the paper's two stages stay one name away
+    assert config_checks.check_recipes(config)[0] == 'paper'
+
+
 def test_unknown_baseline_is_refused_before_work(tmp_path):
     config = _load('configs/quickstart.py', 'tiny')
     config.recipe = 'paper'

@@ -20,7 +20,7 @@ import json
 import os
 from typing import Any
 
-from kamal_jax.recipes import RECIPES
+from kamal_jax.recipes import DEFAULT_RECIPE, RECIPES
 from kamal_jax.recipes.one_stage import OneStage
 from kamal_jax.recipes.two_stage import TwoStage
 
@@ -52,7 +52,7 @@ def rows(workdir: str) -> list[dict[str, Any]]:
     teachers = {t: {n: m['accuracy'][t] for n, m in models.items() if m.get('role') == 'teacher' and t in m['accuracy']}
                 for t in tasks}
     best = {t: max(a.values()) for t, a in teachers.items()}
-    nets = [('target', config.get('recipe') or 'paper')]
+    nets = [('target', config.get('recipe') or DEFAULT_RECIPE)]
     nets += [(k, k[len('baseline_'):]) for k in models if k.startswith('baseline_')]
     out = []
     for key, recipe in nets:

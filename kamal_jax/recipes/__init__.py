@@ -2,7 +2,7 @@
 
 A recipe turns the ported teachers and the unlabelled training images into one net of the target's
 architecture (`config.stage2.arch` and `widths`, one head per target task). `config.recipe` (default
-'paper') is the run's main recipe; `config.baselines` lists more to train on the same data, scored
+`DEFAULT_RECIPE`) is the run's main recipe; `config.baselines` lists more to train on the same data, scored
 on the same held-out images and entered in the summary as `baseline_<name>`:
 
   paper        the paper: per sample the teacher `stage1.selector` picks (least entropy), through
@@ -31,6 +31,10 @@ from kamal_jax.recipes.context import Outcome, Run
 from kamal_jax.recipes.one_stage import Labelled, OneStage, one_stage_config, task_label_arrays
 from kamal_jax.recipes.two_stage import TwoStage
 
+# The best label-free recipe measured (docs/BENCHMARKS.md, "The recipe x selector matrix"): the
+# recipe of a config that names none. 'paper' runs the paper's two stages.
+DEFAULT_RECIPE = 'average'
+
 RECIPES = {
     'paper': TwoStage('two stages, the teacher stage1.selector picks per sample'),
     'random': TwoStage('two stages, a random teacher per sample',
@@ -52,4 +56,4 @@ def run_recipe(name: str, run: Run, main: bool) -> Outcome:
     return RECIPES[name].run(run, name, out, main)
 
 
-__all__ = ['Outcome', 'RECIPES', 'Run', 'one_stage_config', 'run_recipe', 'task_label_arrays']
+__all__ = ['DEFAULT_RECIPE', 'Outcome', 'RECIPES', 'Run', 'one_stage_config', 'run_recipe', 'task_label_arrays']
