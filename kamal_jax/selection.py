@@ -112,23 +112,6 @@ def _entropy_of(p: jax.Array) -> jax.Array:
     return -jnp.sum(p * jnp.log(jnp.clip(p, 1e-12)), axis=-1)
 
 
-SELECTION_VIEWS = 4  # augmented views per image for 'view_agreement' (besides the plain view)
-
-
-@selector('view_agreement', online=False, views=SELECTION_VIEWS)
-def view_agreement(context: Context, rng=None, params=None) -> jax.Array:
-    """Least entropy of each teacher's prediction averaged over the plain view and K augmented ones.
-
-    A teacher whose answer moves between shifted copies of an image gets a flat average, so it
-    must be confident *and* consistent to win; plain least entropy rewards confidence alone.
-    """
-    entropies = []
-    for plain, views in zip(context.teacher_logits, context.view_logits):
-        p = jnp.concatenate([_probabilities(plain)[None], _probabilities(views)]).mean(0)
-        entropies.append(_entropy_of(p))
-    return one_hot(jnp.argmin(jnp.stack(entropies), axis=0), len(context.teacher_logits))
-
-
 STUDENT_AGREEMENT_TEMPERATURE = 0.1
 
 

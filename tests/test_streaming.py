@@ -168,12 +168,16 @@ def test_bad_input_fields_are_one_sentence_naming_the_field(fields, words):
         check_input(_data(**fields))
 
 
-def test_a_streamed_split_refuses_what_needs_it_in_memory(digits):
+def test_a_streamed_split_refuses_what_needs_it_in_memory(digits, monkeypatch):
     import ml_collections
+
+    from kamal_jax import selection
     _, streamed = digits
+    monkeypatch.setattr(selection, 'SELECTORS', dict(selection.SELECTORS))
+    selection.selector('stable_teacher', online=False, views=4)(selection.least_entropy)  # any selector with views
     config = ml_collections.ConfigDict({'data': {'views': 0, 'crop_padding': 0, 'flip': False, 'streaming': 'auto'},
-                                        'stage1': {'selector': 'view_agreement'}})
-    with pytest.raises(ConfigError, match=r"stage1\.selector = 'view_agreement' draws 4 views of every training "
+                                        'stage1': {'selector': 'stable_teacher'}})
+    with pytest.raises(ConfigError, match=r"stage1\.selector = 'stable_teacher' draws 4 views of every training "
                                           r"image in host memory, but the training images are read from disk"):
         pipeline.check_streaming_needs(config, streamed)
     config.stage1.selector = 'least_entropy'
