@@ -49,7 +49,8 @@ SOURCES = {
 
 
 def get_config(arg: str = ''):
-    """`configs/bench_cifar10_parts.py:tiny` shrinks data and budgets to a smoke run."""
+    """`configs/bench_cifar10_parts.py:tiny` shrinks data and budgets to a smoke run; `:reduced` to the
+    selection matrix's budget (10000 training images, 5 + 5 epochs; `stage_defaults.shrink_to_reduced`)."""
     if arg not in ('', 'tiny', 'reduced'):
         raise ValueError(f"configs/bench_cifar10_parts.py takes no argument, 'tiny' or 'reduced', got {arg!r}.")
     c = ml_collections.ConfigDict()

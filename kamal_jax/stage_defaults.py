@@ -36,8 +36,9 @@ def stage2(**overrides) -> dict:
 
 def shrink_to_reduced(c, *, images: int = 10000, epochs: int = 5) -> None:
     """The benchmarks' `:reduced` budget, the recipe x selector matrix's (docs/BENCHMARKS.md): a seeded
-    subset of the training images and fewer epochs per stage, so that every recipe fits one session on
-    a 2-core CPU. The zoo, its data and the held-out split stay as in the full config."""
+    subset of the training images and fewer epochs per stage, so that a recipe takes tens of minutes
+    on a CPU core rather than hours. The zoo, its data and the held-out split stay as in the full
+    config, so the teachers are the full benchmark's."""
     c.data.train_limit = images
     c.stage1.epochs = c.stage2.epochs = epochs
     c.baselines = ('average', 'product', 'one_stage')
