@@ -17,9 +17,9 @@ temperature), `least_entropy` and `entropy_percentile` (the library's selectors,
 teacher's prediction), `view_agreement` (the teacher least ambiguous on average over the plain
 image and `--views` augmented views; measured, then dropped from the library), `view_average`
 (each teacher's prediction averaged over the plain image and `--views` augmented views, then over
-teachers), `calibrated_average` (each teacher's temperature
-fitted on the training images so that its mean top probability equals the teachers' mean, then
-averaged: removes a teacher's systematic over-confidence), `product` (the 'product' recipe's
+teachers), `calibrated_average` (each teacher's temperature fitted on the training images so that
+its mean top probability equals the teachers' mean, then averaged: removes a teacher's systematic
+over-confidence), `product` (the 'product' recipe's
 target: softmax of the mean logits, the normalised geometric mean of the probabilities).
 """
 

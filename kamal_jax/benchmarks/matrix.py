@@ -28,11 +28,9 @@ from kamal_jax.recipes.two_stage import TwoStage
 def recipe_selector(recipe: str, config: dict) -> str:
     """The selector a recipe uses under `config` ('-' for one that combines or reads labels)."""
     r = RECIPES[recipe]
-    stage1 = dict(config.get('stage1', {}))
-    if isinstance(r, TwoStage):
-        stage1.update(r.stage1)
-    elif not (isinstance(r, OneStage) and not r.combine):
+    if not (isinstance(r, TwoStage) or (isinstance(r, OneStage) and not r.combine)):
         return '-'
+    stage1 = {**config.get('stage1', {}), **(r.stage1 if isinstance(r, TwoStage) else {})}
     return f"{stage1.get('selector', 'least_entropy')} ({stage1.get('selection', 'online')})"
 
 
@@ -44,9 +42,15 @@ def _read(workdir: str, name: str) -> dict:
         return json.load(f)
 
 
-def rows(workdir: str) -> list[dict[str, Any]]:
-    """The matrix rows of one run: every finished net of a recipe, scored per task."""
-    config, summary = _read(workdir, 'config.json'), _read(workdir, 'summary.json')
+def _name(workdir: str) -> str:
+    return os.path.basename(os.path.normpath(workdir))
+
+
+def rows(workdir: str, config: dict | None = None, summary: dict | None = None) -> list[dict[str, Any]]:
+    """The matrix rows of one run: every finished net of a recipe, scored per task (`config` and
+    `summary`: the run's files, when the caller has read them)."""
+    config = config if config is not None else _read(workdir, 'config.json')
+    summary = summary if summary is not None else _read(workdir, 'summary.json')
     models = summary['models']
     tasks = list(config['target_tasks'])
     teachers = {t: {n: m['accuracy'][t] for n, m in models.items() if m.get('role') == 'teacher' and t in m['accuracy']}
@@ -58,7 +62,7 @@ def rows(workdir: str) -> list[dict[str, Any]]:
     for key, recipe in nets:
         if key not in models:
             continue
-        row = {'workdir': os.path.basename(os.path.normpath(workdir)), 'net': key, 'recipe': recipe,
+        row = {'workdir': _name(workdir), 'net': key, 'recipe': recipe,
                'selector': recipe_selector(recipe, config), 'seed': config.get('seed', 0),
                'epochs': models[key].get('epochs'), 'tasks': {}}
         for t in tasks:
@@ -152,14 +156,16 @@ def main(argv=None) -> None:
     p.add_argument('--json', default=None, help='write the rows here')
     p.add_argument('--note', default='', help='what, where and how the runs ran (kept in the JSON)')
     a = p.parse_args(argv)
-    all_rows = [r for w in a.workdirs for r in rows(w)] + [r for path in a.include for r in included(path)]
+    runs = {_name(w): (w, _read(w, 'config.json'), _read(w, 'summary.json')) for w in a.workdirs}
+    all_rows = [r for w, config, summary in runs.values() for r in rows(w, config, summary)]
+    all_rows += [r for path in a.include for r in included(path)]
     if not all_rows:
         raise SystemExit('no rows: name at least one finished workdir or --include file.')
     summary = summarise(all_rows)
     print(table(all_rows) + '\n\n' + summary_table(summary))
     if a.json:
-        configs = {os.path.basename(os.path.normpath(w)): _read(w, 'config.json') for w in a.workdirs}
-        walls = {os.path.basename(os.path.normpath(w)): _read(w, 'summary.json').get('wall_seconds') for w in a.workdirs}
+        configs = {name: config for name, (_, config, _) in runs.items()}
+        walls = {name: summary.get('wall_seconds') for name, (_, _, summary) in runs.items()}
         with open(a.json, 'w') as f:
             json.dump({'note': a.note, 'included': a.include, 'rows': all_rows, 'summary': summary,
                        'wall_seconds': walls, 'configs': configs}, f, indent=2)
