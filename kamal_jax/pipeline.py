@@ -308,6 +308,7 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     """
     workdir = os.path.abspath(workdir)
     r = prepare(config, workdir, overwrite=overwrite)
+    previous = summary_lib.read(workdir)  # what a finished net resuming in this launch keeps
     main, baselines = check_recipes(config)
     entries, wall, pending = _teacher_entries(r), {}, list(baselines)
     data_info = {'name': config.data.name, 'train': len(r.train.images) // max(views_lib.count(config.data), 1),
@@ -319,8 +320,9 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
         return (summary_lib.write(workdir, result) if distributed.is_primary() else ''), result
 
     def on_result(name: str, outcome: Outcome) -> None:
-        entries.update(outcome.entries)
-        wall.update(outcome.wall)
+        kept_entries, kept_wall = summary_lib.keep_finished(previous, outcome.entries, outcome.wall)
+        entries.update(kept_entries)
+        wall.update(kept_wall)
         if name in pending:
             pending.remove(name)
         if pending or name != main:

@@ -89,6 +89,37 @@ def selection_markdown(summary: Mapping[str, Any]) -> str:
     return head + '\n' + '\n'.join(rows)
 
 
+def read(workdir: str) -> dict:
+    """The workdir's summary.json as a previous launch left it ({} if there is none or it does not
+    parse: it is then only not carried over)."""
+    try:
+        with open(os.path.join(workdir, 'summary.json')) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def keep_finished(previous: Mapping[str, Any], entries: Mapping[str, dict],
+                  wall_seconds: Mapping[str, float]) -> tuple[dict, dict]:
+    """One recipe's entries and wall seconds, with what a previous launch recorded for nets that
+    resumed as already trained (an empty `final_train_metrics`: no step ran in this launch).
+
+    Such a net keeps the previous summary's training metrics; and when every net of the recipe
+    resumed so, its wall seconds are the previous launch's (the training), not this launch's few
+    seconds of evaluation. Relaunching a finished run, e.g. to add baselines, so loses nothing.
+    """
+    old_models, old_wall = previous.get('models') or {}, previous.get('wall_seconds') or {}
+    entries, wall_seconds = {k: dict(e) for k, e in entries.items()}, dict(wall_seconds)
+    trained = [k for k, e in entries.items() if 'final_train_metrics' in e]
+    resumed = [k for k in trained if not entries[k]['final_train_metrics'] and k in old_models]
+    for k in resumed:
+        entries[k]['final_train_metrics'] = dict(old_models[k].get('final_train_metrics') or {})
+    if trained and len(resumed) == len(trained):
+        wall_seconds.update({k: old_wall[k] for k in wall_seconds if k in old_wall})
+    return entries, wall_seconds
+
+
 def write(workdir: str, summary: Mapping[str, Any]) -> str:
     """Writes summary.json and summary.md (each whole or not at all: a run rewrites them as it goes)."""
     write_atomic(os.path.join(workdir, 'summary.json'), json.dumps(summary, indent=2).encode())

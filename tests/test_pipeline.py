@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import kamal_jax
-from kamal_jax import pipeline
+from kamal_jax import pipeline, summary as summary_lib
 from kamal_jax.data import datasets
 from kamal_jax.tasks import ConfigError
 from kamal_jax.workdir import WorkdirError
@@ -180,11 +180,35 @@ def test_summary_shows_the_main_result_before_the_baselines_finish(tiny_run, tmp
     assert 'Still training' not in open(os.path.join(workdir, 'summary.md')).read()
 
 
+def test_a_resumed_net_keeps_its_training_record_and_a_retrained_one_gets_this_launchs():
+    previous = {'models': {'component_a': {'final_train_metrics': {'loss': 0.5}},
+                           'target': {'final_train_metrics': {'loss': 0.25}}},
+                'wall_seconds': {'stage1': 100.0, 'stage2': 50.0}}
+    both_resumed = {'component_a': {'role': 'component', 'final_train_metrics': {}},
+                    'target': {'role': 'target', 'final_train_metrics': {}}}
+    entries, wall = summary_lib.keep_finished(previous, both_resumed, {'stage1': 2.0, 'stage2': 1.0})
+    assert entries['target']['final_train_metrics'] == {'loss': 0.25}
+    assert wall == {'stage1': 100.0, 'stage2': 50.0}
+    assert both_resumed['target']['final_train_metrics'] == {}  # the caller's entries are not changed
+    # stage 2 trained again in this launch: its metrics and both stages' seconds are this launch's
+    partly = {'component_a': {'final_train_metrics': {}}, 'target': {'final_train_metrics': {'loss': 0.125}}}
+    entries, wall = summary_lib.keep_finished(previous, partly, {'stage1': 2.0, 'stage2': 40.0})
+    assert entries['component_a']['final_train_metrics'] == {'loss': 0.5}
+    assert entries['target']['final_train_metrics'] == {'loss': 0.125}
+    assert wall == {'stage1': 2.0, 'stage2': 40.0}
+    # nothing recorded before (a first launch, or --overwrite): this launch's figures
+    assert summary_lib.keep_finished({}, both_resumed, {'stage1': 2.0}) == (both_resumed, {'stage1': 2.0})
+
+
 def test_rerun_resumes_and_different_config_is_refused(tiny_run):
     config, workdir, summary = tiny_run
     again = pipeline.run(config, workdir)  # every stage is complete: nothing retrains
     for name, m in summary['models'].items():
         assert again['models'][name]['accuracy'] == pytest.approx(m['accuracy'])
+        # what the first launch measured while training is kept, not replaced by this launch's
+        assert again['models'][name].get('final_train_metrics') == m.get('final_train_metrics')
+    assert summary['models']['target']['final_train_metrics']['loss'] > 0
+    assert again['wall_seconds'] == summary['wall_seconds']
     changed = quickstart(data_dir=config.data.data_dir)
     changed.stage2.lr = 0.5
     with pytest.raises(WorkdirError, match=r'stage2\.lr'):
