@@ -302,7 +302,7 @@ def test_a_config_without_a_recipe_runs_the_default_the_matrix_measured_best():
     config = _load('configs/quickstart.py', 'tiny')
     del config['recipe']
     assert config_checks.check_recipes(config) == (recipes.DEFAULT_RECIPE, ())
-    assert recipes.DEFAULT_RECIPE == 'average' and recipes.DEFAULT_RECIPE in recipes.RECIPES
+    assert recipes.DEFAULT_RECIPE == 'product' and recipes.DEFAULT_RECIPE in recipes.RECIPES
     config.recipe = 'paper'  # the paper's two stages stay one name away
     assert config_checks.check_recipes(config)[0] == 'paper'
 

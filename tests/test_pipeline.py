@@ -21,7 +21,7 @@ def quickstart(arg='tiny', data_dir=None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(arg)
-    config.recipe = 'paper'  # these tests look at the paper's two stages (the quickstart's default: 'average')
+    config.recipe = 'paper'  # these tests look at the paper's two stages (the quickstart's default: 'product')
     if data_dir:
         config.data.data_dir = str(data_dir)
     return config

@@ -54,7 +54,7 @@ def images(n=16, size=12, seed=0):
 
 def quickstart_config(arg='tiny', recipe='paper'):
     """configs/quickstart.py's config (for validation tests), with the paper's two stages as the
-    main recipe unless `recipe` says otherwise (the quickstart's own default is 'average')."""
+    main recipe unless `recipe` says otherwise (the quickstart's own default is 'product')."""
     spec = importlib.util.spec_from_file_location(
         'quickstart', os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs', 'quickstart.py'))
     quickstart = importlib.util.module_from_spec(spec)

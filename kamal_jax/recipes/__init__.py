@@ -33,7 +33,7 @@ from kamal_jax.recipes.two_stage import TwoStage
 
 # The best label-free recipe measured (docs/BENCHMARKS.md, "The recipe x selector matrix"): the
 # recipe of a config that names none. 'paper' runs the paper's two stages.
-DEFAULT_RECIPE = 'average'
+DEFAULT_RECIPE = 'product'
 
 RECIPES = {
     'paper': TwoStage('two stages, the teacher stage1.selector picks per sample'),
