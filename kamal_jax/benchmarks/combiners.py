@@ -70,14 +70,18 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -np.sum(p * np.log(np.clip(p, 1e-12, None)), axis=-1)
 
 
+def _view_averaged(held_out: selection.Context) -> list[np.ndarray]:
+    """Per teacher, its softmax averaged over the plain view and the augmented ones."""
+    return [np.concatenate([_softmax(p)[None], _softmax(v)]).mean(0)
+            for p, v in zip(held_out.teacher_logits, held_out.view_logits)]
+
+
 def view_agreement(held_out: selection.Context) -> np.ndarray:
     """Per sample, the prediction of the teacher whose softmax averaged over the plain view and the
     augmented ones has the least entropy: confident *and* stable under augmentation. A selector of
     the library until the matrix measured it level with least entropy (docs/BENCHMARKS.md); the
     screen keeps it so that the measurement can be repeated."""
-    averaged = [np.concatenate([_softmax(p)[None], _softmax(v)]).mean(0)
-                for p, v in zip(held_out.teacher_logits, held_out.view_logits)]
-    picked = np.argmin(np.stack([_entropy(p) for p in averaged]), axis=0)
+    picked = np.argmin(np.stack([_entropy(p) for p in _view_averaged(held_out)]), axis=0)
     probs = np.stack([_softmax(l) for l in held_out.teacher_logits])
     return probs[picked, np.arange(probs.shape[1])]
 
@@ -89,10 +93,6 @@ def rules(temperature: float) -> dict:
         temps = [confidence_temperature(np.asarray(l), confidence) for l in train.teacher_logits]
         return np.mean([_softmax(l, t) for l, t in zip(held_out.teacher_logits, temps)], 0)
 
-    def view_average(train, held_out):
-        return np.mean([np.concatenate([_softmax(p)[None], _softmax(v)]).mean(0)
-                        for p, v in zip(held_out.teacher_logits, held_out.view_logits)], 0)
-
     return {
         'average (T=1)': lambda tr, ho: np.asarray(losses.average_probabilities(ho.teacher_logits, 1.0)),
         f'average (T={temperature:g})': lambda tr, ho: np.asarray(losses.average_probabilities(ho.teacher_logits,
@@ -100,7 +100,7 @@ def rules(temperature: float) -> dict:
         'least_entropy': lambda tr, ho: _picked(selection.get('least_entropy'), tr, ho),
         'entropy_percentile': lambda tr, ho: _picked(selection.get('entropy_percentile'), tr, ho),
         'view_agreement': lambda tr, ho: view_agreement(ho),
-        'view_average': view_average,
+        'view_average': lambda tr, ho: np.mean(_view_averaged(ho), 0),
         'calibrated_average': calibrated,
         'product': lambda tr, ho: np.asarray(losses.average_logits(ho.teacher_logits, temperature)),
     }
