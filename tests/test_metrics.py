@@ -79,3 +79,31 @@ def test_profile_steps_writes_a_trace_of_those_steps_after_the_first_call(tmp_pa
     steps = sorted({int(e['args']['step_num']) for e in events if e.get('name') == 'stage1/a' and 'step_num' in e.get('args', {})})
     assert steps == [2, 3, 4]  # the three steps after the first (compiling) one, each annotated
     assert 'profile of steps 2..4' in caplog.text
+
+
+def test_the_training_log_says_when_held_out_accuracy_is_scored_on_a_subset(tmp_path, monkeypatch, caplog):
+    import types
+
+    import ml_collections
+
+    from kamal_jax.data.split import ArraySplit
+    from kamal_jax.recipes import context as context_lib
+    monkeypatch.setattr(context_lib, 'EVAL_SAMPLES', 3)
+    caplog.set_level('INFO', logger='kamal_jax')
+    config = ml_collections.ConfigDict({'seed': 0, 'eval_batch_size': 2})
+    plan = types.SimpleNamespace(target_tasks=('a',), tasks={'a': None})
+    net = types.SimpleNamespace(module=types.SimpleNamespace(heads=(('a', 2),)))
+    labels = []
+    for n in (5, 3):
+        split = ArraySplit(images=np.zeros((n, 4, 4, 1), np.uint8), labels={'a': np.zeros(n, np.int64)},
+                           label_names={'a': ['x', 'y']}, name='toy', split='test')
+        run = context_lib.Run(config, plan, {}, {}, None, split, None, str(tmp_path))
+        monitoring = run.monitoring(str(tmp_path / str(n)), net, ml_collections.ConfigDict({'eval_every': 1}))
+        assert len(run.held_out_subset.images) == 3
+        monitoring = Monitoring(monitoring.logdir, evaluate=lambda v: {'a': 0.5}, eval_every=1,
+                                eval_label=monitoring.eval_label)
+        TrainingMetrics('target', monitoring, learning_rates={}, variables_of=lambda s: s, num_steps=1,
+                        write=False).on_step(1, None)
+        labels.append(caplog.records[-1].getMessage())
+    assert labels == ['target: step 1 held-out accuracy (3 of 5 images) a=0.5000',
+                      'target: step 1 held-out accuracy a=0.5000']

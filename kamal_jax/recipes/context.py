@@ -57,10 +57,12 @@ class Run:
         accuracy on `held_out_subset` every `config.eval_every` steps (0: never)."""
         tasks = {t: self.plan.tasks[t] for t in self.plan.target_tasks if t in dict(net.module.heads)}
         subset, batch_size = self.held_out_subset, self.config.eval_batch_size
+        scored, total = len(subset.images), len(self.held_out.images)
+        label = 'held-out accuracy' if scored == total else f'held-out accuracy ({scored} of {total} images)'
         return Monitoring(logdir, config.to_dict(),
                           evaluate=lambda v: eval_lib.evaluate(net, v, subset, tasks, batch_size),
                           eval_every=int(config.get('eval_every', 0) or 0),
-                          profile_steps=int(config.get('profile_steps', 0) or 0))
+                          profile_steps=int(config.get('profile_steps', 0) or 0), eval_label=label)
 
     def target_net(self, name: str, cfg: Any) -> Net:
         """A multi-head net with one head per target task, of `cfg`'s architecture and widths."""

@@ -40,6 +40,7 @@ class Monitoring:
     evaluate: Callable[[Any], Mapping[str, float]] | None = None
     eval_every: int = 0
     profile_steps: int = 0  # steps traced with jax.profiler into logdir, after the first call
+    eval_label: str = 'held-out accuracy'  # the log line's words: says when only a subset is scored
 
 
 class JsonlWriter:
@@ -171,7 +172,7 @@ class TrainingMetrics:
         if evaluate is None or not every or (step % every and step != self.num_steps):
             return
         accuracy = evaluate(self.variables_of(state))
-        log.info('%s: step %d held-out accuracy %s', self.name, step,
+        log.info('%s: step %d %s %s', self.name, step, self.monitoring.eval_label,
                  ' '.join(f'{t}={a:.4f}' for t, a in accuracy.items()))
         self._write(step, {f'eval/{t}': float(a) for t, a in accuracy.items()})
 
