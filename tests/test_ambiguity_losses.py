@@ -75,3 +75,56 @@ def test_weighted_per_sample_uses_weights():
     per_teacher = jnp.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])  # (teachers, batch)
     mask = selection.one_hot(jnp.array([1, 0, 1]), 2)
     np.testing.assert_allclose(losses.weighted_per_sample(per_teacher, mask), [10.0, 2.0, 30.0])
+
+
+def _softmax_np(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_pooled_target_without_partial_teachers_is_the_plain_average_or_product():
+    rng = np.random.default_rng(0)
+    logits = [jnp.asarray(rng.normal(size=(6, 5)) * s, jnp.float32) for s in (1.0, 3.0)]
+    np.testing.assert_array_equal(losses.pooled_target(logits, kind='product', temperature=4.0),
+                                  losses.average_logits(logits, 4.0))
+    np.testing.assert_array_equal(losses.pooled_target(logits, kind='average', temperature=4.0),
+                                  losses.average_probabilities(logits, 4.0))
+
+
+@pytest.mark.parametrize('kind', ['product', 'average'])
+def test_pooled_target_minimises_its_objective_with_a_partial_teacher(kind):
+    """The gradient of the documented objective, written out here in numpy, vanishes at the result:
+    sum over teachers of KL(q on S || p) ('product') or KL(p || q on S) ('average')."""
+    rng = np.random.default_rng(1)
+    n, k = 8, 5
+    full = [rng.normal(size=(n, k)).astype(np.float32) * s for s in (1.0, 2.0)]
+    partial, covered = [rng.normal(size=(n, 2)).astype(np.float32) * 3.0], [np.array([3, 1])]
+    q = np.asarray(losses.pooled_target([jnp.asarray(l) for l in full], [jnp.asarray(partial[0])], covered,
+                                        kind=kind, steps=20000), np.float64)
+    grad = np.zeros((n, k))
+    for logits, classes in [(l, np.arange(k)) for l in full] + list(zip(partial, covered)):
+        p = _softmax_np(logits.astype(np.float64))
+        q_s = q[:, classes] / q[:, classes].sum(-1, keepdims=True)
+        if kind == 'average':  # d/dz KL(p || softmax(z_S)) = q_S - p
+            g = q_s - p
+        else:  # d/dz KL(softmax(z_S) || p) = q_S * (log q_S - log p - KL)
+            log_ratio = np.log(q_s) - np.log(p)
+            g = q_s * (log_ratio - (q_s * log_ratio).sum(-1, keepdims=True))
+        grad[:, classes] += g
+    assert np.abs(grad).max() < 1e-4
+    # And the partial teacher moved the target: it differs from the full teachers' own combination.
+    plain = np.asarray(losses.pooled_target([jnp.asarray(l) for l in full], kind=kind))
+    assert np.abs(q - plain).max() > 0.01
+
+
+@pytest.mark.parametrize('kind', ['product', 'average'])
+def test_a_partial_teacher_settles_what_the_full_teachers_leave_open(kind):
+    """Two full teachers split evenly between classes 0 and 2; a teacher that knows only classes
+    {0, 2} (and is sure of 2) decides it. Classes it does not cover keep the full teachers' ratio."""
+    full = [jnp.asarray([[3.0, 0.0, 3.0, 1.0]]), jnp.asarray([[2.0, 0.5, 2.0, 0.0]])]
+    partial = [jnp.asarray([[0.0, 4.0]])]  # columns: task classes 0 and 2
+    q = np.asarray(losses.pooled_target(full, partial, [np.array([0, 2])], kind=kind))[0]
+    plain = np.asarray(losses.pooled_target(full, kind=kind))[0]
+    assert plain[0] == pytest.approx(plain[2]) and q[2] > q[0] + 0.1
+    if kind == 'product':  # the uncovered classes' odds are the product's
+        assert q[1] / q[3] == pytest.approx(plain[1] / plain[3], rel=1e-4)

@@ -56,3 +56,26 @@ def test_view_agreement_rule_prefers_the_teacher_whose_answer_holds_across_views
     rules = combiners.rules(temperature=4.0)
     assert np.mean(np.argmax(rules['least_entropy'](context, context), -1) == truth) == 0.0
     assert np.mean(np.argmax(rules['view_agreement'](context, context), -1) == truth) == 1.0
+
+
+def test_partial_teachers_are_those_outside_the_group_covering_two_or_more_of_the_tasks_classes():
+    import ml_collections
+    from kamal_jax import tasks
+    low, high = ['0', '1', '2', '3', '4'], ['5', '6', '7', '8', '9']
+    outputs = {'a': low + ['5', '6'], 'b': ['8', '9'] + low, 'c': high + ['0'], 'd': ['3', '1', '7'] + high}
+    main = {'a': 'low', 'b': 'low', 'c': 'high', 'd': 'high'}
+    config = ml_collections.ConfigDict({
+        'zoo': {'teachers': {n: {'classes': c} for n, c in outputs.items()}},
+        'teachers': {n: {'arch': 'cifar_resnet8', 'checkpoint': f'{n}.pth', 'heads': {main[n]: {
+            'classes': low if main[n] == 'low' else high,
+            'logits': [c.index((low if main[n] == 'low' else high)[0]), c.index((low if main[n] == 'low' else high)[0]) + 5]}}}
+            for n, c in outputs.items()},
+        'target_tasks': ['low', 'high']})
+    plan = tasks.plan_from_config(config)
+    # 'c' covers only '0' of the low task: too few to rank anything. 'd' covers '3' and '1' at logits 0 and 1.
+    assert combiners.partial_teachers(config, plan, 'low') == [('d', [1, 0], [1, 3])]
+    # For the high task, 'a' covers 5, 6 (logits 5, 6) and 'b' covers 8, 9 (logits 0, 1).
+    assert combiners.partial_teachers(config, plan, 'high') == [('a', [5, 6], [0, 1]), ('b', [0, 1], [3, 4])]
+    # Without the zoo's class lists nothing is known of a teacher's other outputs.
+    del config['zoo']
+    assert combiners.partial_teachers(config, plan, 'low') == []

@@ -20,7 +20,10 @@ image and `--views` augmented views; measured, then dropped from the library), `
 teachers), `calibrated_average` (each teacher's temperature fitted on the training images so that
 its mean top probability equals the teachers' mean, then averaged: removes a teacher's systematic
 over-confidence), `product` (the 'product' recipe's
-target: softmax of the mean logits, the normalised geometric mean of the probabilities).
+target: softmax of the mean logits, the normalised geometric mean of the probabilities), and where
+other teachers cover some of the task's classes among their own (their full class lists are read
+from the run's `zoo.teachers.NAME.classes`), `product + partial` and `average + partial`: the same
+targets with those teachers taking part on the classes they cover (`losses.pooled_target`).
 """
 
 from __future__ import annotations
@@ -106,6 +109,26 @@ def rules(temperature: float) -> dict:
     }
 
 
+def partial_teachers(config, plan, task: str) -> list[tuple[str, list[int], list[int]]]:
+    """(teacher, its logit indices, the task-class indices they score) for each teacher outside the
+    task's group whose output classes, as the run's zoo lists them, include two or more of the task's."""
+    zoo = (config.get('zoo') or {}).get('teachers') or {}
+    group = {t.name for t in plan.group(task)}
+    out = []
+    for spec in plan.used_teachers:
+        classes = list((zoo.get(spec.name) or {}).get('classes') or ())
+        shared = [(classes.index(c), i) for i, c in enumerate(plan.tasks[task].classes) if c in classes]
+        if spec.name not in group and len(shared) >= 2:
+            out.append((spec.name, [j for j, _ in shared], [i for _, i in shared]))
+    return out
+
+
+def _all_logits(net, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """The net's whole classifier output (not only its declared task slices)."""
+    whole = dataclasses.replace(net, heads={'all': (0, int(net.module.num_classes))})
+    return eval_lib.predict(whole, variables, images, batch_size)['all']
+
+
 def score_run(workdir: str, views: int) -> dict:
     """Per target task of the run in `workdir`: teachers' accuracies, the oracle's, each rule's."""
     config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, 'config.json'))))
@@ -133,7 +156,20 @@ def score_run(workdir: str, views: int) -> dict:
         for name, rule in rules(temperature).items():
             predicted = np.argmax(rule(context['train'], context['held_out']), -1)[valid]
             scores[name] = float(np.mean(predicted == target[valid]))
+        partial = partial_teachers(config, plan, task)
+        oracle_with_partial = right.any(0)
+        if partial:
+            logits = [_all_logits(teachers[n], frozen[n], np.asarray(held_out.images[:]), config.eval_batch_size)[:, cols]
+                      for n, cols, _ in partial]
+            for kind in ('product', 'average'):
+                pooled = losses.pooled_target(context['held_out'].teacher_logits, logits, [c for _, _, c in partial],
+                                              kind=kind, temperature=temperature)
+                scores[f'{kind} + partial'] = float(np.mean(np.argmax(np.asarray(pooled), -1)[valid] == target[valid]))
+            for l, (_, _, classes) in zip(logits, partial):  # right where it covers the class and ranks it first
+                oracle_with_partial = oracle_with_partial | (np.asarray(classes)[np.argmax(l, -1)][valid] == target[valid])
         out[task] = {'teachers': accuracy, 'best_teacher': best, 'oracle': float(right.any(0).mean()),
+                     'partial_teachers': {n: [plan.tasks[task].classes[i] for i in c] for n, _, c in partial},
+                     'oracle_with_partial': float(oracle_with_partial.mean()),
                      'rules': scores, 'rules_minus_best_teacher': {k: v - best for k, v in scores.items()},
                      'held_out_images': int(valid.sum())}
         print(f'{workdir} {task}: teachers {", ".join(f"{k} {100 * v:.1f}" for k, v in accuracy.items())}; '
@@ -151,11 +187,14 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     results = {w: score_run(w, a.views) for w in a.workdirs}
     rows = [r['rules_minus_best_teacher'] for run in results.values() for r in run.values()]
-    summary = {k: {'mean': float(np.mean([r[k] for r in rows])), 'worst': float(np.min([r[k] for r in rows]))}
-               for k in rows[0]}
-    print('\n| rule | mean vs best teacher | worst |\n|---|---:|---:|')
+    # A rule that some tasks lack (no partial teachers there) is summarised over the tasks that have it.
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    summary = {k: {'mean': float(np.mean([r[k] for r in rows if k in r])),
+                   'worst': float(np.min([r[k] for r in rows if k in r])),
+                   'tasks': sum(k in r for r in rows)} for k in names}
+    print('\n| rule | tasks | mean vs best teacher | worst |\n|---|---:|---:|---:|')
     for k, v in summary.items():
-        print(f'| {k} | {100 * v["mean"]:+.2f} | {100 * v["worst"]:+.1f} |')
+        print(f'| {k} | {v["tasks"]} | {100 * v["mean"]:+.2f} | {100 * v["worst"]:+.1f} |')
     if a.json:
         with open(a.json, 'w') as f:
             json.dump({'runs': results, 'summary': summary, 'views': a.views}, f, indent=2)
