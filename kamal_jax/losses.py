@@ -79,8 +79,8 @@ def soft_target_kl(student: jax.Array, target_probs: jax.Array, *, temperature: 
     return jnp.sum(jnp.where(target_probs > 0, target_probs * (logp - logq), 0.0), axis=-1) * temperature ** 2
 
 
-def pooled_target(teacher_logits, partial_logits=(), partial_classes=(), *, kind: str = 'product',
-                  temperature: float = 1.0, steps: int = 1000) -> jax.Array:
+def pooled_target(teacher_logits, partial_logits=(), partial_classes=(), *, partial_weights=None,
+                  kind: str = 'product', temperature: float = 1.0, steps: int = 1000) -> jax.Array:
     """The combined soft target of the `average` or `product` rule, with teachers that know only
     some of the task's classes taking part on those classes.
 
@@ -91,7 +91,9 @@ def pooled_target(teacher_logits, partial_logits=(), partial_classes=(), *, kind
     teachers' vote lacks. The target q over the task's classes minimises
       'product': sum_j KL(q restricted to S_j || p_j)   (the product of experts, generalised)
       'average': sum_j KL(p_j || q restricted to S_j)   (the mean of the teachers, generalised)
-    over full teachers (S_j = all classes) and partial ones. With no partial teacher the minimiser
+    over full teachers (S_j = all classes) and partial ones; `partial_weights[j]` ([batch]; default
+    1) scales partial teacher j's term per sample, e.g. by its own probability that the image is
+    one of the classes it covers at all. With no partial teacher the minimiser
     is `average_logits` / `average_probabilities`, returned as they are; otherwise it is found by
     `steps` steps of gradient descent on q's logits, started there (on cifar10_parts' teachers the
     argmax no longer changed after 100 steps; probabilities settle to about 1e-3 by 1000). Meant
@@ -107,17 +109,19 @@ def pooled_target(teacher_logits, partial_logits=(), partial_classes=(), *, kind
     if len(partial_logits) != len(partial_classes):
         raise ValueError(f'{len(partial_logits)} partial teachers but {len(partial_classes)} class lists.')
     num_classes = start.shape[-1]
+    if partial_weights is None:
+        partial_weights = [1.0] * len(partial_logits)
     members = [(jax.nn.log_softmax(as_categorical(l).astype(jnp.float32) / temperature, axis=-1),
-                jnp.arange(num_classes)) for l in teacher_logits]
-    members += [(jax.nn.log_softmax(l.astype(jnp.float32) / temperature, axis=-1), jnp.asarray(c))
-                for l, c in zip(partial_logits, partial_classes)]
+                jnp.arange(num_classes), 1.0) for l in teacher_logits]
+    members += [(jax.nn.log_softmax(l.astype(jnp.float32) / temperature, axis=-1), jnp.asarray(c),
+                 jnp.asarray(w, jnp.float32)) for l, c, w in zip(partial_logits, partial_classes, partial_weights)]
 
     def objective(z):
         total = 0.0
-        for logp, classes in members:
+        for logp, classes, weight in members:
             logq = jax.nn.log_softmax(z[:, classes], axis=-1)
             pair = (logq, logp) if kind == 'product' else (logp, logq)
-            total += jnp.sum(jnp.exp(pair[0]) * (pair[0] - pair[1]))
+            total += jnp.sum(weight * jnp.sum(jnp.exp(pair[0]) * (pair[0] - pair[1]), axis=-1))
         return total
 
     grad = jax.grad(objective)

@@ -128,3 +128,14 @@ def test_a_partial_teacher_settles_what_the_full_teachers_leave_open(kind):
     assert plain[0] == pytest.approx(plain[2]) and q[2] > q[0] + 0.1
     if kind == 'product':  # the uncovered classes' odds are the product's
         assert q[1] / q[3] == pytest.approx(plain[1] / plain[3], rel=1e-4)
+
+
+def test_a_partial_teacher_weighted_zero_changes_nothing():
+    rng = np.random.default_rng(2)
+    full = [jnp.asarray(rng.normal(size=(4, 5)), jnp.float32) for _ in range(2)]
+    partial = [jnp.asarray(rng.normal(size=(4, 3)) * 4.0, jnp.float32)]
+    weights = [jnp.asarray([0.0, 1.0, 0.0, 1.0])]
+    q = np.asarray(losses.pooled_target(full, partial, [np.array([0, 2, 4])], partial_weights=weights))
+    plain = np.asarray(losses.pooled_target(full))
+    np.testing.assert_allclose(q[[0, 2]], plain[[0, 2]], atol=1e-6)
+    assert np.abs(q[[1, 3]] - plain[[1, 3]]).max() > 0.01

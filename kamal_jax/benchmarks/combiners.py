@@ -23,7 +23,9 @@ over-confidence), `product` (the 'product' recipe's
 target: softmax of the mean logits, the normalised geometric mean of the probabilities), and where
 other teachers cover some of the task's classes among their own (their full class lists are read
 from the run's `zoo.teachers.NAME.classes`), `product + partial` and `average + partial`: the same
-targets with those teachers taking part on the classes they cover (`losses.pooled_target`).
+targets with those teachers taking part on the classes they cover (`losses.pooled_target`), as
+equals or (`, weighted`) each weighted per image by its own probability that the image is one of
+those classes.
 """
 
 from __future__ import annotations
@@ -159,12 +161,17 @@ def score_run(workdir: str, views: int) -> dict:
         partial = partial_teachers(config, plan, task)
         oracle_with_partial = right.any(0)
         if partial:
-            logits = [_all_logits(teachers[n], frozen[n], np.asarray(held_out.images[:]), config.eval_batch_size)[:, cols]
-                      for n, cols, _ in partial]
+            whole = [_all_logits(teachers[n], frozen[n], np.asarray(held_out.images[:]), config.eval_batch_size)
+                     for n, _, _ in partial]
+            logits = [w[:, cols] for w, (_, cols, _) in zip(whole, partial)]
+            # Weighted: each partial teacher counts as much as it believes the image is one of the classes it covers.
+            weights = [_softmax(w)[:, cols].sum(-1) for w, (_, cols, _) in zip(whole, partial)]
             for kind in ('product', 'average'):
-                pooled = losses.pooled_target(context['held_out'].teacher_logits, logits, [c for _, _, c in partial],
-                                              kind=kind, temperature=temperature)
-                scores[f'{kind} + partial'] = float(np.mean(np.argmax(np.asarray(pooled), -1)[valid] == target[valid]))
+                for suffix, w in (('', None), (', weighted', weights)):
+                    pooled = losses.pooled_target(context['held_out'].teacher_logits, logits, [c for _, _, c in partial],
+                                                  partial_weights=w, kind=kind, temperature=temperature)
+                    scores[f'{kind} + partial{suffix}'] = float(np.mean(np.argmax(np.asarray(pooled), -1)[valid]
+                                                                        == target[valid]))
             for l, (_, _, classes) in zip(logits, partial):  # right where it covers the class and ranks it first
                 oracle_with_partial = oracle_with_partial | (np.asarray(classes)[np.argmax(l, -1)][valid] == target[valid])
         out[task] = {'teachers': accuracy, 'best_teacher': best, 'oracle': float(right.any(0).mean()),
