@@ -154,15 +154,15 @@ def score_run(workdir: str, views: int) -> dict:
         right = np.stack([np.argmax(l, -1)[valid] == target[valid] for l in context['held_out'].teacher_logits])
         accuracy = {t.name: float(r.mean()) for t, r in zip(group, right)}
         best = max(accuracy.values())
-        scores = {}
-        for name, rule in rules(temperature).items():
-            predicted = np.argmax(rule(context['train'], context['held_out']), -1)[valid]
-            scores[name] = float(np.mean(predicted == target[valid]))
+        def accuracy_of(combined) -> float:
+            return float(np.mean(np.argmax(np.asarray(combined), -1)[valid] == target[valid]))
+        scores = {name: accuracy_of(rule(context['train'], context['held_out']))
+                  for name, rule in rules(temperature).items()}
         partial = partial_teachers(config, plan, task)
         oracle_with_partial = right.any(0)
         if partial:
-            whole = [_all_logits(teachers[n], frozen[n], np.asarray(held_out.images[:]), config.eval_batch_size)
-                     for n, _, _ in partial]
+            images = np.asarray(held_out.images[:])
+            whole = [_all_logits(teachers[n], frozen[n], images, config.eval_batch_size) for n, _, _ in partial]
             logits = [w[:, cols] for w, (_, cols, _) in zip(whole, partial)]
             # Weighted: each partial teacher counts as much as it believes the image is one of the classes it covers.
             weights = [_softmax(w)[:, cols].sum(-1) for w, (_, cols, _) in zip(whole, partial)]
@@ -170,8 +170,7 @@ def score_run(workdir: str, views: int) -> dict:
                 for suffix, w in (('', None), (', weighted', weights)):
                     pooled = losses.pooled_target(context['held_out'].teacher_logits, logits, [c for _, _, c in partial],
                                                   partial_weights=w, kind=kind, temperature=temperature)
-                    scores[f'{kind} + partial{suffix}'] = float(np.mean(np.argmax(np.asarray(pooled), -1)[valid]
-                                                                        == target[valid]))
+                    scores[f'{kind} + partial{suffix}'] = accuracy_of(pooled)
             for l, (_, _, classes) in zip(logits, partial):  # right where it covers the class and ranks it first
                 oracle_with_partial = oracle_with_partial | (np.asarray(classes)[np.argmax(l, -1)][valid] == target[valid])
         out[task] = {'teachers': accuracy, 'best_teacher': best, 'oracle': float(right.any(0).mean()),
