@@ -107,3 +107,25 @@ def test_the_training_log_says_when_held_out_accuracy_is_scored_on_a_subset(tmp_
         labels.append(caplog.records[-1].getMessage())
     assert labels == ['target: step 1 held-out accuracy (3 of 5 images) a=0.5000',
                       'target: step 1 held-out accuracy a=0.5000']
+
+
+def test_the_learning_rates_of_a_log_line_compile_one_program_per_schedule(tmp_path):
+    """Evaluated eagerly, an optax schedule compiles several tiny programs at the first log line
+    (or none, where earlier work cached them): exactly one per schedule says it is jitted."""
+    from jax._src import dispatch, monitoring as jax_monitoring
+    compiled = []
+
+    def on_event(event, duration, **kwargs):
+        if event == dispatch.BACKEND_COMPILE_EVENT:
+            compiled.append(duration)
+    cfg = toy.stage_config(epochs=2, lr=1e-3, bridge_lr=2e-3, schedule='cosine', warmup_steps=5)
+    hooks = TrainingMetrics('stage1/a', Monitoring(str(tmp_path)), learning_rates=learning_rates(cfg, 40),
+                            variables_of=lambda s: s, num_steps=40, write=False)
+    jax_monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        hooks.on_log(7, {}, float('nan'))
+        first = len(compiled)
+        hooks.on_log(30, {}, float('nan'))
+    finally:
+        jax_monitoring.unregister_event_duration_listener(on_event)
+    assert (first, len(compiled)) == (2, 2)  # net and bridges; the second line reuses both
