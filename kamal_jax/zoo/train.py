@@ -355,8 +355,11 @@ class _Normalise:
         self.mean = self.mean * 255.0
 
     def __call__(self, images: np.ndarray) -> torch.Tensor:
-        # Contiguous NCHW: this PyTorch CPU build corrupts memory in channels-last conv backward
-        # for some shapes (a permuted NHWC view is channels-last).
+        # Contiguous NCHW, not the permuted NHWC view (which PyTorch treats as channels-last):
+        # channels-last conv backward corrupted memory for some shapes when the zoo was written,
+        # on this PyTorch CPU build. benchmarks/torch_steps.py later found channels-last gradients
+        # correct at the shapes it times, but NCHW also keeps each seed's zoo, and the figures
+        # measured on it, as they are.
         x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))).float()
         return (x - self.mean) * self.scale
 
