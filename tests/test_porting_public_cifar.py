@@ -3,8 +3,10 @@
 The layout is akamaster/pytorch_resnet_cifar10's: option-A shortcuts, classifier `linear`, a
 DataParallel `module.` prefix, `{'epoch', 'state_dict', 'best_prec1'}` saved with torch's pre-1.6
 format as a `.th`. The net is trained for a few dozen steps on synthetic 10-class images (8x8, so
-it takes seconds), so its predictions are far from ties; the ported Flax net must then score
-within 0.05 points of PyTorch on the same 2000 test images (one image is 0.05 points).
+it takes seconds). PyTorch's training differs across machines, so a rare image can land on a
+near-tie between two classes, where float32 rounding alone may flip the prediction: the ported
+Flax net must match PyTorch's logits closely, predict the same class on every image that is not
+such a tie, and score within one image per tie (0.05 points each) on the same 2000 test images.
 """
 
 import json
@@ -74,11 +76,20 @@ def _accuracy(logits, labels):
     return 100.0 * float(np.mean(np.argmax(logits, -1) == labels))
 
 
+TIE = 1e-3  # a top-2 logit margin below this can flip under float32 rounding
+
+
+def _clear(logits):
+    """Which images PyTorch predicts with a top-2 margin wide enough not to flip on rounding."""
+    top2 = np.sort(logits, -1)[:, -2:]
+    return top2[:, 1] - top2[:, 0] > TIE
+
+
 def test_public_layout_ports_with_auto_and_scores_like_pytorch(trained, tmp_path):
     path, x_test, y_test, logits_t = trained
     top2 = np.sort(logits_t, -1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
-    assert np.median(margin) > 0.5 and margin.min() > 1e-3, 'predictions near ties: train longer'
+    clear = _clear(logits_t)
+    assert np.median(top2[:, 1] - top2[:, 0]) > 0.5 and clear.mean() > 0.99, 'train longer'
     acc_t = _accuracy(logits_t, y_test)
     assert 30 < acc_t < 99, acc_t  # trained, and the comparison is not all-correct
 
@@ -98,7 +109,10 @@ def test_public_layout_ports_with_auto_and_scores_like_pytorch(trained, tmp_path
     print(f'accuracy on {len(y_test)} test images: PyTorch {acc_t:.2f}, ported {acc_j:.2f}; '
           f'{int(np.sum(np.argmax(logits_j, -1) != np.argmax(logits_t, -1)))} predictions differ; '
           f'max |logit diff| {float(np.abs(np.asarray(logits_j) - logits_t).max()):.2e}')
-    assert abs(acc_j - acc_t) <= 0.05
+    logits_j = np.asarray(logits_j)
+    np.testing.assert_allclose(logits_j, logits_t, atol=1e-3 * np.abs(logits_t).max())
+    np.testing.assert_array_equal(np.argmax(logits_j, -1)[clear], np.argmax(logits_t, -1)[clear])
+    assert abs(acc_j - acc_t) <= 0.05 * max(1, int(np.sum(~clear))) + 1e-9
 
     proc = _cli('inspect', path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -116,7 +130,9 @@ def test_teacher_config_arch_auto(trained, tmp_path):
         net, variables = load_teacher(spec, str(tmp_path / 'teachers'), (SIZE, SIZE))
         assert net.arch == 'cifar_resnet20' and net.module.backbone.shortcut == 'zero_pad'
         logits, _ = net.apply_eval(variables, images)
-        np.testing.assert_array_equal(np.argmax(np.asarray(logits['cifar']), -1),
-                                      np.argmax(logits_t[:256], -1))
+        clear = _clear(logits_t[:256])
+        assert clear.sum() >= 250
+        np.testing.assert_array_equal(np.argmax(np.asarray(logits['cifar']), -1)[clear],
+                                      np.argmax(logits_t[:256], -1)[clear])
     assert json.loads((tmp_path / 'teachers' / 'r20.json').read_text())['architecture']['arch'] == \
         'cifar_resnet20'
