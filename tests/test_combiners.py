@@ -58,6 +58,34 @@ def test_view_agreement_rule_prefers_the_teacher_whose_answer_holds_across_views
     assert np.mean(np.argmax(rules['view_agreement'](context, context), -1) == truth) == 1.0
 
 
+def test_agreement_accuracy_ranks_teachers_by_how_often_they_are_right_and_weights_them_so():
+    """Three teachers, right on 95%, 80% and 40% of the images, wrong ones at random, confident
+    alike: their agreement with each other's confident answers ranks them as their accuracy does,
+    and the weighted product follows the strong pair where the plain product is pulled around by
+    the weak teacher; with equally reliable teachers it is the plain product."""
+    rng = np.random.default_rng(2)
+    n, k = 2000, 10
+    truth = rng.integers(0, k, n)
+
+    def teacher(accuracy):
+        right = rng.random(n) < accuracy
+        answer = np.where(right, truth, (truth + rng.integers(1, k, n)) % k)
+        logits = rng.normal(scale=0.5, size=(n, k)).astype(np.float32)
+        logits[np.arange(n), answer] += 4.0
+        return logits
+    logits = (teacher(0.95), teacher(0.8), teacher(0.4))
+    estimate = combiners.agreement_accuracy(logits)
+    assert estimate[0] > estimate[1] > estimate[2]
+    context = selection.Context(logits)
+    rules = combiners.rules(temperature=1.0)
+    weighted = np.argmax(rules['agreement_weighted_product'](context, context), -1)
+    plain = np.argmax(rules['product'](context, context), -1)
+    assert np.mean(weighted == truth) > np.mean(plain == truth) + 0.005
+    twins = selection.Context((logits[0], logits[0]))
+    np.testing.assert_allclose(rules['agreement_weighted_product'](twins, twins),
+                               rules['product'](twins, twins), atol=1e-6)
+
+
 def test_partial_teachers_are_those_outside_the_group_covering_two_or_more_of_the_tasks_classes():
     import ml_collections
     from kamal_jax import tasks

@@ -20,7 +20,10 @@ image and `--views` augmented views; measured, then dropped from the library), `
 teachers), `calibrated_average` (each teacher's temperature fitted on the training images so that
 its mean top probability equals the teachers' mean, then averaged: removes a teacher's systematic
 over-confidence), `product` (the 'product' recipe's
-target: softmax of the mean logits, the normalised geometric mean of the probabilities), and where
+target: softmax of the mean logits, the normalised geometric mean of the probabilities),
+`agreement_weighted_product` (`product` with each teacher weighted by the log-odds of its accuracy
+as estimated, without labels, from its agreement with the other teachers' confident answers on the
+training images: measured below `product`, not a recipe), and where
 other teachers cover some of the task's classes among their own (their full class lists are read
 from the run's `zoo.teachers.NAME.classes`), `product + partial` and `average + partial`: the same
 targets with those teachers taking part on the classes they cover (`losses.pooled_target`), as
@@ -91,6 +94,28 @@ def view_agreement(held_out: selection.Context) -> np.ndarray:
     return probs[picked, np.arange(probs.shape[1])]
 
 
+def agreement_accuracy(train_logits, share: float = 0.5) -> np.ndarray:
+    """Per teacher, a label-free estimate of its accuracy: how often its answer on the training
+    images agrees with each other teacher's on the `share` of images that teacher is most confident
+    about (averaged over the others). A teacher that disagrees with its peers' confident answers is
+    taken to be wrong there."""
+    answers = [np.argmax(np.asarray(l), -1) for l in train_logits]
+    confident = [c >= np.quantile(c, 1 - share) for c in (_softmax(l).max(-1) for l in train_logits)]
+    estimate = [np.mean([np.mean(answer[mask] == answers[j][mask]) for j, mask in enumerate(confident) if j != i])
+                for i, answer in enumerate(answers)]
+    return np.asarray(estimate)
+
+
+def agreement_weighted_product(train, held_out, temperature: float) -> np.ndarray:
+    """`product` with each teacher's logits weighted by the log-odds of its `agreement_accuracy`:
+    a teacher's vote counts by how reliable its peers make it look, not by its own confidence."""
+    accuracy = np.clip(agreement_accuracy(train.teacher_logits), 1e-3, 1 - 1e-3)
+    weights = np.maximum(np.log(accuracy / (1 - accuracy)), 1e-3)
+    weights = weights / weights.sum()
+    logits = np.einsum('t,tbc->bc', weights, np.stack([np.asarray(l) for l in held_out.teacher_logits]))
+    return _softmax(logits, temperature)
+
+
 def rules(temperature: float) -> dict:
     """name -> fn(train context, held-out context) -> [batch, classes] combined prediction."""
     def calibrated(train, held_out):
@@ -108,6 +133,7 @@ def rules(temperature: float) -> dict:
         'view_average': lambda tr, ho: np.mean(_view_averaged(ho), 0),
         'calibrated_average': calibrated,
         'product': lambda tr, ho: np.asarray(losses.average_logits(ho.teacher_logits, temperature)),
+        'agreement_weighted_product': lambda tr, ho: agreement_weighted_product(tr, ho, temperature),
     }
 
 
