@@ -39,6 +39,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from kamal_jax.data.pixels import resize as _resize
 from kamal_jax.data.split import ArraySplit
 
 __all__ = ['ArraySplit', 'BUILDERS', 'load', 'builder', 'prepared_builder', 'split_bytes', 'default_manual_dir',
@@ -181,23 +182,6 @@ def _image_key(features):
 def _base_splits(split):
     """'train[:10%]+test' -> ['train', 'test']."""
     return [re.sub(r'\[.*\]$', '', s.strip()) for s in str(split).split('+')]
-
-
-def _resize(image, size, crop_to_aspect):
-    """Center-crops `image` to the aspect of `size` (if asked), then antialiased bilinear resize."""
-    import tensorflow as tf
-    th, tw = int(size[0]), int(size[1])
-    if crop_to_aspect:
-        shape = tf.shape(image)
-        h, w = tf.cast(shape[0], tf.float64), tf.cast(shape[1], tf.float64)
-        # Too tall: h * tw > w * th -> keep width, crop height; else keep height, crop width.
-        new_h = tf.where(h * tw > w * th, tf.round(w * th / tw), h)
-        new_w = tf.where(h * tw > w * th, w, tf.round(h * tw / th))
-        new_h, new_w = tf.cast(tf.maximum(new_h, 1), tf.int32), tf.cast(tf.maximum(new_w, 1), tf.int32)
-        off_h, off_w = (shape[0] - new_h) // 2, (shape[1] - new_w) // 2
-        image = image[off_h:off_h + new_h, off_w:off_w + new_w]
-    out = tf.image.resize(image, (th, tw), method='bilinear', antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(out), 0, 255), tf.uint8)
 
 
 def _decode_accurate(data, shape):
