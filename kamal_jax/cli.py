@@ -3,6 +3,7 @@
     kamal-jax --config kamal_jax:quickstart --workdir runs/quickstart
     kamal-jax --config kamal_jax:quickstart:tiny --workdir runs/q --config.stage1.epochs=3
     kamal-jax --config my_config.py --workdir runs/mine
+    kamal-jax predict runs/mine/export ~/photos --out predictions.csv    (kamal_jax.predict)
 
 `kamal_jax:NAME[:ARG]` is a config that ships with the package (`configs/NAME.py` of the
 repository); any other value is a config file's path. All logic lives in `kamal_jax.pipeline`;
@@ -90,6 +91,9 @@ def main():
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before anything imports TensorFlow.
     os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # TF only decodes images here; keep it quiet.
     xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+    if sys.argv[1:2] == ['predict']:  # the student applied to a folder: its own arguments
+        from kamal_jax import predict
+        sys.exit(predict.main(sys.argv[2:]))
     try:
         argv = expand_config_flag(sys.argv)
     except (ValueError, FileNotFoundError) as e:

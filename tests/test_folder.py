@@ -120,3 +120,44 @@ def test_an_unpacked_cifar_folder_gives_the_tfds_path_pixels_at_another_size(tmp
     b = EpochBatches({'image': found.split.images.subset(rows)}, 8, seed=1)
     for step in range(2 * a.steps_per_epoch):
         np.testing.assert_array_equal(a.batch(step)['image'], b.batch(step)['image'])
+
+
+def test_predict_writes_what_load_student_gives_in_python(mixed, tmp_path, capsys):
+    """`kamal-jax predict` on the mixed folder: one row per readable image, the bad files listed."""
+    import csv
+    import subprocess
+    import sys
+    import jax
+    import jax.numpy as jnp
+    import kamal_jax
+    from kamal_jax import export, models
+    from kamal_jax.tasks import Task
+    root, _, good, _ = mixed
+    heads = (('shape', 3), ('tint', 2))
+    module = models.multihead('cifar_resnet8', heads)
+    variables = module.init(jax.random.key(0), jnp.zeros((1, *SIZE, 3)), train=False)
+    tasks = {'shape': Task('shape', 'multiclass', ('x', 'y', 'z')), 'tint': Task('tint', 'multiclass', ('p', 'q'))}
+    directory = str(tmp_path / 'export')
+    export.save_student(directory, arch='cifar_resnet8', widths=(), heads=heads, variables=variables, tasks=tasks,
+                        mean=(0.5,) * 3, std=(0.25,) * 3, image_size=SIZE)
+    out = tmp_path / 'pred.csv'
+    root_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    from kamal_jax import predict
+    assert predict.main([directory, str(root), '--out', str(out), '--batch_size', '64']) == 0
+    assert f'{len(good)} images predicted' in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out)))
+    assert [r['path'] for r in rows] == good
+    skipped = [line.split('\t')[0] for line in open(f'{out}.skipped.tsv').read().splitlines()[1:]]
+    assert sorted(skipped) == sorted(photos.BAD)
+    student = kamal_jax.load_student(directory)
+    images = np.stack([folder.read_image(str(root / p), SIZE)[0] for p in good]) / 255.0
+    probs = student.predict(images)
+    for t, _ in heads:
+        p = np.asarray(probs[t])
+        assert [r[t] for r in rows] == [tasks[t].classes[k] for k in p.argmax(-1)]
+        np.testing.assert_allclose([float(r[f'{t}_probability']) for r in rows], p.max(-1), atol=2e-6)
+    assert len({r['shape'] for r in rows}) > 1  # the predictions do vary
+    bad = subprocess.run([sys.executable, '-c', 'from kamal_jax import cli; cli.main()', 'predict', directory,
+                          str(tmp_path / 'nothing'), '--out', str(tmp_path / 'x.csv')], cwd=root_dir, capture_output=True, text=True,
+                         env={**os.environ, 'PYTHONPATH': root_dir})
+    assert bad.returncode == 1 and "IMAGE_FOLDER = '" in bad.stderr and 'is not a folder' in bad.stderr

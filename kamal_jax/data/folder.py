@@ -35,7 +35,7 @@ import numpy as np
 from kamal_jax.data import pixels
 from kamal_jax.data.split import ArraySplit
 
-__all__ = ['FolderError', 'Found', 'load', 'list_files', 'decode', 'to_rgb', 'read_image', 'records_dir',
+__all__ = ['FolderError', 'Found', 'load', 'check_folder', 'list_files', 'decode', 'to_rgb', 'read_image', 'records_dir',
            'write_skipped', 'SKIPPED_FILE']
 
 SKIPPED_FILE = 'skipped_images.tsv'
@@ -119,7 +119,8 @@ def records_dir(root: str, data_dir: str, image_size: Sequence[int], crop_to_asp
                         f'{name}-{zlib.crc32(root.encode()):08x}', size + ('-labelled' if labelled else ''))
 
 
-def _check_folder(root: str, field: str) -> list[str]:
+def check_folder(root: str, field: str) -> list[str]:
+    """The folder's files, or one sentence naming `field` when it is missing or holds none."""
     if not os.path.isdir(root):
         raise FolderError(f'{field} = {root!r} is not a folder.')
     files = list_files(root)
@@ -142,7 +143,7 @@ def load(root: str, *, image_size: Sequence[int], data_dir: str, crop_to_aspect:
     """
     from kamal_jax.data import records
     root = os.path.abspath(os.path.expanduser(root))
-    files = _check_folder(root, field)
+    files = check_folder(root, field)
     out = records_dir(root, data_dir, image_size, crop_to_aspect, labelled)
     source = {'folder': root, 'listing': listing_digest(root, files), 'image_size': [int(s) for s in image_size],
               'crop_to_aspect': bool(crop_to_aspect), 'labelled': bool(labelled)}
