@@ -1,6 +1,6 @@
 """Quickstart: four small PyTorch teachers on handwritten digits -> one compact two-task student.
 
-    python launch.py --config configs/quickstart.py --workdir runs/quickstart
+    python launch.py --config configs/quickstart.py --workdir runs/quickstart --config.recipe=product
 
 Offline and self-contained: the data is scikit-learn's bundled `digits` set (1797 real 8x8
 scans, shown at 16x16), read through the `kamal_digits` TFDS builder. The run first trains four
@@ -11,9 +11,10 @@ ports them and trains the two-task target net on all training images without the
 the recipe `recipe` names: 'product' (the default: the normalised product of each task's
 teachers' softened predictions, for 2 x 40 + 40 epochs), 'average' (their mean) or 'paper'
 (`--config.recipe=paper`: one component net per task from the least ambiguous teacher per sample,
-then the target from the components). Expected: about 4 minutes on 2 CPU cores. Over seeds 0-4 on
-one machine the default ended 1.1 / 3.7 points above the best teacher on average (worst -1.8),
-'average' 1.1 / 3.4 (worst -3.1), the paper's recipe 0.0 / -0.4 (worst -7.6); see
+then the target from the components). Expected: +0.9 / +3.6 points over the best teacher at seed
+0, in 9 minutes on 2 CPU cores shared with other jobs (docs/results/quickstart_readme.json). Over
+seeds 0-4 on an Intel Xeon the default ended 1.1 / 3.7 points above the best teacher on average
+(worst -1.8), 'average' 1.1 / 3.4 (worst -3.1), the paper's recipe 0.0 / -0.4 (worst -7.6); see
 docs/BENCHMARKS.md.
 """
 
