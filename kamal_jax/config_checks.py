@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
-from kamal_jax import models, selection
+from kamal_jax import models, selection, stage_defaults
 from kamal_jax.porting import generic
 from kamal_jax.recipes import DEFAULT_RECIPE, RECIPES, one_stage_config
 from kamal_jax.recipes.context import compute_dtype
@@ -87,6 +87,48 @@ def check_input(config: Any) -> None:
                           'set data.views = 0' + ('.' if path else ", or data.streaming = 'never'."))
 
 
+class FolderFields(NamedTuple):
+    """The data fields of your own images (`stage_defaults.FOLDERS`), as strings and a float."""
+    train_folder: str
+    eval_folder: str
+    holdout_fraction: float
+    data_dir: str  # where the records of a folder are written (as TFDS's builds: DEFAULT_DATA_DIR)
+
+
+def folder_fields(data: Any) -> FolderFields:
+    """The one place these fields are read: a config written before they existed has their
+    defaults (`stage_defaults.FOLDERS`)."""
+    from kamal_jax.data.datasets import DEFAULT_DATA_DIR
+    values = {k: data[k] if k in data else v for k, v in stage_defaults.FOLDERS.items()}
+    data_dir = (data['data_dir'] if 'data_dir' in data else '') or DEFAULT_DATA_DIR
+    return FolderFields(values['train_folder'] or '', values['eval_folder'] or '', values['holdout_fraction'],
+                        os.path.expanduser(str(data_dir)))
+
+
+def check_folders(config: Any) -> FolderFields:
+    """`data.train_folder`, `data.eval_folder`, `data.holdout_fraction`: folders that exist, an image
+    size to resize them to, and a share of the training folder to hold out when nothing is labelled."""
+    d = config.data
+    f = folder_fields(d)
+    for key in ('train_folder', 'eval_folder'):
+        path = getattr(f, key)
+        if not isinstance(path, str):
+            raise ConfigError(f'data.{key} must be a folder path (a string; \'\': none), got {path!r}.')
+        if path and not os.path.isdir(os.path.expanduser(path)):
+            raise ConfigError(f'data.{key} = {path!r} is not a folder.')
+        if path and not (d['image_size'] if 'image_size' in d else None):
+            raise ConfigError(f'data.{key} = {path!r} holds images of any size, so data.image_size must say '
+                              'the size to resize them to, e.g. (32, 32).')
+    if f.train_folder and (d.train_records if 'train_records' in d else ''):
+        raise ConfigError(f'data.train_folder = {f.train_folder!r} and data.train_records = {d.train_records!r} '
+                          'both name the training images; keep one.')
+    share = f.holdout_fraction
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+        raise ConfigError(f'data.holdout_fraction must be a number between 0 and 1 (the share of data.train_folder '
+                          f'held out when data.eval_folder is not set), got {share!r}.')
+    return f
+
+
 def check_cadence(config: Any) -> None:
     """`log_every` (steps per log line), `eval_every` (steps between held-out evaluations),
     `steps_per_call` (training steps per jitted call) and `profile_steps` (steps traced per stage)."""
@@ -155,6 +197,7 @@ def validate(config: Any, workdir: str = '') -> Plan:
         raise ConfigError(f'compute_dtype = {config.compute_dtype!r} is not supported; choose one of '
                           f'{", ".join(models.registry.COMPUTE_DTYPES)}.')
     check_views(config.data)
+    check_folders(config)
     check_input(config)
     check_cadence(config)
     check_cache(config, 'stage1', 'teacher_cache')

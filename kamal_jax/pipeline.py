@@ -17,9 +17,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from kamal_jax import export, porting, summary as summary_lib
+from kamal_jax import diagnostics, export, own_images, porting, summary as summary_lib
 from kamal_jax import workdir as workdir_lib
-from kamal_jax.config_checks import check_recipes, validate
+from kamal_jax.config_checks import check_recipes, folder_fields, validate
 from kamal_jax.recipes import Outcome, Run, one_stage_config, run_recipe, task_label_arrays
 from kamal_jax.recipes.context import fmt
 from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices
@@ -73,16 +73,68 @@ def load_split(config: Any, split: str):
         if streaming:
             log.info('%s = %r: %d images of %s (%.1f GiB decoded) streamed from the records in %s', field, split,
                      len(ds.images), ds.images.shape[1:], ds.images.nbytes / 2 ** 30, ds.images.directory)
-    limit_field = 'train_limit' if training else 'eval_limit'
-    limit = int(d.get(limit_field, 0) or 0)
-    if limit > len(ds.images):
-        log.warning('data.%s = %d is above the %d images of %s = %r; using all %d.', limit_field, limit,
-                    len(ds.images), field, split, len(ds.images))
-    if limit and limit < len(ds.images):
-        ds = records.take(ds, np.sort(np.random.default_rng(config.seed).permutation(len(ds.images))[:limit]))
+    ds = _limited(config, ds, training, field, split)
     if len(ds.images) == 0:
         raise ConfigError(f'{field} = {split!r} of dataset {d.name!r} is empty.')
     return ds
+
+
+def _limited_rows(config: Any, count: int, training: bool, field: str, source: str):
+    """The seeded rows `data.train_limit` / `data.eval_limit` keep of `count` (None: all)."""
+    limit_field = 'train_limit' if training else 'eval_limit'
+    limit = int(config.data.get(limit_field, 0) or 0)
+    if limit > count:
+        log.warning('data.%s = %d is above the %d images of %s = %r; using all %d.', limit_field, limit,
+                    count, field, source, count)
+    if limit and limit < count:
+        return np.sort(np.random.default_rng(config.seed).permutation(count)[:limit])
+    return None
+
+
+def _limited(config: Any, ds, training: bool, field: str, source: str):
+    from kamal_jax.data import records
+    rows = _limited_rows(config, len(ds.images), training, field, source)
+    return ds if rows is None else records.take(ds, rows)
+
+
+def _limited_folder(config: Any, part, training: bool):
+    from kamal_jax.data import records
+    rows = _limited_rows(config, len(part.split.images), training, part.field, part.root)
+    if rows is None:
+        return part
+    return part._replace(split=records.take(part.split, rows), paths=[part.paths[i] for i in rows])
+
+
+def load_data(config: Any, plan: Plan):
+    """(training split, held-out split, folder notes): from TFDS (`data.train_split`, `data.eval_split`)
+    or your own folders (`data.train_folder`, `data.eval_folder`; without the latter a seeded
+    `data.holdout_fraction` of the training folder is held out, unlabelled)."""
+    fields = folder_fields(config.data)
+    parts, held_part, warnings, primary_first = [], None, [], distributed.primary_first
+    if fields.train_folder:
+        train_part = own_images.load_folder(config, fields, 'data.train_folder', labelled=False, load=primary_first)
+        parts.append(train_part)
+        if not fields.eval_folder:
+            train_part, held_part = own_images.hold_out(train_part, fields.holdout_fraction, config.seed)
+            held_part = _limited_folder(config, held_part, False)
+        train = _limited_folder(config, train_part, True).split
+    else:
+        train = load_split(config, config.data.train_split)
+    if fields.eval_folder:
+        eval_part = _limited_folder(config, own_images.load_folder(config, fields, 'data.eval_folder', labelled=True,
+                                                                   load=primary_first), False)
+        parts.append(eval_part)
+        held_out = eval_part.split
+        warnings.append(own_images.check_eval_classes(plan, held_out, eval_part.root))
+    elif held_part is not None:
+        held_out = held_part.split
+        log.info('no labelled images (data.eval_folder): %d of data.train_folder\'s images are held out '
+                 '(data.holdout_fraction = %s) and scored by label-free diagnostics', len(held_out.images),
+                 fields.holdout_fraction)
+    else:
+        held_out = load_split(config, config.data.eval_split)
+        check_data_labels(plan, held_out.label_names, config.data.eval_split)
+    return train, held_out, own_images.Notes(parts, held_part, [w for w in warnings if w])
 
 
 def check_streaming_needs(config: Any, train: Any) -> None:
@@ -164,17 +216,42 @@ def load_teachers(config: Any, plan: Plan, workdir: str, image_size, mesh):
     return teachers, sharding.put_replicated({name: v for name, (_, v) in loaded.items()}, mesh)
 
 
-def _teacher_entries(run: Run) -> dict:
-    """Each teacher scored on the held-out split, on the target tasks it declares."""
-    entries = {}
+def _teacher_entries(run: Run) -> tuple[dict, dict]:
+    """Each teacher scored on the held-out split, on the target tasks it declares; and its task
+    logits there (the label-free diagnostics compare the students with them)."""
+    entries, logits = {}, {}
     for name, net in run.teachers.items():
         tasks = {t: run.plan.tasks[t] for t in net.heads if t in run.plan.target_tasks}
-        acc = eval_lib.evaluate(net, run.frozen[name], run.held_out, tasks, run.config.eval_batch_size)
+        logits[name] = eval_lib.predict(net, run.frozen[name], run.held_out.images, run.config.eval_batch_size)
+        acc = eval_lib.accuracy(logits[name], run.held_out, tasks)
         entries[name] = summary_lib.model_entry('teacher', net.arch, count_params(run.frozen[name]['params']),
                                                 tasks, acc, flops=eval_lib.forward_flops(
                                                     net, run.frozen[name], run.held_out.images.shape[1:]))
         log.info('teacher %s (%s): %s', name, net.arch, fmt(acc))
-    return entries
+    return entries, logits
+
+
+def diagnose(run: Run, net: Net, variables: Any, teacher_logits: dict) -> dict:
+    """Per target task the net has a head for: its label-free diagnostics against the task's
+    teachers on the held-out images (`kamal_jax.diagnostics`)."""
+    logits = eval_lib.predict(net, variables, run.held_out.images, run.config.eval_batch_size)
+    out = {}
+    for task in run.plan.target_tasks:
+        teachers = {t.name: diagnostics.probabilities(teacher_logits[t.name][task]) for t in run.plan.group(task)
+                    if t.name in teacher_logits and task in teacher_logits[t.name]}
+        if task in logits and teachers:
+            out[task] = diagnostics.task_diagnostics(diagnostics.probabilities(logits[task]), teachers)
+    return out
+
+
+def _write_diagnostics_scalars(workdir: str, entries: dict) -> None:
+    """The diagnostics as TensorBoard scalars (step 0) under WORKDIR/tb/diagnostics."""
+    from kamal_jax.train.metrics import Writers
+    scalars = summary_lib.diagnostics_scalars(entries)
+    if scalars:
+        writers = Writers(os.path.join(workdir, 'tb', summary_lib.DIAGNOSTICS))
+        writers.write_scalars(0, scalars)
+        writers.close()
 
 
 def _check_teacher_files(config: Any, plan: Plan, workdir: str) -> None:
@@ -233,9 +310,7 @@ def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
     the workdir, trains the zoo and ports the teachers."""
     plan = validate(config, workdir)
     workdir_lib.check_writable(workdir)
-    train = load_split(config, config.data.train_split)  # data problems stop us before the
-    held_out = load_split(config, config.data.eval_split)  # workdir is claimed
-    check_data_labels(plan, held_out.label_names, config.data.eval_split)
+    train, held_out, notes = load_data(config, plan)  # data problems stop us before the workdir is claimed
     if tuple(train.images.shape[1:]) != tuple(held_out.images.shape[1:]):
         field = 'data.train_records' if config.data.get('train_records') else 'data.train_split'
         hint = ('write the records at the evaluation size' if field == 'data.train_records'
@@ -251,6 +326,8 @@ def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
     _check_budget(config, len(train.images), mesh.size)
     _check_teacher_files(config, plan, workdir)
     resumed = _claim(config, workdir, overwrite)
+    if distributed.is_primary():
+        own_images.write_notes(workdir, notes)
     log.info('%s run in %s; target tasks: %s', 'resuming' if resumed else 'starting', workdir,
              ', '.join(plan.target_tasks))
     image_size = tuple(train.images.shape[1:3])
@@ -310,9 +387,12 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     r = prepare(config, workdir, overwrite=overwrite)
     previous = summary_lib.read(workdir)  # what a finished net resuming in this launch keeps
     main, baselines = check_recipes(config)
-    entries, wall, pending = _teacher_entries(r), {}, list(baselines)
-    data_info = {'name': config.data.name, 'train': len(r.train.images) // max(views_lib.count(config.data), 1),
-                 'eval': len(r.held_out.images)}
+    teacher_entries, teacher_logits = _teacher_entries(r)
+    entries, wall, pending = teacher_entries, {}, list(baselines)
+    fields = folder_fields(config.data)
+    data_info = {'name': fields.train_folder or config.data.name,
+                 'train': len(r.train.images) // max(views_lib.count(config.data), 1),
+                 'eval': len(r.held_out.images), 'labelled_eval': bool(r.held_out.labels)}
 
     def publish() -> tuple[str, dict]:
         extra = {'pending_baselines': list(pending)} if pending else {}
@@ -320,6 +400,9 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
         return (summary_lib.write(workdir, result) if distributed.is_primary() else ''), result
 
     def on_result(name: str, outcome: Outcome) -> None:
+        key = 'target' if name == main else f'baseline_{name}'
+        if key in outcome.entries:
+            outcome.entries[key]['diagnostics'] = diagnose(r, outcome.net, outcome.variables, teacher_logits)
         kept_entries, kept_wall = summary_lib.keep_finished(previous, outcome.entries, outcome.wall)
         entries.update(kept_entries)
         wall.update(kept_wall)
@@ -343,6 +426,7 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
                                  'loss weights) to resume from it') from None
     table, result = publish()
     if distributed.is_primary():
+        _write_diagnostics_scalars(workdir, entries)
         log.info('summary (also in %s):\n%s', os.path.join(workdir, 'summary.md'), table)
         _write_report(workdir)
     distributed.barrier('kamal_jax_run_done')

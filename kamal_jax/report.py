@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Mapping
 
+from kamal_jax.summary import DIAGNOSTICS, DIAGNOSTICS_HEADER, diagnostics_rows
 from kamal_jax.train.metrics import JSONL
 
 OUT = 'report'
@@ -124,6 +125,14 @@ def accuracy_table(summary: Mapping) -> str:
     return f'<table><tr>{head}</tr>{"".join(rows)}</table>'
 
 
+def diagnostics_table(summary: Mapping) -> str:
+    """Each student's label-free diagnostics per task (`kamal_jax.diagnostics`), as an HTML table."""
+    head = ''.join(f'<th>{html.escape(h)}</th>' for h in DIAGNOSTICS_HEADER)
+    rows = ''.join('<tr>' + ''.join(f'<td>{html.escape(c)}</td>' for c in r) + '</tr>'
+                   for r in diagnostics_rows(summary))
+    return f'<table><tr>{head}</tr>{rows}</table>'
+
+
 def _teacher_plots(summary: Mapping, out: str) -> list[tuple[str, str]]:
     """Per component with a selection report: its task's teachers against what was selected."""
     plots = []
@@ -144,6 +153,8 @@ def write_report(workdir: str) -> str:
     os.makedirs(out, exist_ok=True)
     plots = []
     for stage, curves in sorted(read_curves(workdir).items()):
+        if stage == DIAGNOSTICS:  # one value each, shown as a table below
+            continue
         slug = stage.replace('/', '_')
         plots.append((f'Learning curves: {stage}', plot_curves(stage, curves, os.path.join(out, f'curves_{slug}.png'))))
         if any(k.startswith('selected/') for k in curves):
@@ -156,6 +167,8 @@ def write_report(workdir: str) -> str:
     body = [f'<h1>kamal_jax run: {html.escape(os.path.basename(os.path.abspath(workdir)))}</h1>']
     body.append('<h2>Accuracy on held-out data (%)</h2>' + accuracy_table(summary) if summary
                 else '<p>No summary.json yet: the run has not finished its main recipe.</p>')
+    if summary and diagnostics_rows(summary):
+        body.append('<h2>Label-free diagnostics on the held-out images</h2>' + diagnostics_table(summary))
     for title, png in plots:
         body.append(f'<h2>{html.escape(title)}</h2><img src="{html.escape(os.path.basename(png))}">')
     page = os.path.join(out, 'index.html')

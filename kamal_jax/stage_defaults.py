@@ -15,6 +15,11 @@ _COMMON = dict(widths=(), epochs=30, batch_size=64, lr=1e-3, bridge_lr=1e-3, sch
 # threads (-1: 4 where the images come from disk or the devices are accelerators, else 0);
 # train_records, a records folder, replaces the train split as the unlabelled images.
 INPUT = dict(streaming='auto', memory_limit_gb=4.0, prefetch=-1, train_records='')
+# Your own images (`kamal_jax.data.folder`): train_folder, a folder of image files, replaces the
+# TFDS training split; eval_folder, a labelled class-per-subfolder folder, replaces the evaluation
+# split; without one, a seeded holdout_fraction of train_folder is held out and scored without labels.
+# Read through `config_checks.folder_fields`: a config may leave them out.
+FOLDERS = dict(train_folder='', eval_folder='', holdout_fraction=0.1)
 # The frozen nets' output caches (fixed views only: data.crop_padding = 0 and no flip, or data.views = K).
 CACHE = dict(cache_dtype='float16', cache_limit_gb=8.0)
 

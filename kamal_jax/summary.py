@@ -10,6 +10,7 @@ from kamal_jax.files import write_atomic
 from kamal_jax.tasks import Task
 
 ROLE_ORDER = {'teacher': 0, 'component': 1, 'baseline': 2, 'target': 3}
+DIAGNOSTICS = 'diagnostics'  # a student entry's label-free diagnostics (`kamal_jax.diagnostics`), per task
 
 
 def model_entry(role: str, arch: str, params: int, tasks, accuracy: Mapping[str, float],
@@ -58,6 +59,9 @@ def markdown(summary: Mapping[str, Any]) -> str:
         if comps:
             verdicts.append(f'target params / components together: {target[0]["params"] / comps:.2f}x')
         lines.append('\n'.join(f'- {v}' for v in verdicts))
+    diagnosed = diagnostics_markdown(summary)
+    if diagnosed:
+        lines.append(diagnosed)
     wall = summary.get('wall_seconds', {})
     if wall:
         lines.append('Wall time: ' + ', '.join(f'{k} {v:.0f}s' for k, v in wall.items()))
@@ -65,6 +69,50 @@ def markdown(summary: Mapping[str, Any]) -> str:
     if pending:
         lines.append(f'Still training: {", ".join(pending)} (this summary is rewritten as each baseline finishes).')
     return '\n\n'.join(lines) + '\n'
+
+
+def diagnostics_rows(summary: Mapping[str, Any]) -> list[list[str]]:
+    """Per student and task, its label-free diagnostics as table cells (percentages, entropies in nats)."""
+    rows = []
+    for name, m in sorted(summary['models'].items(), key=lambda kv: ROLE_ORDER.get(kv[1]['role'], 9)):
+        for task, d in (m.get(DIAGNOSTICS) or {}).items():
+            pct = lambda x: f'{100 * x:.1f}'
+            rows.append([name, task, ', '.join(f'{t} {pct(a)}' for t, a in d['agreement'].items()),
+                         pct(d['agreement_with_combined']), pct(d['teacher_disagreement']),
+                         ', '.join(f'{t} {pct(f)}' for t, f in d['selected_fraction'].items()),
+                         ', '.join(f'{k} {v:.3f}' for k, v in d['mean_entropy'].items())])
+    return rows
+
+
+DIAGNOSTICS_HEADER = ['model', 'task', 'agrees with each teacher (%)', 'agrees with the least ambiguous teacher (%)',
+                      'teachers disagree (%)', 'least ambiguous teacher (% of images)', 'mean entropy (nats)']
+
+
+def diagnostics_markdown(summary: Mapping[str, Any]) -> str:
+    """The label-free diagnostics on the held-out images, a row per student and task."""
+    rows = diagnostics_rows(summary)
+    if not rows:
+        return ''
+    labelled = (summary.get('data') or {}).get('labelled_eval', True)
+    title = ('Label-free diagnostics on the held-out images' + ('' if labelled else
+             ' (no labels: the accuracies above are empty)') + ':')
+    lines = [title, '', '| ' + ' | '.join(DIAGNOSTICS_HEADER) + ' |', '|---|---|---|---:|---:|---|---|']
+    lines += ['| ' + ' | '.join(r) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+def diagnostics_scalars(models: Mapping[str, dict]) -> dict[str, float]:
+    """The diagnostics as flat scalars, 'diagnostics/<model>/<task>/<measure>[/<teacher>]'."""
+    out = {}
+    for name, m in models.items():
+        for task, d in (m.get(DIAGNOSTICS) or {}).items():
+            prefix = f'{DIAGNOSTICS}/{name}/{task}'
+            for key, value in d.items():
+                if isinstance(value, dict):
+                    out.update({f'{prefix}/{key}/{k}': float(v) for k, v in value.items()})
+                elif key != 'images':
+                    out[f'{prefix}/{key}'] = float(value)
+    return out
 
 
 def selection_markdown(summary: Mapping[str, Any]) -> str:

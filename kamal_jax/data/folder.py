@@ -36,9 +36,8 @@ from kamal_jax.data import pixels
 from kamal_jax.data.split import ArraySplit
 
 __all__ = ['FolderError', 'Found', 'load', 'check_folder', 'list_files', 'decode', 'to_rgb', 'read_image', 'records_dir',
-           'write_skipped', 'SKIPPED_FILE']
+           'write_skipped']
 
-SKIPPED_FILE = 'skipped_images.tsv'
 CHUNK = 256  # images decoded together (their pixels are in memory at once), then written
 LABEL_KEY = 'label'
 

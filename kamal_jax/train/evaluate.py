@@ -81,7 +81,11 @@ def predict(net: Net, variables: Any, images: np.ndarray, batch_size: int = 256)
 def evaluate(net: Net, variables: Any, split: Any, tasks: Mapping[str, Task],
              batch_size: int = 256) -> dict[str, float]:
     """Top-1 accuracy per task, over the samples of the split that belong to the task's classes."""
-    logits = predict(net, variables, split.images, batch_size)
+    return accuracy(predict(net, variables, split.images, batch_size), split, tasks)
+
+
+def accuracy(logits: Mapping[str, np.ndarray], split: Any, tasks: Mapping[str, Task]) -> dict[str, float]:
+    """Top-1 accuracy per task from `predict`'s logits on `split` ({} where it has no labels)."""
     result = {}
     for name, task in tasks.items():
         if name not in logits or task.label_key not in split.labels:

@@ -1,0 +1,183 @@
+"""A run from your own image folder: skipped files listed, records reused, accuracies from a labelled
+class-per-subfolder folder, label-free diagnostics without one, and `kamal-jax predict` on the export."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import photos
+import toy
+from kamal_jax import pipeline
+from kamal_jax.data import folder
+from kamal_jax.tasks import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SIZE = (16, 16)
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    """The mixed photo folder, a labelled folder (classes a..e plus one no task names) and one teacher
+    checkpoint (7 classes) that both teachers read: two identical teachers."""
+    base = tmp_path_factory.mktemp('own')
+    good = photos.write_mixed(str(base / 'photos'))
+    photos.write_mixed(str(base / 'labelled'), count=40, seed=1, classes=photos.CLASSES + ('unused',))
+    code = f'''
+import torch
+from kamal_jax.zoo import torch_models
+torch.manual_seed(0)
+torch.save(torch_models.build('cifar_resnet8', 7).state_dict(), {str(base / 'teacher.pth')!r})
+'''
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+    return base, good
+
+
+def config(base, **data):
+    c = toy.quickstart_config('tiny', recipe='average')
+    del c.zoo
+    c.data = dict(train_folder=str(base / 'photos'), eval_folder='', holdout_fraction=0.2, image_size=SIZE,
+                  data_dir=str(base / 'data'), mean=(0.5,) * 3, std=(0.25,) * 3, crop_padding=0, flip=False,
+                  train_limit=0, eval_limit=0, views=0, streaming='auto', memory_limit_gb=4.0, prefetch=-1,
+                  train_records='')
+    c.data.update(data)
+    head = dict(kind='multiclass', classes=list(photos.CLASSES), logits=(1, 6))
+    c.teachers = {name: dict(arch='cifar_resnet8', checkpoint=str(base / 'teacher.pth'), mean=(0.5,) * 3,
+                             std=(0.25,) * 3, heads={'shape': head}) for name in ('t1', 't2')}
+    c.target_tasks = ('shape',)
+    c.stage1.epochs = c.stage2.epochs = 1
+    c.stage1.batch_size = c.stage2.batch_size = 32
+    c.eval_every, c.log_every = 0, 5
+    return c
+
+
+@pytest.fixture(scope='module')
+def unlabelled_run(files):
+    base, _ = files
+    workdir = str(base / 'run')
+    return workdir, pipeline.run(config(base), workdir)
+
+
+@pytest.fixture(scope='module')
+def labelled_run(files, unlabelled_run):
+    base, _ = files
+    workdir = str(base / 'run_labelled')
+    real_decode = folder.decode
+    decoded = []
+    folder.decode = lambda path: decoded.append(path) or real_decode(path)
+    try:
+        summary = pipeline.run(config(base, eval_folder=str(base / 'labelled')), workdir)
+    finally:
+        folder.decode = real_decode
+    return workdir, summary, decoded
+
+
+def test_skipped_files_are_listed_and_a_share_is_held_out(files, unlabelled_run):
+    base, good = files
+    workdir, summary = unlabelled_run
+    lines = open(os.path.join(workdir, 'skipped_images.tsv')).read().splitlines()
+    assert lines[0] == 'field\tpath\treason'
+    assert sorted(line.split('\t')[1] for line in lines[1:]) == sorted(photos.BAD)
+    held = open(os.path.join(workdir, 'held_out_images.txt')).read().split()
+    assert len(held) == round(0.2 * len(good)) and set(held) <= set(good)
+    assert summary['data'] == {'name': str(base / 'photos'), 'train': len(good) - len(held), 'eval': len(held),
+                               'labelled_eval': False}
+    assert '4 files skipped' in open(os.path.join(workdir, 'log.txt')).read()
+
+
+def test_without_labels_the_summary_holds_diagnostics_numpy_reproduces(files, unlabelled_run):
+    import kamal_jax
+    from kamal_jax import teachers as teachers_lib
+    from kamal_jax.tasks import plan_from_config
+    from kamal_jax.train import evaluate as eval_lib
+    base, _ = files
+    workdir, summary = unlabelled_run
+    assert all(not m['accuracy'] for m in summary['models'].values())  # no labels: no accuracy
+    d = summary['models']['target']['diagnostics']['shape']
+    held = open(os.path.join(workdir, 'held_out_images.txt')).read().split()
+    images = np.stack([folder.read_image(str(base / 'photos' / p), SIZE)[0] for p in held])
+    student = np.asarray(kamal_jax.load_student(os.path.join(workdir, 'export')).predict(images / 255.0)['shape'])
+    spec = plan_from_config(config(base)).teachers[0]
+    net, variables = teachers_lib.load_teacher(spec, os.path.join(workdir, 'teachers'), SIZE)
+    logits = np.asarray(eval_lib.predict(net, variables, images)['shape'], np.float64)
+    teacher = np.exp(logits - logits.max(-1, keepdims=True))
+    teacher /= teacher.sum(-1, keepdims=True)
+    agree = float(np.mean(student.argmax(-1) == teacher.argmax(-1)))
+    assert d['images'] == len(held)
+    assert d['agreement'] == pytest.approx({'t1': agree, 't2': agree})
+    assert d['agreement_with_combined'] == pytest.approx(agree)
+    assert d['teacher_disagreement'] == 0.0  # two identical teachers
+    assert d['selected_fraction'] == {'t1': 1.0, 't2': 0.0}  # ties go to the first
+    h = lambda p: float(np.mean(-np.sum(p * np.log(p), -1)))
+    assert d['mean_entropy'] == pytest.approx({'student': h(student), 't1': h(teacher), 't2': h(teacher)}, rel=1e-4)
+    assert 'Label-free diagnostics' in open(os.path.join(workdir, 'summary.md')).read()
+    assert 'Label-free diagnostics' in open(os.path.join(workdir, 'report', 'index.html')).read()
+    scalars = [json.loads(line) for line in open(os.path.join(workdir, 'tb', 'diagnostics', 'metrics.jsonl'))]
+    assert any(s.get('diagnostics/target/shape/agreement/t1') == pytest.approx(agree) for s in scalars)
+
+
+def test_a_labelled_folder_gives_accuracies_beside_the_diagnostics_and_the_records_are_reused(files, labelled_run):
+    base, good = files
+    workdir, summary, decoded = labelled_run
+    assert not any(p.startswith(str(base / 'photos')) for p in decoded)  # the training folder: reused
+    assert len(decoded) == 40  # the labelled folder was decoded once
+    assert summary['data']['labelled_eval'] and summary['data']['train'] == len(good)
+    target = summary['models']['target']
+    assert set(target['accuracy']) == {'shape'} and 0.0 <= target['accuracy']['shape'] <= 1.0
+    assert set(summary['models']['t1']['accuracy']) == {'shape'}
+    assert target['diagnostics']['shape']['images'] == 40
+    log = open(os.path.join(workdir, 'log.txt')).read()
+    assert 'records reused' in log
+    assert "sub-folder(s) ['unused'] name no class of the target tasks" in log
+
+
+def test_predict_on_the_folder_equals_load_student_in_python(files, unlabelled_run, tmp_path, capsys):
+    import kamal_jax
+    from kamal_jax import predict
+    base, good = files
+    workdir, _ = unlabelled_run
+    export = os.path.join(workdir, 'export')
+    out = tmp_path / 'pred.csv'
+    assert predict.main([export, str(base / 'photos'), '--out', str(out), '--batch_size', '64']) == 0
+    assert f'{len(good)} images predicted' in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out)))
+    assert [r['path'] for r in rows] == good
+    skipped = [line.split('\t')[0] for line in open(f'{out}.skipped.tsv').read().splitlines()[1:]]
+    assert sorted(skipped) == sorted(photos.BAD)
+    images = np.stack([folder.read_image(str(base / 'photos' / p), SIZE)[0] for p in good]) / 255.0
+    p = np.asarray(kamal_jax.load_student(export).predict(images)['shape'])
+    assert [r['shape'] for r in rows] == [photos.CLASSES[k] for k in p.argmax(-1)]
+    np.testing.assert_allclose([float(r['shape_probability']) for r in rows], p.max(-1), atol=2e-6)
+    bad = subprocess.run([sys.executable, '-c', 'from kamal_jax import cli; cli.main()', 'predict', export,
+                          str(tmp_path / 'nothing'), '--out', str(tmp_path / 'x.csv')], cwd=ROOT,
+                         capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': ROOT})
+    assert bad.returncode == 1 and "IMAGE_FOLDER = '" in bad.stderr and 'is not a folder' in bad.stderr
+
+
+@pytest.mark.parametrize('data,words', [
+    (dict(holdout_fraction=1.5), r'data\.holdout_fraction must be a number between 0 and 1'),
+    (dict(train_folder='/nonexistent/photos'), r"data\.train_folder = '/nonexistent/photos' is not a folder"),
+    (dict(image_size=()), r'data\.image_size must say the size'),
+    (dict(train_records='x'), r'data\.train_folder = .* and data\.train_records = .* both name'),
+])
+def test_bad_folder_fields_are_one_sentence(files, tmp_path, data, words):
+    base, _ = files
+    with pytest.raises(ConfigError, match=words):
+        pipeline.run(config(base, **data), str(tmp_path / 'w'))
+    assert not (tmp_path / 'w').exists()
+
+
+def test_a_task_class_without_a_sub_folder_is_refused_before_work(files, tmp_path):
+    base, _ = files
+    (tmp_path / 'eval' / 'a').mkdir(parents=True)
+    (tmp_path / 'eval' / 'b').mkdir()
+    src = next(p for p in (base / 'labelled' / 'a').iterdir() if p.suffix == '.png')
+    for c in ('a', 'b'):
+        (tmp_path / 'eval' / c / 'x.png').write_bytes(src.read_bytes())
+    with pytest.raises(ConfigError, match=r"data\.eval_folder = '.*eval' has no sub-folder for class\(es\) "
+                                          r"\['c', 'd', 'e'\] of task 'shape'"):
+        pipeline.run(config(base, eval_folder=str(tmp_path / 'eval')), str(tmp_path / 'w'))
+    assert not (tmp_path / 'w').exists()
