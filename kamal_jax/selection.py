@@ -6,8 +6,11 @@ and the online step, the offline pass, the stage-1 cache and the selection repor
     weights = SELECTORS['least_entropy'](Context(teacher_logits=(logits_a, logits_b)), rng, None)
 
 The weights mix each teacher's per-sample **losses** (`losses.weighted_per_sample`); rows sum to 1.
-A recipe may instead distil from one **combined target** (`COMBINERS`): a function of all teachers'
-logits that gives the soft target itself (the 'average' recipe).
+A recipe may instead distil from one **combined target** (`COMBINERS`): the soft target itself,
+`combiner(context, temperature, params) -> [batch, classes]` probabilities (the 'average' and
+'product' recipes). A combiner that fits (`fit(context, **hyper) -> params`, label-free, once on
+the training images' context; `grid`: its hyper-parameters' candidate values, the first the
+default) is a label model (`label_models.py`); its target is computed once per training view.
 
 Adding a selector is one decorated function here; `online=False` marks one that needs the whole
 training set and so can only run in the offline pass (`stage1.selection = 'offline'`), and
@@ -21,12 +24,13 @@ context (`fit(context) -> params`); `student=True`, the student's logits (online
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from kamal_jax import ambiguity, losses
+from kamal_jax import ambiguity, label_models, losses
 
 
 class Context(NamedTuple):
@@ -34,6 +38,15 @@ class Context(NamedTuple):
     teacher_logits: Sequence[jax.Array]  # per teacher: the task's logits, [batch, classes]
     student_logits: jax.Array | None = None  # the student's task logits when selection is online
     view_logits: Sequence[jax.Array] | None = None  # per teacher: [views, batch, classes] (`views=K`)
+    partial: Sequence['Partial'] = ()  # teachers outside the task's group that know some of its classes
+
+
+class Partial(NamedTuple):
+    """A teacher that knows only some of a task's classes: its whole output [batch, its classes],
+    the logit `columns` of the task classes it covers and their task-class indices `classes`."""
+    logits: jax.Array
+    columns: Sequence[int]
+    classes: Sequence[int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +174,142 @@ def entropy_percentile(context: Context, rng=None, params=None) -> jax.Array:
 
 # ----------------------------------------------------------------------------- combined targets
 
-COMBINERS: dict[str, Callable[[Sequence[jax.Array], float], jax.Array]] = {
-    # Hinton-style multi-teacher distillation: the mean of the teachers' softmax(logits / T).
-    'average': losses.average_probabilities,
-    # The product of experts: softmax of the mean logits (the geometric mean of the probabilities).
-    'product': losses.average_logits,
-}
+@dataclasses.dataclass(frozen=True)
+class Combiner:
+    name: str
+    fn: Callable[[Context, float, Any], jax.Array]
+    fit: Callable[..., Any] | None = None  # fit(context, **hyper) -> params, on the training images
+    grid: Mapping[str, tuple] = dataclasses.field(default_factory=dict)  # hyper -> candidates, default first
+
+    def __call__(self, context: Context | Sequence[jax.Array], temperature: float = 1.0,
+                 params: Any = None) -> jax.Array:
+        """[batch, classes] probabilities; `context` may be the teachers' task logits alone."""
+        if not isinstance(context, Context):
+            context = Context(tuple(context))
+        return self.fn(context, temperature, params)
+
+    @property
+    def defaults(self) -> dict:
+        return {k: v[0] for k, v in self.grid.items()}
+
+    def fit_default(self, context: Context) -> Any:
+        """Params at the default hyper-parameters (what a recipe uses: it has no labels to choose)."""
+        return self.fit(context, **self.defaults) if self.fit is not None else None
+
+
+COMBINERS: dict[str, Combiner] = {}
+
+
+def combiner(name: str, *, fit: Callable[..., Any] | None = None, grid: Mapping[str, tuple] | None = None):
+    """Registers `fn(context, temperature, params) -> [batch, classes]` under `name`."""
+    def register(fn):
+        COMBINERS[name] = Combiner(name, fn, fit=fit, grid=dict(grid or {}))
+        return fn
+    return register
+
+
+def get_combiner(name: str) -> Combiner:
+    if name not in COMBINERS:
+        raise ValueError(f'unknown combiner {name!r}; valid combiners: {", ".join(COMBINERS)}.')
+    return COMBINERS[name]
+
+
+@combiner('average')
+def average(context: Context, temperature: float = 1.0, params=None) -> jax.Array:
+    """Hinton-style multi-teacher distillation: the mean of the teachers' softmax(logits / T)."""
+    return losses.average_probabilities(context.teacher_logits, temperature)
+
+
+@combiner('product')
+def product(context: Context, temperature: float = 1.0, params=None) -> jax.Array:
+    """The product of experts: softmax of the mean logits (the geometric mean of the probabilities)."""
+    return losses.average_logits(context.teacher_logits, temperature)
+
+
+def _voters(context: Context, with_partial: bool, votes: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The label model's voters: each teacher of the task, then (`with_partial`) each partial one;
+    their softmax (`votes='soft'`) or its argmax ('hard')."""
+    if votes not in ('soft', 'hard'):
+        raise ValueError(f"a label model's votes must be 'soft' or 'hard', got {votes!r}.")
+    soft = [label_models.softmax(np.asarray(ambiguity.as_categorical(jnp.asarray(l, jnp.float32))))
+            for l in context.teacher_logits]
+    k = soft[0].shape[-1]
+    answers = [label_models.full_answers(k)] * len(soft)
+    if with_partial:
+        soft = soft + [label_models.partial_votes(np.asarray(p.logits), p.columns) for p in context.partial]
+        answers = answers + [label_models.partial_answers(p.classes, k) for p in context.partial]
+    return [label_models.hard(v) for v in soft] if votes == 'hard' else soft, answers
+
+
+class LabelModel(NamedTuple):
+    model: label_models.DawidSkene
+    partial: bool  # the partial teachers vote too
+    votes: str     # 'hard' or 'soft'
+
+
+def _fit_dawid_skene(prior: str):
+    def fit(context: Context, *, votes: str, strength: float, partial: bool, class_prior: bool, init: str,
+            accuracy: float = 0.7) -> LabelModel:
+        kind = votes
+        votes, answers = _voters(context, partial, kind)
+        init = {'product': lambda p: p, 'vote': lambda p: label_models.majority_vote(votes, answers, p)}[init](
+            np.asarray(losses.average_logits(context.teacher_logits, 1.0), np.float64))
+        return LabelModel(label_models.fit_dawid_skene(votes, answers, init, strength=strength, prior=prior,
+                                                       accuracy=accuracy, learn_class_prior=class_prior),
+                          partial, kind)
+    return fit
+
+
+def _label_model_target(context: Context, temperature: float, params: LabelModel) -> jax.Array:
+    votes, _ = _voters(context, params.partial, params.votes)
+    return jax.nn.softmax(jnp.asarray(label_models.posterior_logits(params.model, votes), jnp.float32)
+                          / temperature, axis=-1)
+
+
+# EM starts from `product` or from the majority vote (which a confidently wrong teacher cannot carry).
+# The defaults (first values) scored best of the grid on the quickstart's five zoos, and still below
+# `product` (docs/BENCHMARKS.md, "Label models on the combination screen").
+_LABEL_MODEL_GRID = {'votes': ('soft', 'hard'), 'strength': (1.0, 0.1, 0.01), 'partial': (False, True),
+                     'class_prior': (False, True), 'init': ('product', 'vote')}
+
+
+@combiner('dawid_skene', fit=_fit_dawid_skene('diagonal'), grid=_LABEL_MODEL_GRID)
+def dawid_skene(context: Context, temperature: float = 1.0, params: LabelModel | None = None) -> jax.Array:
+    """Dawid-Skene: the posterior of the true class under a confusion matrix per teacher (and per
+    partial teacher, with `partial`), fitted by EM on the training images from `init` (the majority
+    vote, ties broken by `product`, or `product`); each row's
+    prior puts 0.7 on the right answer, with `strength` x (images per class) pseudo-counts."""
+    return _label_model_target(context, temperature, params)
+
+
+@combiner('dawid_skene_one_coin', fit=_fit_dawid_skene('one_coin'), grid=_LABEL_MODEL_GRID)
+def dawid_skene_one_coin(context: Context, temperature: float = 1.0,
+                         params: LabelModel | None = None) -> jax.Array:
+    """Dawid-Skene with each teacher's confusion rows shrunk towards its own one-coin model (its
+    overall accuracy on the right answer, errors spread evenly): with two voters the per-class
+    matrices are weakly identified, the single accuracy is not; `strength` sets how far."""
+    return _label_model_target(context, temperature, params)
+
+
+def tilted_weights(num_teachers: int, tilt: float) -> np.ndarray:
+    """Per-teacher weights summing to 1, tilted linearly from the first declared teacher (1/T + tilt)
+    to the last (1/T - tilt); two teachers: (0.5 + tilt, 0.5 - tilt)."""
+    if num_teachers == 1:
+        return np.ones(1)
+    return 1.0 / num_teachers + tilt * np.linspace(1.0, -1.0, num_teachers)
+
+
+def _fit_tilt(context: Context, *, tilt: float) -> np.ndarray:
+    return tilted_weights(len(context.teacher_logits), tilt)
+
+
+@combiner('weighted_product', fit=_fit_tilt, grid={'tilt': (0.0, 0.1, -0.1, 0.2, -0.2, 0.3, -0.3, 0.4, -0.4)})
+def weighted_product(context: Context, temperature: float = 1.0, params: np.ndarray | None = None) -> jax.Array:
+    """`product` with per-teacher weights on the logits (`params`, from `tilted_weights`; equal
+    weights, the default, are `product` itself). Nothing is fitted without labels: the screen
+    picks the tilt on its labelled validation share, so this measures what one weight per task,
+    chosen on held-out training images, adds to the product."""
+    weights = jnp.asarray(params if params is not None else tilted_weights(len(context.teacher_logits), 0.0),
+                          jnp.float32)
+    logits = jnp.stack([ambiguity.as_categorical(jnp.asarray(l, jnp.float32)) for l in context.teacher_logits])
+    return jax.nn.softmax(jnp.einsum('t,tbc->bc', weights, logits) / temperature, axis=-1)

@@ -19,7 +19,7 @@ from kamal_jax.train.objectives import Distill, LossWeights, make_pairs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = [f'c{i}' for i in range(7)]
-NAMES = ('average', 'random', 'logits_only', 'one_stage', 'supervised')  # every recipe but 'paper'
+NAMES = ('average', 'random', 'logits_only', 'one_stage', 'supervised')  # the benchmarks' baselines
 
 
 def _target(tasks=(('a', 5),), arch='cifar_resnet8'):
@@ -211,7 +211,8 @@ def run_all(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp('baselines'))
     # Every baseline but 'paper' (the main recipe) and 'random' (its two stages are logits_only's
     # with another stage-1 selector, checked above; leaving it out saves a third of this test's time).
-    names = tuple(n for n in NAMES if n != 'random')
+    # And 'dawid_skene': a fitted combiner's target, computed once before training.
+    names = tuple(n for n in NAMES if n != 'random') + ('dawid_skene',)
     args = (_config(names), plan, {'flat': flat, 'good': good}, {'flat': flat_vars, 'good': good_vars},
             train, held_out, mesh, workdir)
     reported = []
@@ -226,7 +227,7 @@ def run_all(tmp_path_factory):
 def test_every_baseline_trains_and_enters_the_summary(run_all):
     args, entries, wall = run_all
     workdir = args[-1]
-    assert list(entries) == [f'baseline_{n}' for n in NAMES if n != 'random']
+    assert list(entries) == [f'baseline_{n}' for n in NAMES if n != 'random'] + ['baseline_dawid_skene']
     assert set(wall) == set(entries) and all(w > 0 for w in wall.values())
     for name, entry in entries.items():
         assert entry['role'] == 'baseline' and entry['tasks'] == ['a']
@@ -234,7 +235,7 @@ def test_every_baseline_trains_and_enters_the_summary(run_all):
         assert 0.0 <= entry['accuracy']['a'] <= 1.0
         assert np.isfinite(entry['final_train_metrics']['loss']), name
     # The one-stage baselines train the target for the configured budget (baseline_stage.epochs).
-    for name in ('average', 'one_stage', 'supervised'):
+    for name in ('average', 'one_stage', 'supervised', 'dawid_skene'):
         assert entries[f'baseline_{name}']['epochs'] == 2
         assert os.path.isdir(os.path.join(workdir, 'baselines', name))
     assert os.path.isdir(os.path.join(workdir, 'baselines', 'logits_only', 'stage1', 'a'))
@@ -246,6 +247,7 @@ def test_every_baseline_trains_and_enters_the_summary(run_all):
     assert set(entries['baseline_logits_only']['component_accuracy']) == {'a'}
     assert entries['baseline_one_stage']['final_train_metrics']['selected/a/flat'] == 0.0
     assert entries['baseline_average']['method'].endswith('T=2')
+    assert entries['baseline_dawid_skene']['method'].endswith('T=2')  # a fitted combiner's target, once
 
 
 def test_every_baseline_is_exported_like_the_target(run_all):

@@ -107,3 +107,65 @@ def test_partial_teachers_are_those_outside_the_group_covering_two_or_more_of_th
     # Without the zoo's class lists nothing is known of a teacher's other outputs.
     del config['zoo']
     assert combiners.partial_teachers(config, plan, 'low') == []
+
+
+def _entry(rng, n_train=400, n_test=200, k=5):
+    """A task's screen inputs: teacher 'a' right on the first half of every split, 'b' everywhere
+    but sharper where wrong; one partial teacher."""
+    def split(n):
+        labels = rng.integers(0, k, n)
+        a = rng.normal(scale=0.1, size=(n, k)).astype(np.float32)
+        b = a.copy()
+        a[np.arange(n), np.where(np.arange(n) < n // 2, labels, (labels + 1) % k)] += 2.0
+        b[np.arange(n), labels] += 1.0
+        return labels, a, b
+    tl, ta, tb = split(n_train)
+    el, ea, eb = split(n_test)
+    return {'classes': [str(i) for i in range(k)], 'teachers': ['a', 'b'], 'partial': [['p', [1, 0], [2, 3]]],
+            'train': {'a': ta, 'b': tb}, 'test': {'a': ea, 'b': eb},
+            'train_partial': {'p': rng.normal(size=(n_train, 4)).astype(np.float32)},
+            'test_partial': {'p': rng.normal(size=(n_test, 4)).astype(np.float32)},
+            'test_views': {'a': np.stack([ea] * 2), 'b': np.stack([eb] * 2)},
+            'train_labels': tl, 'test_labels': el}
+
+
+def test_screen_inputs_round_trip_through_a_compressed_file(tmp_path):
+    entry = _entry(np.random.default_rng(5))
+    path = str(tmp_path / 'run.npz')
+    combiners.save_inputs({'temperature': 4.0, 'views': 2, 'tasks': {'t': entry}}, path, 'the command')
+    back = combiners.load_inputs(path)
+    assert back['command'] == 'the command' and back['temperature'] == 4.0 and back['views'] == 2
+    got = back['tasks']['t']
+    assert got['teachers'] == ['a', 'b'] and got['partial'] == [['p', [1, 0], [2, 3]]]
+    for part in ('train', 'test', 'train_partial', 'test_partial', 'test_views'):
+        for name, a in entry[part].items():
+            np.testing.assert_allclose(got[part][name], a, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(got['test_labels'], entry['test_labels'])
+    context = combiners.contexts(got)
+    assert context['train'].view_logits is None and len(context['test'].view_logits) == 2
+    assert context['test'].partial[0].classes == [2, 3]
+    np.savez(tmp_path / 'other.npz', x=np.zeros(3))
+    with pytest.raises(ValueError, match='holds no screen inputs'):
+        combiners.load_inputs(str(tmp_path / 'other.npz'))
+
+
+def test_hyper_parameters_are_chosen_on_the_validation_share_and_the_default_needs_beating():
+    """`weighted_product`'s tilt towards teacher 'a' (right on the first half of the images) or 'b'
+    (right everywhere): validation says 'b', and the evaluation images are never read for it."""
+    entry = _entry(np.random.default_rng(6))
+    context = combiners.contexts(entry)
+    validation = combiners.validation_rows(400, 0.25)
+    assert len(validation) == 100 and len(set(validation)) == 100
+    combiner = selection.COMBINERS['weighted_product']
+    hidden = context['test']._replace(teacher_logits=tuple(np.zeros_like(l) for l in context['test'].teacher_logits))
+    picked = combiners.choose_on_validation(combiner, context['train'], hidden, entry['train_labels'], validation)
+    assert picked['hyper']['tilt'] < -0.2 and picked['validation_accuracy'] > 0.95
+    picked = combiners.choose_on_validation(combiner, context['train'], context['test'], entry['train_labels'],
+                                            validation)
+    assert np.mean(np.argmax(picked['prediction'], -1) == entry['test_labels']) > 0.95
+    np.testing.assert_allclose(picked['default'], selection.COMBINERS['product'](context['test']), atol=1e-6)
+    # A gain of fewer than `min_gain` validation images keeps the default (here 'b' gains about 50).
+    for min_gain, tilt in ((40, picked['hyper']['tilt']), (80, 0.0)):
+        kept = combiners.choose_on_validation(combiner, context['train'], context['test'], entry['train_labels'],
+                                              validation, min_gain=min_gain)
+        assert kept['hyper']['tilt'] == tilt

@@ -1,6 +1,11 @@
 """Label-free ways to combine a run's teachers, scored without training a student.
 
-    python -m kamal_jax.benchmarks.combiners WORKDIR [WORKDIR ...] [--views 4] [--json out.json]
+    python -m kamal_jax.benchmarks.combiners WORKDIR [WORKDIR ...] [--views 4] [--json out.json] [--store DIR]
+    python -m kamal_jax.benchmarks.combiners DIR/NAME.npz [...] [--json out.json]
+
+`--store DIR` writes what the screen reads of each run (its teachers' logits on the training and
+evaluation images, float16, compressed: `save_inputs`) to DIR/NAME.npz; given such files instead of
+workdirs, the screen scores the very same teachers again without their checkpoints or the data.
 
 For each target task of each run (a workdir whose teachers are ported: WORKDIR/teachers), the
 teachers' predictions on the evaluation split are combined by each rule below, fitted where a rule
@@ -28,13 +33,18 @@ other teachers cover some of the task's classes among their own (their full clas
 from the run's `zoo.teachers.NAME.classes`), `product + partial` and `average + partial`: the same
 targets with those teachers taking part on the classes they cover (`losses.pooled_target`), as
 equals or (`, weighted`) each weighted per image by its own probability that the image is one of
-those classes.
+those classes. Then every combiner of `selection.COMBINERS` that fits (the label models): fitted on
+all training images without labels at each point of its grid, the point chosen by accuracy on a
+seed-fixed `--validation` share of the training images (their labels are read there only; a point
+replaces the grid's default only when it gets `--min_gain` more of them right), scored on the
+evaluation images; `NAME (default)` is the grid's default, what a recipe uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 
@@ -124,15 +134,14 @@ def rules(temperature: float) -> dict:
         return np.mean([_softmax(l, t) for l, t in zip(held_out.teacher_logits, temps)], 0)
 
     return {
-        'average (T=1)': lambda tr, ho: np.asarray(losses.average_probabilities(ho.teacher_logits, 1.0)),
-        f'average (T={temperature:g})': lambda tr, ho: np.asarray(losses.average_probabilities(ho.teacher_logits,
-                                                                                               temperature)),
+        'average (T=1)': lambda tr, ho: np.asarray(selection.COMBINERS['average'](ho, 1.0)),
+        f'average (T={temperature:g})': lambda tr, ho: np.asarray(selection.COMBINERS['average'](ho, temperature)),
         'least_entropy': lambda tr, ho: _picked(selection.get('least_entropy'), tr, ho),
         'entropy_percentile': lambda tr, ho: _picked(selection.get('entropy_percentile'), tr, ho),
         'view_agreement': lambda tr, ho: view_agreement(ho),
         'view_average': lambda tr, ho: np.mean(_view_averaged(ho), 0),
         'calibrated_average': calibrated,
-        'product': lambda tr, ho: np.asarray(losses.average_logits(ho.teacher_logits, temperature)),
+        'product': lambda tr, ho: np.asarray(selection.COMBINERS['product'](ho, temperature)),
         'agreement_weighted_product': lambda tr, ho: agreement_weighted_product(tr, ho, temperature),
     }
 
@@ -157,8 +166,13 @@ def _all_logits(net, variables, images: np.ndarray, batch_size: int) -> np.ndarr
     return eval_lib.predict(whole, variables, images, batch_size)['all']
 
 
-def score_run(workdir: str, views: int) -> dict:
-    """Per target task of the run in `workdir`: teachers' accuracies, the oracle's, each rule's."""
+# ----------------------------------------------------------------------------- the screen's inputs
+
+def gather(workdir: str, views: int) -> dict:
+    """Everything the screen reads of a run, as arrays: per target task, each of its teachers' task
+    logits on the training images and on the evaluation images (and on `views` augmented views of
+    them), each partial teacher's whole output on both, and the task's class index per image (-1
+    outside the task; the screen reads the training labels only on its validation share)."""
     config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, 'config.json'))))
     plan = pipeline.validate(config, workdir)
     train = pipeline.load_split(config, config.data.train_split)
@@ -166,58 +180,199 @@ def score_run(workdir: str, views: int) -> dict:
     teachers, frozen = pipeline.load_teachers(config, plan, workdir, tuple(train.images.shape[1:3]),
                                               sharding.make_mesh(-1))
     viewing = dataclasses.replace(selection.get('least_entropy'), views=views)
-    temperature = float(one_stage_config(config).get('temperature', 1.0))
-    out = {}
+    tasks = {}
     for task in plan.target_tasks:
         group = [teachers[t.name] for t in plan.group(task)]
-        # Views only for the held-out images: the rules fit on the training images' plain view.
-        context = {name: selection_context(task, group, frozen, np.asarray(split.images[:]), config.eval_batch_size,
-                                           selector, config.data, config.seed)
-                   for name, split, selector in (('train', train, selection.get('least_entropy')),
-                                                 ('held_out', held_out, viewing))}
-        target = eval_lib.task_targets(plan.tasks[task], held_out.labels, held_out.label_names)
-        valid = target >= 0
-        right = np.stack([np.argmax(l, -1)[valid] == target[valid] for l in context['held_out'].teacher_logits])
-        accuracy = {t.name: float(r.mean()) for t, r in zip(group, right)}
-        best = max(accuracy.values())
-        def accuracy_of(combined) -> float:
-            return float(np.mean(np.argmax(np.asarray(combined), -1)[valid] == target[valid]))
-        scores = {name: accuracy_of(rule(context['train'], context['held_out']))
-                  for name, rule in rules(temperature).items()}
         partial = partial_teachers(config, plan, task)
-        oracle_with_partial = right.any(0)
-        if partial:
-            images = np.asarray(held_out.images[:])
-            whole = [_all_logits(teachers[n], frozen[n], images, config.eval_batch_size) for n, _, _ in partial]
-            logits = [w[:, cols] for w, (_, cols, _) in zip(whole, partial)]
-            # Weighted: each partial teacher counts as much as it believes the image is one of the classes it covers.
-            weights = [_softmax(w)[:, cols].sum(-1) for w, (_, cols, _) in zip(whole, partial)]
-            for kind in ('product', 'average'):
-                for suffix, w in (('', None), (', weighted', weights)):
-                    pooled = losses.pooled_target(context['held_out'].teacher_logits, logits, [c for _, _, c in partial],
-                                                  partial_weights=w, kind=kind, temperature=temperature)
-                    scores[f'{kind} + partial{suffix}'] = accuracy_of(pooled)
-            for l, (_, _, classes) in zip(logits, partial):  # right where it covers the class and ranks it first
-                oracle_with_partial = oracle_with_partial | (np.asarray(classes)[np.argmax(l, -1)][valid] == target[valid])
-        out[task] = {'teachers': accuracy, 'best_teacher': best, 'oracle': float(right.any(0).mean()),
-                     'partial_teachers': {n: [plan.tasks[task].classes[i] for i in c] for n, _, c in partial},
-                     'oracle_with_partial': float(oracle_with_partial.mean()),
-                     'rules': scores, 'rules_minus_best_teacher': {k: v - best for k, v in scores.items()},
-                     'held_out_images': int(valid.sum())}
-        print(f'{workdir} {task}: teachers {", ".join(f"{k} {100 * v:.1f}" for k, v in accuracy.items())}; '
-              f'oracle {100 * out[task]["oracle"]:.1f}', flush=True)
-        for k, v in scores.items():
-            print(f'    {k:>22}: {100 * v:.1f} ({100 * (v - best):+.1f} vs the best teacher)', flush=True)
+        entry = {'classes': list(plan.tasks[task].classes), 'teachers': [t.name for t in group],
+                 'partial': [[n, cols, classes] for n, cols, classes in partial]}
+        # Views only for the held-out images: the rules fit on the training images' plain view.
+        for part, split, selector in (('train', train, selection.get('least_entropy')), ('test', held_out, viewing)):
+            images = np.asarray(split.images[:])
+            context = selection_context(task, group, frozen, images, config.eval_batch_size, selector, config.data,
+                                        config.seed)
+            entry[part] = dict(zip(entry['teachers'], context.teacher_logits))
+            if context.view_logits is not None:
+                entry[f'{part}_views'] = dict(zip(entry['teachers'], context.view_logits))
+            entry[f'{part}_partial'] = {n: _all_logits(teachers[n], frozen[n], images, config.eval_batch_size)
+                                        for n, _, _ in partial}
+            entry[f'{part}_labels'] = eval_lib.task_targets(plan.tasks[task], split.labels, split.label_names)
+        tasks[task] = entry
+    return {'temperature': float(one_stage_config(config).get('temperature', 1.0)), 'views': views, 'tasks': tasks}
+
+
+_ARRAYS = ('train', 'test', 'train_views', 'test_views', 'train_partial', 'test_partial')
+
+
+def save_inputs(inputs: dict, path: str, command: str) -> None:
+    """A compressed npz: logits as float16, class indices as int16, the rest as JSON under 'meta'
+    (with the `command` that wrote it). Read back with `load_inputs`."""
+    arrays, meta = {}, {'temperature': inputs['temperature'], 'views': inputs['views'], 'command': command,
+                        'tasks': {}}
+    for task, entry in inputs['tasks'].items():
+        meta['tasks'][task] = {k: entry[k] for k in ('classes', 'teachers', 'partial')}
+        for part in _ARRAYS:
+            for name, a in entry.get(part, {}).items():
+                arrays[f'{task}/{part}/{name}'] = np.asarray(a, np.float16)
+        for part in ('train_labels', 'test_labels'):
+            arrays[f'{task}/{part}'] = np.asarray(entry[part], np.int16)
+    np.savez_compressed(path, meta=np.asarray(json.dumps(meta)), **arrays)
+
+
+def load_inputs(path: str) -> dict:
+    """What `save_inputs` wrote (no pickles: a file never runs code), logits as float32."""
+    with np.load(path, allow_pickle=False) as f:
+        if 'meta' not in f.files:
+            raise ValueError(f'{path} holds no screen inputs (no "meta" entry); it is not a file save_inputs wrote.')
+        meta = json.loads(str(f['meta']))
+        tasks = {}
+        for task, m in meta['tasks'].items():
+            entry = dict(m, **{part: {} for part in _ARRAYS})
+            for key in f.files:
+                parts = key.split('/')
+                if parts[0] == task and len(parts) == 3:
+                    entry[parts[1]][parts[2]] = f[key].astype(np.float32)
+                elif parts[0] == task and len(parts) == 2:
+                    entry[parts[1]] = f[key].astype(np.int64)
+            entry = {k: v for k, v in entry.items() if not (isinstance(v, dict) and not v)}
+            for part in ('train', 'test'):  # the task's teachers in their declared order
+                entry[part] = {n: entry[part][n] for n in m['teachers']}
+            tasks[task] = entry
+    return {'temperature': meta['temperature'], 'views': meta['views'], 'command': meta['command'], 'tasks': tasks}
+
+
+def contexts(entry: dict) -> dict[str, selection.Context]:
+    """The task's training and evaluation contexts (teachers in declared order, views, partial ones)."""
+    out = {}
+    for part in ('train', 'test'):
+        views = entry.get(f'{part}_views')
+        out[part] = selection.Context(
+            tuple(entry[part][n] for n in entry['teachers']),
+            view_logits=tuple(views[n] for n in entry['teachers']) if views else None,
+            partial=tuple(selection.Partial(entry[f'{part}_partial'][n], cols, classes)
+                          for n, cols, classes in entry['partial']))
+    return out
+
+
+def validation_rows(num_train: int, share: float) -> np.ndarray:
+    """The training rows whose labels choose hyper-parameters: a seed-fixed `share` of them."""
+    order = np.random.default_rng(0).permutation(num_train)
+    return np.sort(order[:int(round(share * num_train))])
+
+
+# ----------------------------------------------------------------------------- scoring
+
+def _rows(context: selection.Context, rows: np.ndarray) -> selection.Context:
+    return selection.Context(tuple(np.asarray(l)[rows] for l in context.teacher_logits),
+                             partial=tuple(p._replace(logits=np.asarray(p.logits)[rows]) for p in context.partial))
+
+
+def choose_on_validation(combiner: selection.Combiner, train: selection.Context, test: selection.Context,
+                         train_labels: np.ndarray, validation: np.ndarray, min_gain: int = 0) -> dict:
+    """Fits `combiner` on all training images (no labels) at every point of its grid, keeps the
+    point whose argmax is right most often on the labelled validation rows, unless it gets fewer
+    than `min_gain` more of them right than the grid's default (then, and on a tie, the default),
+    and predicts the evaluation images with it."""
+    names = list(combiner.grid)
+    scored = []
+    for values in itertools.product(*(combiner.grid[n] for n in names)):
+        hyper = dict(zip(names, values))
+        params = combiner.fit(train, **hyper)
+        rows = validation[train_labels[validation] >= 0]
+        predicted = np.argmax(np.asarray(combiner(_rows(train, rows), 1.0, params)), -1)
+        scored.append((float(np.mean(predicted == train_labels[rows])), hyper, params))
+    best = max(range(len(scored)), key=lambda i: (scored[i][0], -i))
+    if (scored[best][0] - scored[0][0]) * len(rows) < min_gain - 1e-9:
+        best = 0
+    accuracy, hyper, params = scored[best]
+    return {'prediction': np.asarray(combiner(test, 1.0, params)), 'hyper': hyper, 'validation_accuracy': accuracy,
+            'default': np.asarray(combiner(test, 1.0, scored[0][2]))}
+
+
+def score_task(entry: dict, temperature: float, validation_share: float, min_gain: int = 0) -> dict:
+    """One task: teachers' accuracies, the oracle's, each rule's, on the evaluation images."""
+    context = contexts(entry)
+    target = np.asarray(entry['test_labels'])
+    valid = target >= 0
+    right = np.stack([np.argmax(l, -1)[valid] == target[valid] for l in context['test'].teacher_logits])
+    accuracy = dict(zip(entry['teachers'], map(float, right.mean(1))))
+    best = max(accuracy.values())
+
+    def accuracy_of(combined) -> float:
+        return float(np.mean(np.argmax(np.asarray(combined), -1)[valid] == target[valid]))
+    scores = {name: accuracy_of(rule(context['train'], context['test'])) for name, rule in rules(temperature).items()}
+    chosen = {}
+    validation = validation_rows(len(entry['train_labels']), validation_share)
+    for name, combiner in selection.COMBINERS.items():
+        if combiner.fit is None:
+            continue
+        picked = choose_on_validation(combiner, context['train'], context['test'], np.asarray(entry['train_labels']),
+                                      validation, min_gain)
+        scores[name] = accuracy_of(picked['prediction'])
+        scores[f'{name} (default)'] = accuracy_of(picked['default'])
+        chosen[name] = {'hyper': picked['hyper'], 'validation_accuracy': picked['validation_accuracy']}
+    partial = context['test'].partial
+    oracle_with_partial = right.any(0)
+    if partial:
+        logits = [np.asarray(p.logits)[:, list(p.columns)] for p in partial]
+        # Weighted: each partial teacher counts as much as it believes the image is one of the classes it covers.
+        weights = [_softmax(p.logits)[:, list(p.columns)].sum(-1) for p in partial]
+        for kind in ('product', 'average'):
+            for suffix, w in (('', None), (', weighted', weights)):
+                pooled = losses.pooled_target(context['test'].teacher_logits, logits, [p.classes for p in partial],
+                                              partial_weights=w, kind=kind, temperature=temperature)
+                scores[f'{kind} + partial{suffix}'] = accuracy_of(pooled)
+        for l, p in zip(logits, partial):  # right where it covers the class and ranks it first
+            oracle_with_partial = oracle_with_partial | (np.asarray(p.classes)[np.argmax(l, -1)][valid] == target[valid])
+    return {'teachers': accuracy, 'best_teacher': best, 'oracle': float(right.any(0).mean()),
+            'partial_teachers': {n: [entry['classes'][i] for i in c] for n, _, c in entry['partial']},
+            'oracle_with_partial': float(oracle_with_partial.mean()),
+            'rules': scores, 'rules_minus_best_teacher': {k: v - best for k, v in scores.items()},
+            'chosen_on_validation': chosen, 'validation_images': int(np.sum(
+                np.asarray(entry['train_labels'])[validation_rows(len(entry['train_labels']), validation_share)] >= 0)),
+            'held_out_images': int(valid.sum())}
+
+
+def score_inputs(name: str, inputs: dict, validation_share: float, min_gain: int = 0) -> dict:
+    out = {}
+    for task, entry in inputs['tasks'].items():
+        out[task] = r = score_task(entry, inputs['temperature'], validation_share, min_gain)
+        print(f'{name} {task}: teachers {", ".join(f"{k} {100 * v:.1f}" for k, v in r["teachers"].items())}; '
+              f'oracle {100 * r["oracle"]:.1f}', flush=True)
+        for k, v in r['rules'].items():
+            print(f'    {k:>30}: {100 * v:.1f} ({100 * (v - r["best_teacher"]):+.1f} vs the best teacher)', flush=True)
     return out
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('workdirs', nargs='+')
+    p.add_argument('runs', nargs='+', help="run workdirs, or screen inputs (.npz) that --store wrote")
     p.add_argument('--views', type=int, default=4, help='augmented views per image for view_agreement and view_average')
+    p.add_argument('--validation', type=float, default=0.2,
+                   help="share of the training images whose labels choose a fitted combiner's hyper-parameters")
+    p.add_argument('--min_gain', type=int, default=2,
+                   help="validation images a grid point must get right beyond the grid's default to replace it")
+    p.add_argument('--store', default=None, help="a folder: write each workdir's inputs there as NAME.npz")
     p.add_argument('--json', default=None)
     a = p.parse_args(argv)
-    results = {w: score_run(w, a.views) for w in a.workdirs}
+    if not 0 < a.validation < 1:
+        p.error(f'--validation must be between 0 and 1, got {a.validation}.')
+    missing = [r for r in a.runs if not os.path.exists(r)]
+    if missing:
+        p.error(f'no such workdir or inputs file: {", ".join(missing)}.')
+    results = {}
+    for run in a.runs:
+        if run.endswith('.npz'):
+            inputs = load_inputs(run)
+        else:
+            inputs = gather(run, a.views)
+            if a.store:
+                os.makedirs(a.store, exist_ok=True)
+                path = os.path.join(a.store, os.path.basename(os.path.normpath(run)) + '.npz')
+                save_inputs(inputs, path, f'python -m kamal_jax.benchmarks.combiners {run} --views {a.views} '
+                                          f'--store {a.store}')
+                print(f'wrote {path}', flush=True)
+        results[run] = score_inputs(run, inputs, a.validation, a.min_gain)
     rows = [r['rules_minus_best_teacher'] for run in results.values() for r in run.values()]
     # A rule that some tasks lack (no partial teachers there) is summarised over the tasks that have it.
     names = list(dict.fromkeys(k for r in rows for k in r))
@@ -229,7 +384,8 @@ def main(argv=None) -> None:
         print(f'| {k} | {v["tasks"]} | {100 * v["mean"]:+.2f} | {100 * v["worst"]:+.1f} |')
     if a.json:
         with open(a.json, 'w') as f:
-            json.dump({'runs': results, 'summary': summary, 'views': a.views}, f, indent=2)
+            json.dump({'runs': results, 'summary': summary, 'views': a.views, 'validation': a.validation,
+                       'min_gain': a.min_gain}, f, indent=2)
 
 
 if __name__ == '__main__':

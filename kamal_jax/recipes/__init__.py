@@ -17,6 +17,9 @@ on the same held-out images and entered in the summary as `baseline_<name>`:
   product      as `average`, from the normalised product of the teachers' softened predictions
                (softmax of their mean logits / T): a class wins only if no teacher rules it out.
   supervised   the target on the true training labels (the upper reference; it sees labels).
+  dawid_skene  as `average`, from a label model's posterior: a confusion matrix per teacher, fitted
+               by EM on the training images without labels (`selection.COMBINERS['dawid_skene']`,
+               default hyper-parameters; `kamal_jax.label_models`), computed once per training view.
 
 Two-stage recipes use `config.stage1` and `config.stage2` (changed as the entry says); one-stage
 ones the budget of `one_stage.one_stage_config` (T x stage1.epochs + stage2.epochs for T target
@@ -46,6 +49,8 @@ RECIPES = {
     'product': OneStage('multi-teacher KD, product of the teachers\' soft targets, T={temperature:g}',
                         combine='product'),
     'supervised': Labelled('cross-entropy on the true training labels'),
+    'dawid_skene': OneStage('multi-teacher KD, Dawid-Skene posterior of the teachers, T={temperature:g}',
+                            combine='dawid_skene'),
 }
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from kamal_jax import selection
 from kamal_jax.recipes.context import Outcome, Run, floats, loss_weights, selector_of
-from kamal_jax.recipes.stages import offline_selection, selection_arrays
+from kamal_jax.recipes.stages import fitted_target, offline_selection, selection_arrays
 from kamal_jax.tasks import ConfigError, Plan
 from kamal_jax.train import evaluate as eval_lib, input as input_lib, views as views_lib
 from kamal_jax.train.objectives import Distill, LossWeights, Supervised, make_pairs
@@ -58,7 +58,8 @@ class OneStage:
     """Per task, stage 1's distillation into the target's trunk and that task's head, all tasks in one
     loss: from each sample's selected teachers (stage1's selector, selection, loss weights, bridge
     width ratio; taps paired by depth), or with `combine`, from the teachers' combined soft target
-    at `temperature` of the one-stage budget (logits only)."""
+    at `temperature` of the one-stage budget (logits only; a fitted combiner's target is computed
+    once before training, at its default hyper-parameters)."""
     method: str
     combine: str = ''
 
@@ -70,8 +71,13 @@ class OneStage:
         arrays = {'image': run.train.images}
         if self.combine:
             temperature = float(cfg.get('temperature', 1.0))
-            stage = Distill(target, groups, {}, LossWeights(temperature=temperature),
-                            combine=selection.COMBINERS[self.combine])
+            combiner = selection.get_combiner(self.combine)
+            if combiner.fit is not None:
+                arrays['combined_target'] = {
+                    task: fitted_target(task, ts, run.frozen, run.train.images, run.config.eval_batch_size,
+                                        combiner, temperature) for task, ts in groups}
+            stage = Distill(target, groups, {}, LossWeights(temperature=temperature), combine=combiner,
+                            precombined=combiner.fit is not None)
             return _train(run, name, main, self.method.format(temperature=temperature), cfg, target, stage.loss,
                           {}, arrays, frozen)
         pairs = {task: {t.name: (make_pairs(t, target, None) if s1.feature_weight else ()) for t in ts}

@@ -57,6 +57,15 @@ def offline_selection(task: str, teachers, frozen, images: np.ndarray, batch_siz
     return np.asarray(selector(context, rng, params), np.float32)
 
 
+def fitted_target(task: str, teachers, frozen, images: np.ndarray, batch_size: int,
+                  combiner: selection.Combiner, temperature: float) -> np.ndarray:
+    """[N, classes] float32: a fitted combiner's target for every training row (each pre-drawn view
+    is a row), fitted label-free on those same rows at its default hyper-parameters, once."""
+    context = selection.Context(tuple(eval_lib.predict(t, frozen[t.name], images, batch_size)[task]
+                                      for t in teachers))
+    return np.asarray(combiner(context, temperature, combiner.fit_default(context)), np.float32)
+
+
 def selection_arrays(weights: np.ndarray, selector: selection.Selector) -> dict:
     """The batch arrays an offline selection travels as: teacher indices when hard, else weights."""
     if selector.hard:

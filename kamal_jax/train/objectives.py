@@ -92,6 +92,7 @@ class Distill:
     selector: Callable = dataclasses.field(default_factory=lambda: selection.SELECTORS['least_entropy'])
     offline: bool = False        # the weights come from the batch: 'selected' indices or 'teacher_weights'
     combine: Callable[[Sequence[jax.Array], float], jax.Array] | None = None
+    precombined: bool = False    # with `combine`: the target is the batch's 'combined_target' (per task)
     by_task: bool = True
     cached: bool = False         # teachers' outputs from the batch (see train/teacher_cache.py)
     # With `cached` and a hard offline selection: teacher -> tap -> (batch key, shape) of the cache
@@ -170,7 +171,7 @@ class Distill:
         logits, feats, batch_stats = _forward(self.student, params, batch_stats, images)
         outputs = FrozenOutputs(frozen, images, batch, self.cached, self.selected_slots)
         if self.combine is not None:
-            loss, metrics = self._combined_loss(logits, outputs)
+            loss, metrics = self._combined_loss(logits, outputs, batch)
             return loss, (batch_stats, metrics)
         w = self.weights
         metrics = {}
@@ -194,12 +195,16 @@ class Distill:
         metrics.update(loss=loss, weight_norm=wn)
         return loss, (batch_stats, metrics)
 
-    def _combined_loss(self, logits, outputs):
-        """Per task: KL from the combined soft target of its teachers (logits only, no bridges)."""
+    def _combined_loss(self, logits, outputs, batch):
+        """Per task: KL from the combined soft target of its teachers (logits only, no bridges),
+        computed here or, for a fitted combiner, once before training and read from the batch."""
         temperature = self.weights.temperature
         total, metrics = jnp.zeros(()), {}
         for task, teachers in self.groups:
-            target = self.combine([outputs(t, task, ())[0] for t in teachers], temperature)
+            if self.precombined:
+                target = batch['combined_target'][task]
+            else:
+                target = self.combine([outputs(t, task, ())[0] for t in teachers], temperature)
             kl = jnp.mean(losses.soft_target_kl(logits[task], target, temperature=temperature))
             metrics[f'kl/{task}'] = kl
             total = total + kl
