@@ -43,6 +43,26 @@ def expand_config_flag(argv):
 def _run(argv):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    from kamal_jax.train import stopping
+    with stopping.handling_signals():  # SIGINT, SIGTERM: one line, after saving for SIGTERM
+        try:
+            _run_pipeline()
+        except stopping.Stopped as e:
+            if _DEBUG.value:
+                raise
+            _exit(str(e), e.exit_code)
+        except KeyboardInterrupt:  # before the handlers were in place
+            _exit('stopped by SIGINT; relaunching the same command resumes from the last checkpoints.', 130)
+        except Exception:  # a bug: its traceback, then out at once as after any error
+            if _DEBUG.value:
+                raise
+            import traceback
+            traceback.print_exc()
+            _exit('error: the run failed unexpectedly (the traceback above); relaunching the same command resumes '
+                  'from the last checkpoints.', 1)
+
+
+def _run_pipeline():
     from kamal_jax import logs
     logs.setup_console()
     from kamal_jax.train import distributed
@@ -51,15 +71,31 @@ def _run(argv):
     except distributed.DistributedError as e:
         sys.exit(f'error: {e}')
     from kamal_jax import pipeline
+    from kamal_jax.files import WriteError
+    from kamal_jax.locks import LockHeld
     from kamal_jax.tasks import ConfigError
     from kamal_jax.train.loop import NonFiniteLoss
+    from kamal_jax.train.waits import Hung
     from kamal_jax.workdir import WorkdirError
     try:
         pipeline.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
-    except (ConfigError, WorkdirError, distributed.DistributedError, NonFiniteLoss, OSError) as e:
+    except (ConfigError, WorkdirError, LockHeld, WriteError, Hung, distributed.DistributedError, NonFiniteLoss,
+            OSError) as e:
         if _DEBUG.value:
             raise
-        sys.exit(f'error: {_one_line(e)}')
+        _exit(f'error: {_one_line(e)}', 1)
+
+
+def _exit(line: str, code: int) -> None:
+    """Prints `line` and ends the process now: a thread a failed save or collective left behind
+    (orbax's, grain's, JAX's) must not hold the exit. Whatever was written is complete on disk
+    (checkpoints, exports and records are renamed into place whole)."""
+    import logging
+    print(line, file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _one_line(e: BaseException) -> str:

@@ -77,7 +77,7 @@ def check_input(config: Any) -> None:
     if path:
         from kamal_jax.data import records
         try:
-            records.read_info(os.path.expanduser(path))
+            records.open_split(os.path.expanduser(path))  # opens and counts every shard
         except ValueError as e:
             raise ConfigError(f'data.train_records = {path!r} cannot be used: {e}.') from None
     streamed = path or mode == 'always'

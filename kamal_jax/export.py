@@ -21,6 +21,7 @@ from flax import serialization, traverse_util
 from safetensors import numpy as safetensors_np
 
 from kamal_jax import models
+from kamal_jax.files import WriteError, write_failure
 from kamal_jax.tasks import Task
 
 VARIABLES_FILE = 'variables.msgpack'
@@ -47,8 +48,21 @@ class Student(NamedTuple):
 def save_student(directory: str, *, arch: str, widths, heads, variables: Any,
                  tasks: Mapping[str, Task], mean, std, image_size) -> str:
     """Writes the export into a temporary folder beside `directory`, then renames it into place:
-    a reader (or a killed run) sees the old export or the new one, never half of one."""
+    a reader (or a killed run) sees the old export or the new one, never half of one. A write that
+    fails (a full disk) raises `files.WriteError` naming the folder; nothing of it is left."""
     variables = jax.device_get(variables)
+    try:
+        return _save(directory, arch=arch, widths=widths, heads=heads, variables=variables, tasks=tasks, mean=mean,
+                     std=std, image_size=image_size)
+    except Exception as e:  # noqa: BLE001 (safetensors and msgpack report a full disk in their own words)
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        raise WriteError(f'the export could not be written to {directory} ({reason}); the checkpoints are kept: free '
+                         'space and relaunch the same command to write it.') from e
+
+
+def _save(directory: str, *, arch, widths, heads, variables, tasks, mean, std, image_size) -> str:
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.abspath(directory))}.', dir=parent)

@@ -193,16 +193,40 @@ def _log_to_file(workdir: str) -> None:
     log.setLevel(logging.INFO)
 
 
+_LOCKS: dict[str, Any] = {}  # workdir -> the lock this process holds on it (from the claim to the run's end)
+
+
+def _check_unlocked(workdir: str) -> None:
+    """A workdir another run holds is refused before this one loads any data (process 0 looks)."""
+    if os.path.abspath(workdir) not in _LOCKS:
+        distributed.primary_first(lambda: workdir_lib.check_unlocked(workdir) if distributed.is_primary() else None,
+                                  'checking the workdir lock')
+
+
 def _claim(config: Any, workdir: str, overwrite: bool) -> bool:
-    """Claims the workdir for this config (process 0 writes it); True when resuming."""
+    """Locks and claims the workdir for this config; True when resuming. Process 0 alone locks
+    and writes it: the processes of one multi-host run are one run."""
     distributed.check_same_config(config.to_dict())  # several processes: the same config on each
-    resumed = distributed.primary_first(
-        lambda: workdir_lib.prepare(workdir, config.to_dict(), overwrite=overwrite)
-        if distributed.is_primary() else os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE)),
-        'claiming the workdir')
+
+    def claim() -> bool:
+        if not distributed.is_primary():
+            return os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE))
+        if os.path.abspath(workdir) in _LOCKS:  # this process holds it already (prepare, then run)
+            return workdir_lib.prepare(workdir, config.to_dict(), overwrite=overwrite)
+        resumed, _LOCKS[os.path.abspath(workdir)] = workdir_lib.claim(workdir, config.to_dict(),
+                                                                      overwrite=overwrite)
+        return resumed
+    resumed = distributed.primary_first(claim, 'claiming the workdir')
     if distributed.is_primary():
         _log_to_file(workdir)
     return resumed
+
+
+def release(workdir: str) -> None:
+    """Releases this process's lock on `workdir` (`run` does so as it ends, however it ends)."""
+    lock = _LOCKS.pop(os.path.abspath(workdir), None)
+    if lock is not None:
+        lock.release()
 
 
 def load_teachers(config: Any, plan: Plan, workdir: str, image_size, mesh):
@@ -254,7 +278,7 @@ def _write_diagnostics_scalars(workdir: str, entries: dict) -> None:
         writers.close()
 
 
-def _check_teacher_files(config: Any, plan: Plan, workdir: str) -> None:
+def _check_teacher_files(config: Any, plan: Plan, workdir: str, image_size) -> None:
     """Every checkpoint the zoo will not train exists, reads, and has the logits its heads slice."""
     zoo = config.get('zoo')
     zoo_out = os.path.join(workdir, 'zoo')
@@ -268,7 +292,8 @@ def _check_teacher_files(config: Any, plan: Plan, workdir: str) -> None:
                      if zoo and spec.name in zoo.teachers else '')
             raise ConfigError(f'{field} = {spec.checkpoint!r} does not exist{where}.')
         if spec.arch.startswith(('torch:', 'torchvision:')):
-            _check_generic_teacher(spec, field)
+            width = _check_generic_teacher(spec, field, tuple(spec.input_size or image_size))
+            check_logit_slices(Plan(plan.tasks, (spec,), plan.target_tasks), {spec.name: width})
             continue
         try:
             state_dict = porting.load_state_dict(spec.checkpoint, spec.ema)
@@ -278,11 +303,12 @@ def _check_teacher_files(config: Any, plan: Plan, workdir: str) -> None:
         check_logit_slices(Plan(plan.tasks, (spec,), plan.target_tasks), {spec.name: width})
 
 
-def _check_generic_teacher(spec, field: str) -> None:
-    """A `torch:`/`torchvision:` teacher builds and loads its state_dict strictly (its own process)."""
+def _check_generic_teacher(spec, field: str, size) -> int:
+    """A `torch:`/`torchvision:` teacher builds, loads its state_dict strictly and runs one image of
+    `size` (its own PyTorch process); returns its output width."""
     from kamal_jax.porting import generic
     try:
-        generic.check(spec.arch, spec.checkpoint, spec.kwargs, spec.ema)
+        return generic.output_width(generic.check(spec.arch, spec.checkpoint, spec.kwargs, spec.ema, size))
     except (generic.ExportError, OSError, ValueError) as e:
         raise ConfigError(f'{field} = {spec.checkpoint!r} cannot be used with arch {spec.arch!r}: '
                           f'{" ".join(str(e).split())}') from None
@@ -310,6 +336,7 @@ def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
     the workdir, trains the zoo and ports the teachers."""
     plan = validate(config, workdir)
     workdir_lib.check_writable(workdir)
+    _check_unlocked(workdir)  # a second run on a workdir is refused before it reads any data
     train, held_out, notes = load_data(config, plan)  # data problems stop us before the workdir is claimed
     if tuple(train.images.shape[1:]) != tuple(held_out.images.shape[1:]):
         field = 'data.train_records' if config.data.get('train_records') else 'data.train_split'
@@ -324,7 +351,7 @@ def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
     mesh = sharding.make_mesh(config.get('num_devices', -1))
     check_streaming_needs(config, train)
     _check_budget(config, len(train.images), mesh.size)
-    _check_teacher_files(config, plan, workdir)
+    _check_teacher_files(config, plan, workdir, tuple(train.images.shape[1:3]))
     resumed = _claim(config, workdir, overwrite)
     if distributed.is_primary():
         own_images.write_notes(workdir, notes)
@@ -384,6 +411,13 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
     so a long run shows its main result before its baselines.
     """
     workdir = os.path.abspath(workdir)
+    try:
+        return _run(config, workdir, overwrite)
+    finally:
+        release(workdir)
+
+
+def _run(config: Any, workdir: str, overwrite: bool) -> dict:
     r = prepare(config, workdir, overwrite=overwrite)
     previous = summary_lib.read(workdir)  # what a finished net resuming in this launch keeps
     main, baselines = check_recipes(config)

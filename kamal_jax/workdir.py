@@ -6,6 +6,9 @@ resume as complete and only the new baselines train). Fields that say how often 
 (`RUN_CONTROL_FIELDS`) change nothing a run computes, so a run may resume with other values.
 Fields added to the configs after a run was stored (`LATER_FIELDS`) compare equal to their
 default when the stored config lacks them, and renamed ones (`RENAMED_FIELDS`) by their new name.
+
+A run holds the workdir's lock (`LOCK_FILE`, `kamal_jax.locks`) from its claim to its end: a
+second run on it is refused, naming the first, and `--overwrite` clears everything but the lock.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import shutil
 import tempfile
 from typing import Any
 
-from kamal_jax import stage_defaults
+from kamal_jax import locks, stage_defaults
 from kamal_jax.files import write_atomic
 
 CONFIG_FILE = 'config.json'
+LOCK_FILE = 'run.lock'  # held by the run using the workdir; never deleted (see kamal_jax.locks)
 STOP_FILE = 'stopped.json'  # a stage stopped on a non-finite loss: what a relaunch may change
 ADDITIVE_FIELDS = ('baselines', 'relaunches')  # may change between runs of one workdir
 # After a non-finite stop, a relaunch may change these fields of the stopped stage's config sections.
@@ -91,7 +95,7 @@ def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool
     """Claims `workdir` for this config; returns True when resuming an earlier run of it."""
     config_dict = json.loads(json.dumps(config_dict))  # tuples -> lists, as stored
     path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.isdir(workdir) and os.listdir(workdir):
+    if os.path.isdir(workdir) and _contents(workdir):
         if os.path.isfile(path):
             stored = json.load(open(path))
             stop = _read_stop(workdir)
@@ -117,10 +121,52 @@ def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool
         if not overwrite:
             raise WorkdirError(f'workdir {workdir!r} {reason}; choose another --workdir, or pass '
                                '--overwrite to delete its contents.')
-        shutil.rmtree(workdir)
+        _clear(workdir)
     os.makedirs(workdir, exist_ok=True)
     _write_config(path, config_dict)
     return False
+
+
+def _contents(workdir: str) -> list[str]:
+    return [name for name in os.listdir(workdir) if name != LOCK_FILE]
+
+
+def _clear(workdir: str) -> None:
+    """Deletes what the workdir holds (`--overwrite`) but its lock, which this run holds."""
+    for name in _contents(workdir):
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+def _lock_words(workdir: str) -> tuple[str, str]:
+    return f'workdir {workdir!r}', 'wait for it to end, or choose another --workdir.'
+
+
+def check_unlocked(workdir: str) -> None:
+    """Refuses, before any work, a workdir another run holds (locks.LockHeld naming it); takes nothing."""
+    locks.check_free(os.path.join(workdir, LOCK_FILE), *_lock_words(workdir))
+
+
+def claim(workdir: str, config_dict: dict, *, overwrite: bool = False) -> tuple[bool, locks.Lock]:
+    """Locks `workdir` (locks.LockHeld if another run holds it), then `prepare`s it: returns whether
+    this resumes an earlier run, and the lock, held until the caller releases it. A claim that
+    `prepare` refuses leaves the folder as it found it (no lock file, no new folder)."""
+    existed, lock_path = os.path.isdir(workdir), os.path.join(workdir, LOCK_FILE)
+    had_lock_file = os.path.exists(lock_path)
+    os.makedirs(workdir, exist_ok=True)
+    lock = locks.acquire(lock_path, *_lock_words(workdir))
+    try:
+        return prepare(workdir, config_dict, overwrite=overwrite), lock
+    except BaseException:
+        if not had_lock_file:
+            os.remove(lock_path)
+        lock.release()
+        if not existed and not os.listdir(workdir):
+            os.rmdir(workdir)
+        raise
 
 
 def record_stop(workdir: str, stage: str, step: int, sections) -> None:

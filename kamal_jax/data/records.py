@@ -12,7 +12,10 @@ losslessly, so training reads exactly the pixels the in-memory loader gives, wit
 and resuming is exact. Labels are small (one int64 per image and label key) and stay in memory.
 
 A folder holds `images-NNNNN-of-MMMMM.array_record` shards, `labels.npz` and `info.json`; it is
-written to a temporary folder and renamed into place, so a half-written folder is never read.
+written to a temporary folder and renamed into place, so a half-written folder is never read. One
+run writes a folder at a time (the OS lock `FOLDER.lock` beside it; another run is refused naming
+the holder), and a folder being replaced is renamed aside whole before the new one takes its name.
+A write that fails (a full disk) raises `files.WriteError` naming the folder and leaves nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from kamal_jax import locks
 from kamal_jax.data.split import ArraySplit
+from kamal_jax.files import WriteError, write_failure
 
 __all__ = ['RecordImages', 'write', 'open_split', 'is_records_dir', 'INFO', 'FORMAT']
 
@@ -147,11 +152,25 @@ def write(out_dir: str, chunks: Iterable[tuple[np.ndarray, Mapping[str, np.ndarr
     it is kept in info.json, and `open_or_write`-style callers compare it before reusing a folder.
     An existing `out_dir` is replaced only once the new folder is complete.
     """
-    from array_record.python.array_record_module import ArrayRecordWriter
     shape = tuple(int(s) for s in shape)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = f'{os.path.abspath(out_dir)}.tmp{os.getpid()}'
+    with locks.acquire(f'{os.path.abspath(out_dir)}.lock', f'records folder {out_dir!r}',
+                       'wait for that run to finish writing it, then relaunch.'):
+        try:
+            return _write(out_dir, tmp, chunks, shape, label_names, name, split, source)
+        except Exception as e:  # noqa: BLE001 (ArrayRecord reports a full disk in its own words)
+            reason = write_failure(e)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if reason is None:
+                raise
+            raise WriteError(f'the records folder {out_dir} could not be written ({reason}); nothing of it was '
+                             'kept; free space and relaunch.') from e
+
+
+def _write(out_dir, tmp, chunks, shape, label_names, name, split, source) -> str:
+    from array_record.python.array_record_module import ArrayRecordWriter
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     labels = {k: [] for k in label_names}
@@ -193,9 +212,13 @@ def write(out_dir: str, chunks: Iterable[tuple[np.ndarray, Mapping[str, np.ndarr
             'crc32': f'{digest:08x}', 'source': dict(source or {})}
     with open(os.path.join(tmp, INFO), 'w') as f:
         json.dump(info, f, indent=1)
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    if os.path.exists(out_dir):  # aside whole, then the new one in: never a half-deleted folder
+        aside = f'{os.path.abspath(out_dir)}.old{os.getpid()}'
+        os.replace(out_dir, aside)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
     return out_dir
 
 
@@ -207,21 +230,64 @@ def read_info(directory: str) -> dict:
             info = json.load(f)
     except FileNotFoundError:
         raise ValueError(f'{directory!r} is not a kamal_jax records folder: it has no {INFO}') from None
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f'{path!r} cannot be read: {e}') from None
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not even text
+        raise ValueError(f'{path!r} cannot be read as JSON ({type(e).__name__}: {" ".join(str(e).split())})') from None
     if not isinstance(info, dict) or info.get('format') != FORMAT:
-        raise ValueError(f'{path!r} is not of format {FORMAT!r} (found {info.get("format") if isinstance(info, dict) else info!r})')
+        found = info.get('format') if isinstance(info, dict) else type(info).__name__
+        raise ValueError(f'{path!r} is not of format {FORMAT!r} (found {found!r})')
+    for key, kind in (('count', int), ('shape', list), ('shards', list), ('label_names', dict), ('crc32', str)):
+        if not isinstance(info.get(key), kind):
+            raise ValueError(f'{path!r} has no valid {key!r} (a {kind.__name__} is needed)')
     missing = [s for s in info['shards'] if not os.path.isfile(os.path.join(directory, s))]
     if missing or not os.path.isfile(os.path.join(directory, LABELS)):
         raise ValueError(f'records folder {directory!r} is incomplete: {", ".join(missing) or LABELS} missing')
     return info
 
 
+def _check_shards(directory: str, info: dict) -> None:
+    """Every shard opens, holds the records info.json gives it (all but the last RECORDS_PER_SHARD),
+    and its first record is one image's bytes: a ValueError naming the first shard that does not."""
+    from array_record.python.array_record_module import ArrayRecordReader
+    count, shards = int(info['count']), info['shards']
+    image_bytes = int(np.prod(info['shape']))
+    for i, name in enumerate(shards):
+        path = os.path.join(directory, name)
+        want = RECORDS_PER_SHARD if i < len(shards) - 1 else count - RECORDS_PER_SHARD * (len(shards) - 1)
+        try:
+            reader = ArrayRecordReader(path, READER_OPTIONS)
+            try:
+                got = reader.num_records()
+                first = reader.read([0]) if got else []
+            finally:
+                reader.close()
+        except Exception as e:  # noqa: BLE001 (ArrayRecord raises its own kinds on a damaged file)
+            detail = ' '.join(str(e).split())[:200]
+            raise ValueError(f'shard {path!r} is damaged or truncated' + (f' ({detail})' if detail else '')
+                             + '; write the folder again') from None
+        if got != want:
+            raise ValueError(f'shard {path!r} holds {got} records where its {INFO} says {want}; the folder is damaged '
+                             'or mixes two writes: write it again')
+        if len(first[0]) != image_bytes:
+            raise ValueError(f'shard {path!r} holds records of {len(first[0])} bytes where images of '
+                             f'{tuple(info["shape"])} take {image_bytes}; write the folder again')
+
+
+def _read_labels(directory: str) -> dict:
+    path = os.path.join(directory, LABELS)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k].astype(np.int64) for k in z.files}
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f'{path!r} cannot be read as the labels ({" ".join(str(e).split())[:200]})') from None
+
+
 def open_split(directory: str):
-    """The records folder as an `ArraySplit` whose `images` are read from disk on demand."""
+    """The records folder as an `ArraySplit` whose `images` are read from disk on demand. Every
+    shard is opened and counted first: a damaged folder is refused here, naming its file, rather
+    than at some training step."""
     info = read_info(directory)
-    with np.load(os.path.join(directory, LABELS), allow_pickle=False) as z:
-        labels = {k: z[k].astype(np.int64) for k in z.files}
+    labels = _read_labels(directory)
+    _check_shards(directory, info)
     count = int(info['count'])
     for k, v in labels.items():
         if len(v) != count:

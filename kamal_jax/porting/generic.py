@@ -74,7 +74,16 @@ def export(arch: str, out: str | None, state_dict: str | None = None, size: Sequ
 
 
 def check(arch: str, state_dict: str | None = None, kwargs: Mapping[str, Any] | None = None,
-          ema: bool = False) -> str:
-    """Builds `arch` and loads `state_dict` strictly in a PyTorch process (seconds; for validation
-    before a run claims its workdir); raises ExportError with PyTorch's error."""
-    return export(arch, None, state_dict, kwargs=kwargs, ema=ema)
+          ema: bool = False, size: Sequence[int] = (32, 32)) -> str:
+    """Builds `arch`, loads `state_dict` strictly and runs one `size` image in a PyTorch process
+    (seconds; for validation before a run claims its workdir); raises ExportError with PyTorch's
+    error. The report ends with the model's output width (`output_width` reads it)."""
+    return export(arch, None, state_dict, size, kwargs=kwargs, ema=ema)
+
+
+def output_width(report: str) -> int:
+    """The number of output logits a `check` report gives."""
+    found = re.search(r'; (\d+) output logits$', report.strip())
+    if not found:
+        raise ExportError(f'the check of the model said nothing of its output width: {report.strip()[-200:]!r}')
+    return int(found.group(1))

@@ -193,8 +193,20 @@ def main(argv=None) -> int:
     except (FactoryError, ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    if args.check:
-        print(f'{args.factory}: builds and loads {args.state_dict or "(random init)"} strictly')
+    if args.check:  # one image through the model: its output width, for the logit slices
+        try:
+            with torch.no_grad():
+                logits = model(torch.zeros(1, 3, *size))
+        except Exception as e:
+            print(f'error: {args.factory!r} does not run on a {size[0]}x{size[1]} image: {type(e).__name__}: '
+                  f'{" ".join(str(e).split())[:300]}', file=sys.stderr)
+            return 2
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
+            print(f'error: the model returns {type(logits).__name__} {tuple(getattr(logits, "shape", ()))}; a teacher '
+                  'must return one [batch, classes] tensor.', file=sys.stderr)
+            return 2
+        print(f'{args.factory}: builds and loads {args.state_dict or "(random init)"} strictly; '
+              f'{int(logits.shape[1])} output logits')
         return 0
     try:
         graph, tensors = export(model, size)

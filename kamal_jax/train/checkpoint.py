@@ -2,6 +2,11 @@
 
 A step holds the item `default` (the train state; checkpoints from before the input pipeline held
 only this one) and, where the loop has one, `data`: the input iterator's state as JSON.
+
+A save that fails (a full disk: orbax raises ValueError('... RESOURCE_EXHAUSTED ...')) raises
+`files.WriteError` naming the step and the folder; orbax writes a step to a temporary folder and
+renames it when complete, so the steps saved before stay whole, and a relaunch resumes from them.
+Waiting for saves is bounded (`waits`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from kamal_jax.files import WriteError, write_failure
+from kamal_jax.train import waits
 
 log = logging.getLogger('kamal_jax')
 
@@ -39,6 +47,7 @@ class Checkpointer:
         self.min_interval_s = float(min_interval_s)
         self._last_save = time.monotonic()  # restoring or starting counts as a fresh state
         self.restored_data = None  # the input iterator's state of the step `restore` read, if it had one
+        self._saving = None  # the step of the last save started
         self.manager = ocp.CheckpointManager(
             self.directory, item_names=('default', 'data'),
             item_handlers={'default': ocp.StandardCheckpointHandler(), 'data': ocp.JsonCheckpointHandler()},
@@ -103,10 +112,46 @@ class Checkpointer:
         items = {'default': ocp.args.StandardSave(state)}
         if data is not None:
             items['data'] = ocp.args.JsonSave(data)
-        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        self._saving = step
+        try:
+            self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+        except Exception as e:  # noqa: BLE001 (orbax and TensorStore raise many kinds)
+            raise self._write_error(step, e) from e
         self._last_save = time.monotonic()
         return True
 
-    def close(self) -> None:
-        self.manager.wait_until_finished()
+    def wait(self, timeout_s: float = waits.SAVE_S) -> None:
+        """Waits for the saves in flight (bounded); a save that failed raises WriteError."""
+        try:
+            waits.bounded(self.manager.wait_until_finished,
+                          f"orbax's wait for checkpoint step {self._saving} in {self.directory}", timeout_s)
+        except waits.Hung:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise self._write_error(self._saving, e) from e
+
+    def _write_error(self, step: int | None, e: BaseException) -> BaseException:
+        """A failed save as WriteError (what, where, why, what is kept); any other error unchanged."""
+        reason = write_failure(e)
+        if reason is None:
+            return e
+        try:
+            self.manager.reload()
+            kept = [s for s in self.manager.all_steps() if s != step]
+        except Exception:  # noqa: BLE001 (the folder may not even be listable)
+            kept = []
+        return WriteError(f'checkpoint step {step} could not be written to {self.directory} ({reason}); '
+                          + (f'the last good checkpoint (step {max(kept)}) is kept; free space and relaunch the '
+                             'same command to resume from it.' if kept else
+                             'no earlier checkpoint of this stage exists; free space and relaunch the same command.'))
+
+    def close(self, *, after_error: bool = False) -> None:
+        """Waits for the saves in flight and closes. After an error the wait is short and its own
+        failure one warning line, so the error that stopped the run is the one reported."""
+        if after_error:
+            waits.quietly(self.manager.wait_until_finished, f"orbax's wait for checkpoint step {self._saving} in "
+                          f'{self.directory}')
+            waits.quietly(self.manager.close, f'closing the checkpoints in {self.directory}')
+            return
+        self.wait()
         self.manager.close()

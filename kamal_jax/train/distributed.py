@@ -27,6 +27,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from kamal_jax.train import waits
+
 log = logging.getLogger('kamal_jax')
 
 ENV_ADDRESS = 'KAMAL_COORDINATOR_ADDRESS'
@@ -99,18 +101,24 @@ def multi_process() -> bool:
     return jax.process_count() > 1
 
 
-def barrier(name: str) -> None:
+def barrier(name: str, timeout_s: float = waits.COLLECTIVE_S) -> None:
+    """Waits for every process (bounded: `waits.Hung` names the barrier)."""
     if multi_process():
         from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)
+        waits.bounded(lambda: multihost_utils.sync_global_devices(name),
+                      f'the barrier {name!r} between the processes', timeout_s)
 
 
-def broadcast_status(failed: bool) -> bool:
-    """Process 0's flag, seen by every process (so a failure there stops all, not just one)."""
+def broadcast_status(failed: bool, what: str = 'a status broadcast') -> bool:
+    """Process 0's flag, seen by every process (so a failure there stops all, not just one).
+    A failure is announced within `waits.CLEANUP_S`; the others wait for process 0's work up to
+    `waits.COLLECTIVE_S`."""
     if not multi_process():
         return failed
     from jax.experimental import multihost_utils
-    return bool(multihost_utils.broadcast_one_to_all(np.int32(1 if failed else 0)))
+    return bool(waits.bounded(lambda: multihost_utils.broadcast_one_to_all(np.int32(1 if failed else 0)),
+                              f'the processes\' wait for {what}',
+                              waits.CLEANUP_S if failed else waits.COLLECTIVE_S))
 
 
 def _allgather_bytes(data: bytes) -> list[bytes]:
@@ -149,10 +157,10 @@ def primary_first(fn, what: str):
         try:
             result = fn()
         except BaseException:
-            broadcast_status(True)
+            waits.quietly(lambda: broadcast_status(True, what), f'telling the other processes that {what} failed')
             raise
-        broadcast_status(False)
+        broadcast_status(False, what)
         return result
-    if broadcast_status(False):
+    if broadcast_status(False, what):
         raise DistributedError(f'{what} failed on process 0; see its output.')
     return fn()

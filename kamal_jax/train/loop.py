@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
 
+from kamal_jax.train import stopping, waits
 from kamal_jax.train.checkpoint import Checkpointer
 from kamal_jax.train.input import AUTO, BatchStream, EpochBatches, resolve_prefetch
 from kamal_jax.train.sharding import process_rows, put_batch, to_host
@@ -111,6 +113,36 @@ def _log_line(name, done, num_steps, batches, last, rate) -> None:
              done / batches.steps_per_epoch, shown, f' | selected {sel}' if sel else '', rate, eta)
 
 
+def _stop_requested(multi_process: bool) -> int:
+    """The signal asking this run to stop, 0 if none; with several processes, any process's (all
+    stop at the same step: a scheduler that preempts one host usually signals them all)."""
+    signum = stopping.requested() or 0
+    if multi_process:
+        from jax.experimental import multihost_utils
+        signum = int(np.max(multihost_utils.process_allgather(np.int32(signum))))
+    return signum
+
+
+def _stop(signum: int, name: str, step: int, num_steps: int, state: Any, checkpointer: Checkpointer | None,
+          window: _Window, last_good: Callable[[], int | None], stream: BatchStream) -> None:
+    """Raises stopping.Stopped after step `step`; for SIGTERM first saves that step (and waits for it)."""
+    where = f'in {name} at step {step} of {num_steps}'
+    if signum == signal.SIGTERM and checkpointer is not None:
+        window.fetch_and_check(last_good)  # a non-finite state is never saved, preempted or not
+        if checkpointer.latest_step() != step:
+            checkpointer.maybe_save(step, state, force=True, data=stream.state())
+        checkpointer.wait()
+        raise stopping.Stopped(signum, f'stopped by SIGTERM {where}, saved as checkpoint step {step} in '
+                                       f'{checkpointer.directory}; relaunching the same command resumes from it.')
+    if checkpointer is not None:
+        checkpointer.wait(waits.CLEANUP_S)  # a save in flight: say which step the relaunch finds
+    kept = last_good()
+    resume = (f'from its checkpoint of step {kept} in {checkpointer.directory}' if kept is not None else
+              'from its first step (it had saved no checkpoint yet)')
+    raise stopping.Stopped(signum, f'stopped by {stopping.name(signum)} {where}; relaunching the same command '
+                                   f'resumes {name} {resume}.')
+
+
 def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBatches, num_steps: int,
         rng: jax.Array, mesh, checkpointer: Checkpointer | None = None, log_every: int = 50,
         on_log: Callable[[int, dict, float], None] | None = None,
@@ -163,6 +195,7 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
     t_window, n_window, compile_s = None, 0, 0.0
     s = start
     profile = _Profile(name, profile_steps, profile_dir, num_steps)
+    stopping.enter_loop()
     try:
         while s < num_steps:
             done = _call_end(s, num_steps, k, periods) if k > 1 else s + 1
@@ -206,11 +239,19 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
                 if checkpointer.due(done, force=force):
                     window.fetch_and_check(last_good)
                     checkpointer.maybe_save(done, state, due=True, data=stream.state())
-    finally:
+            signum = _stop_requested(multi_process)
+            if signum:
+                _stop(signum, name, done, num_steps, state, checkpointer, window, last_good, stream)
+    except BaseException:
+        stopping.leave_loop(failed=True)
         profile.close()
-        stream.close()
+        waits.quietly(stream.close, f"{name}: stopping the input's worker threads")
+        raise
+    stopping.leave_loop()
+    profile.close()
+    waits.bounded(stream.close, f"{name}: stopping the input's worker threads", waits.CLEANUP_S)
     if checkpointer is not None:
-        checkpointer.manager.wait_until_finished()
+        checkpointer.wait()
     last['compile_seconds'] = compile_s
     last['train_seconds'] = time.perf_counter() - t_start
     return state, last

@@ -59,6 +59,7 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
     frozen = sharding.put_replicated(frozen, mesh)
     hooks = monitoring and TrainingMetrics(name, monitoring, learning_rates=learning_rates(cfg, total),
                                            variables_of=_variables, num_steps=total, write=is_primary())
+    failed = True
     try:
         state, metrics = fit(name=name, step=step, state=state, frozen=frozen, batches=batches,
                              num_steps=min(total, stop_after or total), rng=jax.random.fold_in(rng, 2),
@@ -68,11 +69,12 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
                              eval_every=monitoring.eval_every if monitoring else 0, prefetch=prefetch,
                              profile_steps=monitoring.profile_steps if monitoring else 0,
                              profile_dir=monitoring.logdir if monitoring else None)
+        failed = False
     finally:
         if hooks:
             hooks.close()
         if checkpointer is not None:
-            checkpointer.close()
+            checkpointer.close(after_error=failed)
     return _variables(state), metrics
 
 
