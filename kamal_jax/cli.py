@@ -65,6 +65,8 @@ def _run(argv):
 def _run_pipeline():
     from kamal_jax import logs
     logs.setup_console()
+    if not _DEBUG.value:
+        logs.quiet_orbax_errors()
     from kamal_jax.train import distributed
     try:  # several processes (KAMAL_COORDINATOR_ADDRESS, ...): join them before any JAX use
         distributed.maybe_initialize()

@@ -112,11 +112,12 @@ class Checkpointer:
         items = {'default': ocp.args.StandardSave(state)}
         if data is not None:
             items['data'] = ocp.args.JsonSave(data)
-        self._saving = step
+        previous, self._saving = self._saving, step
         try:
             self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         except Exception as e:  # noqa: BLE001 (orbax and TensorStore raise many kinds)
-            raise self._write_error(step, e) from e
+            # orbax first finishes the save before, which may be the one that failed
+            raise self._write_error(step, e, previous) from e
         self._last_save = time.monotonic()
         return True
 
@@ -130,14 +131,18 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001
             raise self._write_error(self._saving, e) from e
 
-    def _write_error(self, step: int | None, e: BaseException) -> BaseException:
-        """A failed save as WriteError (what, where, why, what is kept); any other error unchanged."""
+    def _write_error(self, step: int | None, e: BaseException, previous: int | None = None) -> BaseException:
+        """A failed save as WriteError (what, where, why, what is kept); any other error unchanged.
+        `previous`: the save started before `step`'s, which orbax finishes first."""
         reason = write_failure(e)
         if reason is None:
             return e
         try:
             self.manager.reload()
-            kept = [s for s in self.manager.all_steps() if s != step]
+            steps = list(self.manager.all_steps())
+            if previous is not None and previous not in steps:
+                step = previous  # the save before never completed: that is the one that failed
+            kept = [s for s in steps if s != step]
         except Exception:  # noqa: BLE001 (the folder may not even be listable)
             kept = []
         return WriteError(f'checkpoint step {step} could not be written to {self.directory} ({reason}); '
@@ -150,8 +155,8 @@ class Checkpointer:
         failure one warning line, so the error that stopped the run is the one reported."""
         if after_error:
             waits.quietly(self.manager.wait_until_finished, f"orbax's wait for checkpoint step {self._saving} in "
-                          f'{self.directory}')
-            waits.quietly(self.manager.close, f'closing the checkpoints in {self.directory}')
+                          f'{self.directory}', silent=True)
+            waits.quietly(self.manager.close, f'closing the checkpoints in {self.directory}', silent=True)
             return
         self.wait()
         self.manager.close()

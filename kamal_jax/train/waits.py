@@ -43,11 +43,14 @@ def bounded(fn: Callable[[], Any], what: str, timeout_s: float) -> Any:
     return outcome.get('value')
 
 
-def quietly(fn: Callable[[], Any], what: str, timeout_s: float = CLEANUP_S) -> None:
+def quietly(fn: Callable[[], Any], what: str, timeout_s: float = CLEANUP_S, *, silent: bool = False) -> None:
     """`fn()` during the cleanup after an error: bounded, and a failure of its own is one warning
-    line, so the error that stopped the run stays the one the user sees."""
+    line (none if `silent`: the same failure as the one being reported), so the error that stopped
+    the run stays the one the user sees. A wait that hangs is always said."""
     try:
         bounded(fn, what, timeout_s)
+    except Hung as e:
+        log.warning('warning: %s', ' '.join(str(e).split()))
     except BaseException as e:  # noqa: BLE001
-        log.warning('warning: %s', ' '.join(str(e).split()) if isinstance(e, Hung) else
-                    f'{what} failed too ({type(e).__name__}: {" ".join(str(e).split())[:200]})')
+        if not silent:
+            log.warning('warning: %s failed too (%s: %s)', what, type(e).__name__, ' '.join(str(e).split())[:200])
