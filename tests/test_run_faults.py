@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -168,6 +169,19 @@ time.sleep(600)
     resumed, lock = workdir_lib.claim(str(run), {'a': 1})
     assert resumed
     lock.release()
+
+
+def test_a_wait_that_does_not_end_stops_naming_what_it_waited_for():
+    from kamal_jax.train import waits
+    release = threading.Event()
+    t0 = time.perf_counter()
+    with pytest.raises(waits.Hung, match=r"^orbax's wait for checkpoint step 6 in d did not finish within 0.2 s"):
+        waits.bounded(release.wait, "orbax's wait for checkpoint step 6 in d", 0.2)
+    assert time.perf_counter() - t0 < 5
+    release.set()
+    assert waits.bounded(lambda: 7, 'a quick one', 5) == 7
+    with pytest.raises(ZeroDivisionError):  # its own error comes back as it was
+        waits.bounded(lambda: 1 / 0, 'a failing one', 5)
 
 
 # ----------------------------------------------------------------------------- item 4: signals

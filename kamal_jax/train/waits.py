@@ -36,7 +36,7 @@ def bounded(fn: Callable[[], Any], what: str, timeout_s: float) -> Any:
     thread.start()
     thread.join(timeout_s)
     if thread.is_alive():
-        raise Hung(f'{what} did not finish within {timeout_s:.0f} s; stopping here (the checkpoints already '
+        raise Hung(f'{what} did not finish within {timeout_s:g} s; stopping here (the checkpoints already '
                    'saved are kept).')
     if 'error' in outcome:
         raise outcome['error']
