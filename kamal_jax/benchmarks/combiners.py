@@ -286,7 +286,8 @@ def choose_on_validation(combiner: selection.Combiner, train: selection.Context,
         best = 0
     accuracy, hyper, params = scored[best]
     return {'prediction': np.asarray(combiner(test, 1.0, params)), 'hyper': hyper, 'validation_accuracy': accuracy,
-            'default': np.asarray(combiner(test, 1.0, scored[0][2]))}
+            'default': np.asarray(combiner(test, 1.0, scored[0][2])),
+            'grid': [(h, a, np.argmax(np.asarray(combiner(test, 1.0, p)), -1)) for a, h, p in scored]}
 
 
 def score_task(entry: dict, temperature: float, validation_share: float, min_gain: int = 0) -> dict:
@@ -310,7 +311,10 @@ def score_task(entry: dict, temperature: float, validation_share: float, min_gai
                                       validation, min_gain)
         scores[name] = accuracy_of(picked['prediction'])
         scores[f'{name} (default)'] = accuracy_of(picked['default'])
-        chosen[name] = {'hyper': picked['hyper'], 'validation_accuracy': picked['validation_accuracy']}
+        # Every grid point's scores, for the record (the choice above read only the validation ones).
+        chosen[name] = {'hyper': picked['hyper'], 'validation_accuracy': picked['validation_accuracy'],
+                        'grid': [{'hyper': h, 'validation': a, 'test': float(np.mean(p[valid] == target[valid]))}
+                                 for h, a, p in picked['grid']]}
     partial = context['test'].partial
     oracle_with_partial = right.any(0)
     if partial:
