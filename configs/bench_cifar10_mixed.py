@@ -28,7 +28,7 @@ and the five baselines, in 27 minutes on a 2-core CPU shared with other work.
 
 import ml_collections
 
-from kamal_jax import stage_defaults
+from kamal_jax import budgets
 
 PART_A = ['airplane', 'automobile', 'bird', 'cat', 'deer']
 PART_B = ['dog', 'frog', 'horse', 'ship', 'truck']
@@ -72,7 +72,7 @@ def _teachers(c, zoo_epochs, vit_patch):
         factory_kwargs = {'num_classes': len(classes)} if arch.startswith('torch:') else {}
         c.teachers[name] = dict(arch=arch, checkpoint='{workdir}/zoo/%s.pth' % name, mean=MEAN, std=STD,
                                 kwargs=factory_kwargs,
-                                heads={task: dict(kind='multiclass', classes=TASKS[task],
+                                heads={task: dict(classes=TASKS[task],
                                                   logits=(start, start + len(TASKS[task])))})
 
 
@@ -82,29 +82,22 @@ def get_config(arg: str = ''):
         raise ValueError(f"configs/bench_cifar10_mixed.py takes no argument, 'cpu' or 'tiny', got {arg!r}.")
     budget = BUDGETS[arg]
     c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.data = dict(name='kamal_cifar10', data_dir='', manual_dir='', train_split='train', eval_split='test',
-                  image_size=(32, 32), mean=MEAN, std=STD, crop_padding=4, flip=True,
-                  train_limit=budget['train_limit'], eval_limit=0, views=0, **stage_defaults.INPUT)
+    c.data = dict(name='kamal_cifar10', image_size=(32, 32), mean=MEAN, std=STD, crop_padding=4, flip=True,
+                  train_limit=budget['train_limit'])
     c.zoo = ml_collections.ConfigDict()
     c.zoo.teachers = {}
     c.teachers = {}
     _teachers(c, budget['zoo_epochs'], budget['vit_patch'])
     c.target_tasks = ('part_a', 'part_b')
     c.recipe = 'paper'
-    hparams = dict(epochs=budget['epochs'], batch_size=128, lr=2e-3, bridge_lr=2e-3, logit_loss='kl',
-                   temperature=4.0)
-    c.stage1 = stage_defaults.stage1(arch='cifar_resnet20', **hparams)
-    c.stage2 = stage_defaults.stage2(arch='cifar_resnet20', widths=(20, 20, 40, 80), feature_weight=0.1, **hparams)
+    hparams = dict(epochs=budget['epochs'], batch_size=128, lr=2e-3, bridge_lr=2e-3)
+    c.stage1 = dict(arch='cifar_resnet20', **hparams)
+    c.stage2 = dict(arch='cifar_resnet20', widths=(20, 20, 40, 80), feature_weight=0.1, **hparams)
     c.baselines = budget['baselines']
     c.baseline_stage = dict(temperature=4.0)
     c.eval_batch_size = 500
-    c.num_devices = -1
-    c.log_every = 50
     c.eval_every = 1000
-    c.steps_per_call = 1  # training steps per jitted call (README: accelerators where dispatch shows)
-    c.profile_steps = 0  # >0: a jax.profiler trace of that many steps per stage, under WORKDIR/tb/<stage>
     if arg == 'tiny':
         c.data.train_split, c.data.eval_split = 'train[:512]', 'test[:256]'
-        stage_defaults.shrink_to_tiny(c)
+        budgets.shrink_to_tiny(c)
     return c

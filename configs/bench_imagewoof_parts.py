@@ -28,7 +28,7 @@ Sizes. The default is the GPU setting (160 px, 40 teacher epochs, 20 epochs per 
 
 import ml_collections
 
-from kamal_jax import stage_defaults
+from kamal_jax import budgets
 
 BREEDS = ['Shih-Tzu', 'Rhodesian ridgeback', 'beagle', 'English foxhound', 'Border terrier',
           'Australian terrier', 'golden retriever', 'Old English sheepdog', 'Samoyed', 'dingo']
@@ -58,10 +58,8 @@ def get_config(arg: str = ''):
     size = 64 if small else 160
     scale = 0.5 if small else 1.0  # every net's widths
     c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.data = dict(name='kamal_imagewoof', data_dir='', manual_dir='', train_split='train', eval_split='val',
-                  image_size=(size, size), mean=MEAN, std=STD, crop_padding=size // 8, flip=True,
-                  train_limit=0, eval_limit=0, views=0, **stage_defaults.INPUT)
+    c.data = dict(name='kamal_imagewoof', eval_split='val', image_size=(size, size), mean=MEAN, std=STD,
+                  crop_padding=size // 8, flip=True)
 
     c.zoo = ml_collections.ConfigDict()
     c.zoo.teachers = {}
@@ -74,7 +72,7 @@ def get_config(arg: str = ''):
                                     warmup_epochs=1)
         start = classes.index(TASKS[task][0])
         c.teachers[name] = dict(arch=arch, widths=widths, checkpoint='{workdir}/zoo/%s.pth' % name, mean=MEAN,
-                                std=STD, heads={task: dict(kind='multiclass', classes=TASKS[task],
+                                std=STD, heads={task: dict(classes=TASKS[task],
                                                            logits=(start, start + len(TASKS[task])))})
     c.target_tasks = ('part_a', 'part_b')
     c.recipe = 'paper'  # kamal_jax.recipes.RECIPES: the paper's two stages
@@ -82,20 +80,16 @@ def get_config(arg: str = ''):
     # The quickstart's recipe: tempered KL on logits, feature matching at 0.1 in stage 2.
     hparams = dict(epochs=5 if small else 20, batch_size=64, lr=2e-3, bridge_lr=2e-3, logit_loss='kl',
                   temperature=4.0)
-    c.stage1 = stage_defaults.stage1(arch='resnet18', widths=_widths(scale), **hparams)
-    c.stage2 = stage_defaults.stage2(arch='resnet18', widths=_widths(0.75 * scale), feature_weight=0.1, **hparams)
+    c.stage1 = dict(arch='resnet18', widths=_widths(scale), **hparams)
+    c.stage2 = dict(arch='resnet18', widths=_widths(0.75 * scale), feature_weight=0.1, **hparams)
     c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
     c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
     c.eval_batch_size = 200
-    c.num_devices = -1
-    c.log_every = 50
     c.eval_every = 500  # held-out accuracy during training (up to 1000 images; TensorBoard, report)
-    c.steps_per_call = 1  # training steps per jitted call (README: accelerators where dispatch shows)
-    c.profile_steps = 0  # >0: a jax.profiler trace of that many steps per stage, under WORKDIR/tb/<stage>
     if arg == 'tiny':
         c.data.train_split, c.data.eval_split = 'train[:256]', 'val[:128]'
         c.data.image_size, c.data.crop_padding = (32, 32), 4
         for t in c.zoo.teachers.values():
             t.crop_padding, t.warmup_epochs = 4, 0
-        stage_defaults.shrink_to_tiny(c)
+        budgets.shrink_to_tiny(c)
     return c

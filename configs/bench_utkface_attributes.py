@@ -30,7 +30,7 @@ nothing.
 
 import ml_collections
 
-from kamal_jax import stage_defaults
+from kamal_jax import budgets
 
 GENDER = ['male', 'female']
 RACE = ['White', 'Black', 'Asian', 'Indian', 'Others']
@@ -49,14 +49,11 @@ SOURCES = {
 
 def get_config(arg: str = ''):
     """`configs/bench_utkface_attributes.py:tiny` shrinks data and budgets to a smoke run; `:reduced` to the
-    selection matrix's budget (10000 training images, 5 + 5 epochs; `stage_defaults.shrink_to_reduced`)."""
+    selection matrix's budget (10000 training images, 5 + 5 epochs; `budgets.shrink_to_reduced`)."""
     if arg not in ('', 'tiny', 'reduced'):
         raise ValueError(f"configs/bench_utkface_attributes.py takes no argument, 'tiny' or 'reduced', got {arg!r}.")
     c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.data = dict(name='kamal_utkface', data_dir='', manual_dir='', train_split='train', eval_split='test',
-                  image_size=(64, 64), mean=MEAN, std=STD, crop_padding=4, flip=True, train_limit=0,
-                  eval_limit=0, views=0, **stage_defaults.INPUT)
+    c.data = dict(name='kamal_utkface', image_size=(64, 64), mean=MEAN, std=STD, crop_padding=4, flip=True)
 
     c.zoo = ml_collections.ConfigDict()
     c.zoo.teachers = {}
@@ -69,7 +66,7 @@ def get_config(arg: str = ''):
                                     flip=True)
         decl, start = {}, 0
         for a in attributes:
-            decl[a] = dict(kind='multiclass', label_key=a, classes=ATTRIBUTES[a],
+            decl[a] = dict(label_key=a, classes=ATTRIBUTES[a],
                            logits=(start, start + len(ATTRIBUTES[a])))
             start += len(ATTRIBUTES[a])
         c.teachers[name] = dict(arch=arch, widths=widths, input_size=size, checkpoint='{workdir}/zoo/%s.pth' % name,
@@ -78,21 +75,17 @@ def get_config(arg: str = ''):
     c.recipe = 'paper'  # kamal_jax.recipes.RECIPES: the paper's two stages
 
     # The quickstart's recipe: tempered KL on logits, feature matching at 0.1 in stage 2.
-    hparams = dict(lr=2e-3, bridge_lr=2e-3, logit_loss='kl', temperature=4.0)
-    c.stage1 = stage_defaults.stage1(arch='resnet18', widths=(16, 16, 32, 64, 128), epochs=12, **hparams)
-    c.stage2 = stage_defaults.stage2(arch='resnet18', widths=(20, 20, 40, 80, 160), feature_weight=0.1, epochs=14,
+    hparams = dict(lr=2e-3, bridge_lr=2e-3)
+    c.stage1 = dict(arch='resnet18', widths=(16, 16, 32, 64, 128), epochs=12, **hparams)
+    c.stage2 = dict(arch='resnet18', widths=(20, 20, 40, 80, 160), feature_weight=0.1, epochs=14,
                                      **hparams)
     c.baselines = ('average', 'random', 'logits_only', 'one_stage', 'supervised')
     c.baseline_stage = dict(temperature=4.0)  # Hinton et al.'s temperature for 'average'
     c.eval_batch_size = 250
-    c.num_devices = -1
-    c.log_every = 50
     c.eval_every = 1000  # held-out accuracy during training (up to 1000 images; TensorBoard, report)
-    c.steps_per_call = 1  # training steps per jitted call (README: accelerators where dispatch shows)
-    c.profile_steps = 0  # >0: a jax.profiler trace of that many steps per stage, under WORKDIR/tb/<stage>
     if arg == 'tiny':
         c.data.train_split, c.data.eval_split = 'train[:512]', 'test[:256]'
-        stage_defaults.shrink_to_tiny(c)
+        budgets.shrink_to_tiny(c)
     if arg == 'reduced':
-        stage_defaults.shrink_to_reduced(c)
+        budgets.shrink_to_reduced(c)
     return c

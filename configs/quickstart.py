@@ -20,19 +20,17 @@ docs/BENCHMARKS.md.
 
 import ml_collections
 
-from kamal_jax import stage_defaults
-
 LOW = ['0', '1', '2', '3', '4']
 HIGH = ['5', '6', '7', '8', '9']
+NORM = dict(mean=(0.3,) * 3, std=(0.4,) * 3)
 
 
 def _teacher(arch, classes, task, task_classes, shard):
     start = classes.index(task_classes[0])
     return dict(
         zoo=dict(arch=arch, classes=classes, train_fraction=0.25, shard=shard),
-        decl=dict(arch=arch, checkpoint='{workdir}/zoo/%s.pth', mean=(0.3,) * 3, std=(0.4,) * 3,
-                  heads={task: dict(kind='multiclass', classes=task_classes,
-                                    logits=(start, start + len(task_classes)))}))
+        decl=dict(arch=arch, checkpoint='{workdir}/zoo/%s.pth', **NORM,
+                  heads={task: dict(classes=task_classes, logits=(start, start + len(task_classes)))}))
 
 
 TEACHERS = {
@@ -44,43 +42,24 @@ TEACHERS = {
 
 
 def get_config(arg: str = ''):
-    """`configs/quickstart.py:tiny` shrinks every budget for a smoke run (under a minute of training)."""
+    """`configs/quickstart.py:tiny` shrinks every budget for a smoke run (under a minute of training).
+    Every field not set here takes its default (docs/CONFIG.md)."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.data = dict(name='kamal_digits', data_dir='', manual_dir='', train_split='train',
-                  eval_split='test', image_size=(16, 16), mean=(0.3,) * 3, std=(0.4,) * 3,
-                  crop_padding=2, flip=False, train_limit=0, eval_limit=0, views=0, **stage_defaults.INPUT)
-
-    c.zoo = ml_collections.ConfigDict()
-    c.zoo.teachers = {}
-    for name, t in TEACHERS.items():
-        c.zoo.teachers[name] = dict(t['zoo'], epochs=6, batch_size=32, lr=0.05, momentum=0.9,
-                                    weight_decay=5e-4, mean=(0.3,) * 3, std=(0.4,) * 3,
-                                    crop_padding=2, flip=False)
-    c.teachers = {}
-    for name, t in TEACHERS.items():
-        decl = dict(t['decl'])
-        decl['checkpoint'] = decl['checkpoint'] % name
-        c.teachers[name] = decl
+    c.data = dict(name='kamal_digits', image_size=(16, 16), crop_padding=2, **NORM)
+    c.zoo = dict(teachers={name: dict(t['zoo'], epochs=6, batch_size=32, lr=0.05, momentum=0.9, weight_decay=5e-4,
+                                      crop_padding=2, flip=False, **NORM) for name, t in TEACHERS.items()})
+    c.teachers = {name: dict(t['decl'], checkpoint=t['decl']['checkpoint'] % name) for name, t in TEACHERS.items()}
     c.target_tasks = ('digits_0to4', 'digits_5to9')
-    # kamal_jax.recipes.RECIPES. 'product' (one target from the normalised product of each task's
-    # teachers' softened predictions) had the best worst case of five seeds here and led 'average'
+    # kamal_jax.recipes.RECIPES. 'product' (the default: one target from the normalised product of each
+    # task's teachers' softened predictions) had the best worst case of five seeds here and led 'average'
     # on every task of the real benchmarks' matrix (docs/BENCHMARKS.md, "The recipe x selector matrix").
     c.recipe = 'product'
-    c.baselines = ()  # more recipes to run and score after it, e.g. ('paper', 'one_stage')
-
-    c.stage1 = stage_defaults.stage1(arch='cifar_resnet8', epochs=40, lr=2e-3, bridge_lr=2e-3,
-                                     logit_loss='kl', temperature=4.0)
+    c.stage1 = dict(arch='cifar_resnet8', epochs=40, lr=2e-3, bridge_lr=2e-3)
     # Target widths 1.125x a component's: about 0.63x the two components' parameters (as the paper).
     # Feature matching at 0.1: at weight 1 it outweighed the tempered logit term and cost accuracy.
-    c.stage2 = stage_defaults.stage2(arch='cifar_resnet8', widths=(18, 18, 36, 72), epochs=40, lr=2e-3,
-                                     bridge_lr=2e-3, feature_weight=0.1, logit_loss='kl', temperature=4.0)
-    c.eval_batch_size = 256
-    c.num_devices = -1
-    c.log_every = 50
+    c.stage2 = dict(arch='cifar_resnet8', widths=(18, 18, 36, 72), epochs=40, lr=2e-3, bridge_lr=2e-3,
+                    feature_weight=0.1)
     c.eval_every = 200  # held-out accuracy during training (TensorBoard and the report)
-    c.steps_per_call = 1  # training steps per jitted call (README: accelerators where dispatch shows)
-    c.profile_steps = 0  # >0: a jax.profiler trace of that many steps per stage, under WORKDIR/tb/<stage>
     if arg == 'tiny':  # the teachers keep their (already short) budget
         c.stage1.epochs = c.stage2.epochs = 8
         c.log_every = 10

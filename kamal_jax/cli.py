@@ -3,50 +3,90 @@
     kamal-jax --config kamal_jax:quickstart --workdir runs/quickstart
     kamal-jax --config kamal_jax:quickstart:tiny --workdir runs/q --config.stage1.epochs=3
     kamal-jax --config my_config.py --workdir runs/mine
+    kamal-jax --config my_config.py --print_config
     kamal-jax predict runs/mine/export ~/photos --out predictions.csv    (kamal_jax.predict)
 
 `kamal_jax:NAME[:ARG]` is a config that ships with the package (`configs/NAME.py` of the
-repository); any other value is a config file's path. All logic lives in `kamal_jax.pipeline`;
-this module only parses flags. Relaunching with the same workdir and config resumes from the last
-checkpoints.
+repository); any other value is a config file's path. `--config.FIELD=VALUE` sets any field
+(docs/CONFIG.md), defaulted ones too; `--print_config` prints the resolved config and exits. The
+config is resolved here, before anything runs (`kamal_jax.config_schema`); all other logic lives in
+`kamal_jax.pipeline`. Relaunching with the same workdir and config resumes from the last checkpoints.
 """
 
 import os
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from kamal_jax import config_files, xla
+from kamal_jax import xla
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'A config file (configs/*.py), or a shipped config as kamal_jax:NAME[:ARG], '
-    'e.g. kamal_jax:quickstart:tiny.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summary and export.')
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Delete what the workdir holds and start afresh.')
 _DEBUG = flags.DEFINE_bool('debug', False, 'Show the traceback of an expected failure instead of one line.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_PRINT_CONFIG = flags.DEFINE_bool('print_config', False, 'Print the resolved config (defaults marked) and exit.')
+CONFIG_HELP = ('--config FILE[:ARG] (a config file, or a shipped config as kamal_jax:NAME[:ARG], e.g. '
+               'kamal_jax:quickstart:tiny); any field as --config.FIELD=VALUE')
 
 
-def expand_config_flag(argv):
-    """argv with `--config kamal_jax:NAME[:ARG]` (or `--config=...`) replaced by the shipped file's path."""
-    argv = list(argv)
-    for i, arg in enumerate(argv):
-        if arg in ('--config', '-config') and i + 1 < len(argv):
-            argv[i + 1] = config_files.resolve(argv[i + 1])
-        elif arg.startswith(('--config=', '-config=')):
-            flag, _, value = arg.partition('=')
-            argv[i] = f'{flag}={config_files.resolve(value)}'
-    return argv
+def split_config_args(argv) -> tuple[str | None, dict[str, str], list[str]]:
+    """argv -> (the --config value, {field: text} of every --config.FIELD=VALUE, the other args)."""
+    spec, overrides, rest = None, {}, []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, value = arg.partition('=')
+        bare = name.lstrip('-')
+        if arg.startswith('-') and (bare == 'config' or bare.startswith('config.')):
+            if not eq:
+                if i + 1 >= len(args):
+                    raise ValueError(f'{name} needs a value.')
+                value, i = args[i + 1], i + 1
+            if bare == 'config':
+                spec = value
+            else:
+                overrides[bare[len('config.'):]] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return spec, overrides, rest
 
 
-def _run(argv):
+def _unread_overrides(config, overrides) -> list[str]:
+    """Fields set on the command line that no recipe of this run reads."""
+    from kamal_jax.recipes import RECIPES
+    names = (config.recipe, *config.baselines)
+    reads = [prefix for n in names if n in RECIPES for prefix in RECIPES[n].reads]
+    staged = ('stage1.', 'stage2.', 'baseline_stage.')
+    return [f for f in overrides if f.startswith(staged) and not any(f == p or f.startswith(p) for p in reads)]
+
+
+def load_config(spec: str | None, overrides: dict[str, str]):
+    """The resolved config of `--config` and its overrides; ConfigError / ConfigFileError otherwise."""
+    from kamal_jax import config_files, config_schema
+    if not spec:
+        raise config_files.ConfigFileError(f'--config is required: {CONFIG_HELP}.')
+    config = config_schema.resolve(config_files.load_file(spec), overrides,
+                                   warn=lambda text: print(f'warning: {text}', file=sys.stderr))
+    for field in _unread_overrides(config, overrides):
+        print(f'warning: --config.{field} is set, but recipe {config.recipe!r}'
+              f'{" and its baselines" if config.baselines else ""} never reads it.', file=sys.stderr)
+    return config
+
+
+def _run(argv, config):
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    from kamal_jax import config_schema
+    if _PRINT_CONFIG.value:
+        print(config_schema.describe(config))
+        return
+    if not _WORKDIR.value:
+        sys.exit('error: --workdir is required: the folder for checkpoints, summary and export.')
     from kamal_jax.train import stopping
     with stopping.handling_signals():  # SIGINT, SIGTERM: one line, after saving for SIGTERM
         try:
-            _run_pipeline()
+            _run_pipeline(config)
         except stopping.Stopped as e:
             if _DEBUG.value:
                 raise
@@ -62,7 +102,7 @@ def _run(argv):
                   'from the last checkpoints.', 1)
 
 
-def _run_pipeline():
+def _run_pipeline(config):
     from kamal_jax import logs
     logs.setup_console()
     if not _DEBUG.value:
@@ -80,7 +120,7 @@ def _run_pipeline():
     from kamal_jax.train.waits import Hung
     from kamal_jax.workdir import WorkdirError
     try:
-        pipeline.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+        pipeline.run(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
     except (ConfigError, WorkdirError, LockHeld, WriteError, Hung, distributed.DistributedError, NonFiniteLoss,
             OSError) as e:
         if _DEBUG.value:
@@ -107,23 +147,6 @@ def _one_line(e: BaseException) -> str:
     return ' '.join(str(e).split())
 
 
-def _parse_flags(argv) -> list:
-    """Parses the flags first, so a mistyped `--config.FIELD` is one line, not a traceback."""
-    try:
-        rest = flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f'error: {e}')
-    except (AttributeError, KeyError, TypeError, ValueError) as e:  # raised by a --config override
-        if '--debug' in argv:
-            raise
-        text = str(e.args[0] if e.args else e).replace('\\n', ' ').replace('\\', '').replace("'", '')
-        field, _, hint = ' '.join(text.split()).partition(' ')
-        sys.exit(f'error: a --config override names {field!r}, which the config does not have'
-                 f'{"; " + hint if hint else ""}.' if isinstance(e, (AttributeError, KeyError)) else
-                 f'error: a --config override does not fit the config: {" ".join(str(e).split())}')
-    return rest
-
-
 def main():
     """Entry point of the console script."""
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before anything imports TensorFlow.
@@ -132,9 +155,18 @@ def main():
     if sys.argv[1:2] == ['predict']:  # the student applied to a folder: its own arguments
         from kamal_jax import predict
         sys.exit(predict.main(sys.argv[2:]))
+    from kamal_jax.config_files import ConfigFileError
+    from kamal_jax.tasks import ConfigError
+    debug = '--debug' in sys.argv
     try:
-        argv = expand_config_flag(sys.argv)
-    except (ValueError, FileNotFoundError) as e:
-        sys.exit(f'error: {e}')
-    rest = _parse_flags(argv)
-    app.run(_run, argv=rest)  # flags already parsed: absl reads none of them twice
+        spec, overrides, rest = split_config_args(sys.argv)
+        try:
+            rest = flags.FLAGS(rest)
+        except flags.Error as e:
+            sys.exit(f'error: {e}')
+        config = load_config(spec, overrides)
+    except (ConfigError, ConfigFileError, ValueError) as e:
+        if debug:
+            raise
+        sys.exit(f'error: {_one_line(e)}')
+    app.run(lambda argv: _run(argv, config), argv=rest)  # flags already parsed: absl reads none twice

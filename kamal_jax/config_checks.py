@@ -1,22 +1,19 @@
-"""Every check of a run's config that needs no data or weights, in one place: each failure is one
-`ConfigError` sentence naming the field, raised before the workdir is claimed."""
+"""Every check of a run's config, in one place: each failure is one `ConfigError` sentence naming the
+field, raised before the workdir is claimed. `validate` needs no data or weights (types and ranges
+are the schema's, `kamal_jax.config_schema`); `check_data` runs once the images are loaded."""
 
 from __future__ import annotations
 
 import os
 from typing import Any, NamedTuple
 
-from kamal_jax import models, selection, stage_defaults
+from kamal_jax import config_schema, models, selection
 from kamal_jax.porting import generic
-from kamal_jax.recipes import DEFAULT_RECIPE, RECIPES, one_stage_config
+from kamal_jax.recipes import RECIPES, one_stage_config, task_label_arrays
 from kamal_jax.recipes.context import compute_dtype
 from kamal_jax.tasks import ConfigError, Plan, check_logit_slices, plan_from_config
-from kamal_jax.train import teacher_cache, views as views_lib
-
-SELECTIONS = ('online', 'offline')
-STREAMING_MODES = ('auto', 'always', 'never')
-# stage1.mode (before selectors existed) -> the selector that does the same.
-MODE_TO_SELECTOR = {'select': 'least_entropy', 'random': 'random', 'average': 'uniform'}
+from kamal_jax.train import views as views_lib
+from kamal_jax.train import teacher_cache
 
 
 def check_stage(cfg: Any, field: str) -> None:
@@ -31,12 +28,7 @@ def check_stage(cfg: Any, field: str) -> None:
 
 def check_selection(cfg: Any) -> None:
     """`stage1.selection` says where selection runs, `stage1.selector` what it computes."""
-    if 'mode' in cfg:
-        raise ConfigError(f'stage1.mode was replaced by stage1.selector; for mode = {cfg.mode!r} set '
-                          f'stage1.selector = {MODE_TO_SELECTOR.get(cfg.mode, "least_entropy")!r}.')
-    if cfg.selection not in SELECTIONS:
-        raise ConfigError(f'stage1.selection must be one of {SELECTIONS}, got {cfg.selection!r}.')
-    name = cfg.get('selector', 'least_entropy')
+    name = cfg.selector
     if name not in selection.SELECTORS:
         raise ConfigError(f'stage1.selector = {name!r} is unknown; valid selectors: '
                           f'{", ".join(selection.SELECTORS)}.')
@@ -49,46 +41,30 @@ def check_selection(cfg: Any) -> None:
 
 def check_views(data: Any) -> None:
     """`data.views`: how many augmented views to pre-draw per image (0: a fresh view every step)."""
-    k = data.get('views', 0) or 0
-    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-        raise ConfigError(f'data.views must be a whole number >= 0 (0: a fresh view every step), got {k!r}.')
-    if k and not (data.get('crop_padding', 0) or data.get('flip', False)):
+    k = data.views
+    if k and not (data.crop_padding or data.flip):
         raise ConfigError(f'data.views = {k} pre-draws augmented views, but data.crop_padding = 0 and '
                           'data.flip = False draw none; set one of them, or data.views = 0.')
 
 
 def check_input(config: Any) -> None:
-    """How the training images reach the step (`stage_defaults.INPUT`): streaming, its memory
-    limit, prefetch, and a records folder to train on."""
+    """How the training images reach the step: a records folder to train on, and views it rules out."""
     d = config.data
-    mode = d.get('streaming', 'auto')
-    if mode not in STREAMING_MODES:
-        raise ConfigError(f'data.streaming must be one of {", ".join(map(repr, STREAMING_MODES))} (\'auto\': from disk '
-                          f'when the split exceeds data.memory_limit_gb), got {mode!r}.')
-    limit = d.get('memory_limit_gb', 4.0)
-    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
-        raise ConfigError(f'data.memory_limit_gb must be a positive number of GiB, got {limit!r}.')
-    prefetch = d.get('prefetch', -1)
-    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < -1:
-        raise ConfigError(f'data.prefetch must be a whole number >= -1 (batches gathered ahead; 0: none; '
-                          f'-1: 4 where the images come from disk or the devices are accelerators, else 0), '
-                          f'got {prefetch!r}.')
-    path = d.get('train_records', '') or ''
+    path = d.train_records
     if path:
         from kamal_jax.data import records
         try:
             records.open_split(os.path.expanduser(path))  # opens and counts every shard
         except ValueError as e:
             raise ConfigError(f'data.train_records = {path!r} cannot be used: {e}.') from None
-    streamed = path or mode == 'always'
-    if streamed and views_lib.count(d):
-        raise ConfigError(f'data.views = {views_lib.count(d)} pre-draws views of every training image in host '
+    if (path or d.streaming == 'always') and d.views:
+        raise ConfigError(f'data.views = {d.views} pre-draws views of every training image in host '
                           f'memory, which {"data.train_records" if path else "data.streaming = always"} avoids; '
                           'set data.views = 0' + ('.' if path else ", or data.streaming = 'never'."))
 
 
 class FolderFields(NamedTuple):
-    """The data fields of your own images (`stage_defaults.FOLDERS`), as strings and a float."""
+    """The data fields of your own images, and where their records are written."""
     train_folder: str
     eval_folder: str
     holdout_fraction: float
@@ -96,13 +72,11 @@ class FolderFields(NamedTuple):
 
 
 def folder_fields(data: Any) -> FolderFields:
-    """The one place these fields are read: a config written before they existed has their
-    defaults (`stage_defaults.FOLDERS`)."""
+    """`data.train_folder`, `data.eval_folder`, `data.holdout_fraction` of a resolved config, and the
+    folder the records go to (`data.data_dir`, else TFDS's default)."""
     from kamal_jax.data.datasets import DEFAULT_DATA_DIR
-    values = {k: data[k] if k in data else v for k, v in stage_defaults.FOLDERS.items()}
-    data_dir = (data['data_dir'] if 'data_dir' in data else '') or DEFAULT_DATA_DIR
-    return FolderFields(values['train_folder'] or '', values['eval_folder'] or '', values['holdout_fraction'],
-                        os.path.expanduser(str(data_dir)))
+    return FolderFields(data.train_folder, data.eval_folder, data.holdout_fraction,
+                        os.path.expanduser(str(data.data_dir or DEFAULT_DATA_DIR)))
 
 
 def check_folders(config: Any) -> FolderFields:
@@ -110,66 +84,50 @@ def check_folders(config: Any) -> FolderFields:
     size to resize them to, and a share of the training folder to hold out when nothing is labelled."""
     d = config.data
     f = folder_fields(d)
+    if not d.name and not f.train_folder:
+        raise ConfigError("data.name is missing: name a TFDS data set (e.g. 'kamal_cifar10'), or give your own "
+                          'images as data.train_folder.')
     for key in ('train_folder', 'eval_folder'):
         path = getattr(f, key)
-        if not isinstance(path, str):
-            raise ConfigError(f'data.{key} must be a folder path (a string; \'\': none), got {path!r}.')
         if path and not os.path.isdir(os.path.expanduser(path)):
             raise ConfigError(f'data.{key} = {path!r} is not a folder.')
-        if path and not (d['image_size'] if 'image_size' in d else None):
+        if path and not d.image_size:
             raise ConfigError(f'data.{key} = {path!r} holds images of any size, so data.image_size must say '
                               'the size to resize them to, e.g. (32, 32).')
-    if f.train_folder and (d.train_records if 'train_records' in d else ''):
+    if f.train_folder and d.train_records:
         raise ConfigError(f'data.train_folder = {f.train_folder!r} and data.train_records = {d.train_records!r} '
                           'both name the training images; keep one.')
-    share = f.holdout_fraction
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+    if not 0 < f.holdout_fraction < 1:
         raise ConfigError(f'data.holdout_fraction must be a number between 0 and 1 (the share of data.train_folder '
-                          f'held out when data.eval_folder is not set), got {share!r}.')
+                          f'held out when data.eval_folder is not set), got {f.holdout_fraction!r}.')
     return f
 
 
-def check_cadence(config: Any) -> None:
-    """`log_every` (steps per log line), `eval_every` (steps between held-out evaluations),
-    `steps_per_call` (training steps per jitted call) and `profile_steps` (steps traced per stage)."""
-    for key, low, meaning in (('log_every', 1, ''), ('eval_every', 0, ' (0: no evaluation during training)'),
-                              ('steps_per_call', 1, ''), ('profile_steps', 0, ' (0: no profile)')):
-        value = config.get(key, low)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ConfigError(f'{key} must be a whole number >= {low}{meaning}, got {value!r}.')
-
-
 def check_cache(config: Any, section: str, switch: str) -> None:
-    """A cache of frozen nets' outputs needs fixed views, a positive size limit and a known dtype."""
+    """A cache of frozen nets' outputs needs fixed views and a known dtype."""
     cfg = config[section]
-    if not cfg.get(switch, False):
+    if not cfg[switch]:
         return
     d = config.data
-    if (d.get('crop_padding', 0) or d.get('flip', False)) and not views_lib.count(d):
-        field = 'data.crop_padding' if d.get('crop_padding', 0) else 'data.flip'
+    if (d.crop_padding or d.flip) and not d.views:
+        field = 'data.crop_padding' if d.crop_padding else 'data.flip'
         raise ConfigError(f'{section}.{switch} = True needs fixed views, but {field} = '
-                          f'{d.get(field.split(".")[1])!r} draws a random view each step; set '
+                          f'{d[field.split(".")[1]]!r} draws a random view each step; set '
                           f'{field} to {0 if field == "data.crop_padding" else False}, pre-draw a '
                           f'fixed number of views (data.views = K), or set '
                           f'{section}.{switch} = False.')
-    if float(cfg.get('cache_limit_gb', 8.0)) <= 0:
-        raise ConfigError(f'{section}.cache_limit_gb must be positive, got {cfg.cache_limit_gb}.')
-    if cfg.get('cache_dtype', 'float16') not in teacher_cache.FEATURE_DTYPES:
+    if cfg.cache_dtype not in teacher_cache.FEATURE_DTYPES:
         raise ConfigError(f'{section}.cache_dtype must be one of {tuple(teacher_cache.FEATURE_DTYPES)}, '
                           f'got {cfg.cache_dtype!r}.')
 
 
 def check_recipes(config: Any) -> tuple[str, tuple[str, ...]]:
-    """The main recipe (`recipe`, default `recipes.DEFAULT_RECIPE`) and the baselines (`baselines`,
-    default none)."""
+    """The main recipe (`recipe`) and the baselines (`baselines`), each a known name, none twice."""
     valid = ', '.join(RECIPES)
-    main = config.get('recipe') or DEFAULT_RECIPE
+    main = config.recipe
     if main not in RECIPES:
         raise ConfigError(f'recipe = {main!r} is unknown; valid recipes: {valid}.')
-    if isinstance(config.get('baselines'), str):
-        raise ConfigError(f'baselines must be a tuple of names, got the string {config.baselines!r}; '
-                          f'valid baselines: {valid}.')
-    names = tuple(config.get('baselines', ()) or ())
+    names = tuple(config.baselines)
     unknown = [n for n in names if n not in RECIPES]
     if unknown:
         raise ConfigError(f'baselines names {unknown}, which are not baselines; valid baselines: {valid}.')
@@ -177,18 +135,12 @@ def check_recipes(config: Any) -> tuple[str, tuple[str, ...]]:
         raise ConfigError(f'baselines lists a baseline twice: {list(names)}.')
     if main in names:
         raise ConfigError(f'baselines lists {main!r}, the main recipe (recipe = {main!r}); remove it from baselines.')
-    overrides = config.get('baseline_stage') or {}
-    extra = sorted(k for k in overrides if k not in config.stage2)
-    if extra:
-        raise ConfigError(f'baseline_stage sets {extra}, which are not fields of stage2 '
-                          f'({", ".join(sorted(config.stage2))}).')
-    if int(one_stage_config(config).epochs) <= 0:
-        raise ConfigError('baseline_stage.epochs must be positive.')
     return main, names
 
 
 def validate(config: Any, workdir: str = '') -> Plan:
-    """Everything that can be checked without touching data or weights."""
+    """Everything that can be checked without touching data or weights (on the resolved config)."""
+    config = config_schema.resolve(config)
     plan = plan_from_config(config, workdir)
     check_stage(config.stage1, 'stage1')
     check_stage(config.stage2, 'stage2')
@@ -199,7 +151,6 @@ def validate(config: Any, workdir: str = '') -> Plan:
     check_views(config.data)
     check_folders(config)
     check_input(config)
-    check_cadence(config)
     check_cache(config, 'stage1', 'teacher_cache')
     check_cache(config, 'stage2', 'component_cache')
     check_recipes(config)
@@ -211,10 +162,65 @@ def validate(config: Any, workdir: str = '') -> Plan:
             raise ConfigError(f'teachers.{teacher.name}.arch = {teacher.arch!r} is unknown; supported: '
                               f'{models.BACKBONES.describe()}, \'auto\' (read from the checkpoint), or any '
                               f'PyTorch classifier as \'torch:package.module:function\' or \'torchvision:NAME\'.')
-    zoo = config.get('zoo')
+    zoo = config.zoo
     if zoo:  # teachers the run trains itself: their output width is known now
-        widths = {name: len(t.classes) if t.get('classes') else sum(len(c) for _, c in t.heads)
+        widths = {name: len(t.classes) if 'classes' in t and t.classes else sum(len(c) for _, c in t.heads)
                   for name, t in zoo.teachers.items()}  # one softmax, or several heads
         check_logit_slices(Plan(plan.tasks, tuple(t for t in plan.teachers if t.name in widths),
                                 plan.target_tasks), widths)
     return plan
+
+
+# ----------------------------------------------------------------------------- checks against the data
+
+def check_data(config: Any, plan: Plan, train: Any, held_out: Any, devices: int) -> None:
+    """What the loaded images can refute, before the workdir is claimed (the evaluation labels are
+    checked as they are read, `pipeline.load_data`): both splits have one image shape, the supervised
+    recipe finds its labels, a streamed split is not asked to sit in memory, and every batch fits the
+    images and devices."""
+    if tuple(train.images.shape[1:]) != tuple(held_out.images.shape[1:]):
+        field = 'data.train_records' if config.data.train_records else 'data.train_split'
+        hint = ('write the records at the evaluation size' if field == 'data.train_records'
+                else 'set data.image_size')
+        raise ConfigError(f'{field} holds images of {tuple(train.images.shape[1:])}, but data.eval_split = '
+                          f'{config.data.eval_split!r} of {tuple(held_out.images.shape[1:])}; {hint} '
+                          f'(data.image_size = {tuple(config.data.image_size)}).')
+    if 'supervised' in (config.recipe, *config.baselines):
+        task_label_arrays(plan, train)  # raises ConfigError naming the missing label
+    check_streaming_needs(config, train)
+    check_budget(config, len(train.images), devices)
+
+
+def check_streaming_needs(config: Any, train: Any) -> None:
+    """What needs the whole training split in host memory cannot run on a streamed one: say which."""
+    from kamal_jax.data.records import RecordImages
+    if not isinstance(train.images, RecordImages):
+        return
+    why = (f'the training images are read from disk ({train.images.nbytes / 2 ** 30:.1f} GiB decoded; '
+           f"data.streaming = {config.data.streaming!r}, data.memory_limit_gb = "
+           f"{config.data.memory_limit_gb}{', data.train_records' if config.data.train_records else ''})")
+    k = views_lib.count(config.data)
+    if k:
+        raise ConfigError(f'data.views = {k} pre-draws {k} views of every training image in host memory, but {why}; '
+                          "set data.views = 0, or data.streaming = 'never' to hold the split in memory.")
+    name = config.stage1.selector
+    if name in selection.SELECTORS and selection.SELECTORS[name].views:
+        raise ConfigError(f'stage1.selector = {name!r} draws {selection.SELECTORS[name].views} views of every training '
+                          f"image in host memory, but {why}; choose another selector, or data.streaming = 'never'.")
+
+
+def check_budget(config: Any, train_size: int, devices: int) -> None:
+    """Every stage's batch (and the one-stage recipes') against the training images and the devices."""
+    sections = {'stage1': config.stage1, 'stage2': config.stage2}
+    if config.baseline_stage.batch_size is not None:
+        sections['baseline_stage'] = one_stage_config(config)
+    limit = config.data.train_limit
+    for section, cfg in sections.items():
+        batch = int(cfg.batch_size)
+        if batch > train_size:
+            why = f' (data.train_limit = {limit})' if limit and limit <= train_size else ''
+            raise ConfigError(f'{section}.batch_size = {batch} is larger than the {train_size} training '
+                              f'images{why}; lower the batch size or use more images.')
+        if batch % devices:
+            raise ConfigError(f'{section}.batch_size = {batch} is not divisible by the {devices} devices of '
+                              'the mesh; make it a multiple, or set num_devices.')

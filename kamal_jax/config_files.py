@@ -8,6 +8,9 @@ them on any command line that takes `--config`, e.g. `kamal-jax --config kamal_j
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
+import traceback
 from pathlib import Path
 
 PREFIX = 'kamal_jax:'
@@ -54,3 +57,33 @@ def load(spec: str):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(arg) if arg else module.get_config()
+
+
+class ConfigFileError(ValueError):
+    """A config file that does not exist or does not import: one sentence with its file (and line)."""
+
+
+def load_file(spec: str):
+    """The config of `FILE[:ARG]` or `kamal_jax:NAME[:ARG]`: its `get_config(ARG)`. A missing file,
+    a syntax error or an exception while it runs is one `ConfigFileError` naming the file and line."""
+    spec = resolve(spec)
+    file, sep, arg = spec.partition(':') if not os.path.isfile(spec) else (spec, '', '')
+    if not os.path.isfile(file):
+        raise ConfigFileError(f'config file {file!r} does not exist.')
+    module_spec = importlib.util.spec_from_file_location('kamal_jax_user_config', file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, 'get_config'):
+            raise ConfigFileError(f'config file {file!r} defines no get_config() function.')
+        return module.get_config(arg) if sep else module.get_config()
+    except ConfigFileError:
+        raise
+    except SyntaxError as e:
+        raise ConfigFileError(f'config file {file!r} line {e.lineno}: {e.msg}.') from None
+    except Exception as e:  # noqa: BLE001 (anything the file itself raises)
+        lines = [f.lineno for f in traceback.extract_tb(sys.exc_info()[2])
+                 if os.path.abspath(f.filename) == os.path.abspath(file)]
+        where = f' line {lines[-1]}' if lines else ''
+        raise ConfigFileError(f'config file {file!r}{where} raised {type(e).__name__}: '
+                              f'{" ".join(str(e).split())}') from None

@@ -17,10 +17,10 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from kamal_jax import diagnostics, export, own_images, porting, summary as summary_lib
+from kamal_jax import config_schema, diagnostics, export, own_images, porting, summary as summary_lib
 from kamal_jax import workdir as workdir_lib
-from kamal_jax.config_checks import check_recipes, folder_fields, validate
-from kamal_jax.recipes import Outcome, Run, one_stage_config, run_recipe, task_label_arrays
+from kamal_jax.config_checks import check_data, folder_fields, validate
+from kamal_jax.recipes import Outcome, Run, run_recipe
 from kamal_jax.recipes.context import fmt
 from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices
 from kamal_jax.teachers import load_teacher
@@ -39,13 +39,11 @@ def _streams(config: Any, split: str) -> bool:
     pixels exceed `data.memory_limit_gb`) rather than held in host memory."""
     from kamal_jax.data import datasets
     d = config.data
-    mode = d.get('streaming', 'auto')
-    if mode != 'auto':
-        return mode == 'always'
-    nbytes = datasets.split_bytes(d.name, split, data_dir=d.get('data_dir') or None,
-                                  manual_dir=d.get('manual_dir') or None,
-                                  image_size=tuple(d.image_size) if d.get('image_size') else None)
-    return nbytes is not None and nbytes > float(d.get('memory_limit_gb', 4.0)) * 2 ** 30
+    if d.streaming != 'auto':
+        return d.streaming == 'always'
+    nbytes = datasets.split_bytes(d.name, split, data_dir=d.data_dir or None, manual_dir=d.manual_dir or None,
+                                  image_size=tuple(d.image_size) or None)
+    return nbytes is not None and nbytes > d.memory_limit_gb * 2 ** 30
 
 
 def load_split(config: Any, split: str):
@@ -53,7 +51,7 @@ def load_split(config: Any, split: str):
     d = config.data
     training = split == d.train_split
     field = 'data.train_split' if training else 'data.eval_split'
-    if training and d.get('train_records'):
+    if training and d.train_records:
         field = 'data.train_records'
         ds = records.open_split(os.path.expanduser(d.train_records))
         log.info('training images: %d of %s from the records in %s, read from disk as needed', len(ds.images),
@@ -61,8 +59,8 @@ def load_split(config: Any, split: str):
     else:
         try:
             streaming = _streams(config, split)
-            kwargs = dict(data_dir=d.get('data_dir') or None, manual_dir=d.get('manual_dir') or None,
-                          image_size=tuple(d.image_size) if d.get('image_size') else None, streaming=streaming)
+            kwargs = dict(data_dir=d.data_dir or None, manual_dir=d.manual_dir or None,
+                          image_size=tuple(d.image_size) or None, streaming=streaming)
             if streaming:  # process 0 writes the records; the others read them
                 ds = distributed.primary_first(lambda: datasets.load(d.name, split, **kwargs),
                                                f'writing the records of {field} = {split!r}')
@@ -82,7 +80,7 @@ def load_split(config: Any, split: str):
 def _limited_rows(config: Any, count: int, training: bool, field: str, source: str):
     """The seeded rows `data.train_limit` / `data.eval_limit` keep of `count` (None: all)."""
     limit_field = 'train_limit' if training else 'eval_limit'
-    limit = int(config.data.get(limit_field, 0) or 0)
+    limit = config.data[limit_field]
     if limit > count:
         log.warning('data.%s = %d is above the %d images of %s = %r; using all %d.', limit_field, limit,
                     count, field, source, count)
@@ -137,29 +135,10 @@ def load_data(config: Any, plan: Plan):
     return train, held_out, own_images.Notes(parts, held_part, [w for w in warnings if w])
 
 
-def check_streaming_needs(config: Any, train: Any) -> None:
-    """What needs the whole training split in host memory cannot run on a streamed one: say which."""
-    from kamal_jax.data.records import RecordImages
-    if not isinstance(train.images, RecordImages):
-        return
-    why = (f'the training images are read from disk ({train.images.nbytes / 2 ** 30:.1f} GiB decoded; '
-           f"data.streaming = {config.data.get('streaming', 'auto')!r}, data.memory_limit_gb = "
-           f"{config.data.get('memory_limit_gb', 4.0)}{', data.train_records' if config.data.get('train_records') else ''})")
-    k = views_lib.count(config.data)
-    if k:
-        raise ConfigError(f'data.views = {k} pre-draws {k} views of every training image in host memory, but {why}; '
-                          "set data.views = 0, or data.streaming = 'never' to hold the split in memory.")
-    from kamal_jax import selection
-    name = config.stage1.get('selector', 'least_entropy')
-    if name in selection.SELECTORS and selection.SELECTORS[name].views:
-        raise ConfigError(f'stage1.selector = {name!r} draws {selection.SELECTORS[name].views} views of every training '
-                          f"image in host memory, but {why}; choose another selector, or data.streaming = 'never'.")
-
-
 def ensure_zoo_teachers(config: Any, plan: Plan, workdir: str) -> None:
     """Trains the teachers a config makes itself (config.zoo), in a separate PyTorch process."""
     missing = [t for t in plan.used_teachers if not os.path.isfile(t.checkpoint)]
-    zoo = config.get('zoo')
+    zoo = config.zoo
     if not missing or not zoo:
         return
     out = os.path.join(workdir, 'zoo')
@@ -280,7 +259,7 @@ def _write_diagnostics_scalars(workdir: str, entries: dict) -> None:
 
 def _check_teacher_files(config: Any, plan: Plan, workdir: str, image_size) -> None:
     """Every checkpoint the zoo will not train exists, reads, and has the logits its heads slice."""
-    zoo = config.get('zoo')
+    zoo = config.zoo
     zoo_out = os.path.join(workdir, 'zoo')
     for spec in plan.used_teachers:
         field = f'teachers.{spec.name}.checkpoint'
@@ -314,43 +293,24 @@ def _check_generic_teacher(spec, field: str, size) -> int:
                           f'{" ".join(str(e).split())}') from None
 
 
-def _check_budget(config: Any, train_size: int, devices: int) -> None:
-    """Every stage's batch (and the one-stage recipes') against the training images and the devices."""
-    sections = {'stage1': config.stage1, 'stage2': config.stage2}
-    if (config.get('baseline_stage') or {}).get('batch_size'):
-        sections['baseline_stage'] = one_stage_config(config)
-    limit = int(config.data.get('train_limit', 0) or 0)
-    for section, cfg in sections.items():
-        batch = int(cfg.batch_size)
-        if batch > train_size:
-            why = f' (data.train_limit = {limit})' if limit and limit <= train_size else ''
-            raise ConfigError(f'{section}.batch_size = {batch} is larger than the {train_size} training '
-                              f'images{why}; lower the batch size or use more images.')
-        if batch % devices:
-            raise ConfigError(f'{section}.batch_size = {batch} is not divisible by the {devices} devices of '
-                              'the mesh; make it a multiple, or set num_devices.')
+def resolve(config: Any, workdir: str) -> config_schema.Resolved:
+    """The config resolved at the door (`kamal_jax.config_schema`): defaults merged, old fields
+    migrated, types checked; a relaunch on a workdir stored by an earlier version keeps what that
+    run behaved as where the config leaves a later field at its default."""
+    resolved = config_schema.resolve(config, warn=log.warning)
+    return config_schema.adopt_stored(resolved, workdir_lib.read_stored(workdir))
 
 
 def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
-    """Validates everything it can (config, workdir, data, batch sizes, checkpoint files), then claims
-    the workdir, trains the zoo and ports the teachers."""
+    """Resolves the config, validates everything it can (config, workdir, data, batch sizes,
+    checkpoint files), then claims the workdir, trains the zoo and ports the teachers."""
+    config = resolve(config, workdir)
     plan = validate(config, workdir)
     workdir_lib.check_writable(workdir)
     _check_unlocked(workdir)  # a second run on a workdir is refused before it reads any data
     train, held_out, notes = load_data(config, plan)  # data problems stop us before the workdir is claimed
-    if tuple(train.images.shape[1:]) != tuple(held_out.images.shape[1:]):
-        field = 'data.train_records' if config.data.get('train_records') else 'data.train_split'
-        hint = ('write the records at the evaluation size' if field == 'data.train_records'
-                else 'set data.image_size')
-        raise ConfigError(f'{field} holds images of {tuple(train.images.shape[1:])}, but data.eval_split = '
-                          f'{config.data.eval_split!r} of {tuple(held_out.images.shape[1:])}; {hint} '
-                          f'(data.image_size = {tuple(config.data.get("image_size") or ())}).')
-    main, baselines = check_recipes(config)
-    if 'supervised' in (main, *baselines):
-        task_label_arrays(plan, train)  # missing labels are refused before the workdir is claimed
-    mesh = sharding.make_mesh(config.get('num_devices', -1))
-    check_streaming_needs(config, train)
-    _check_budget(config, len(train.images), mesh.size)
+    mesh = sharding.make_mesh(config.num_devices)
+    check_data(config, plan, train, held_out, mesh.size)
     _check_teacher_files(config, plan, workdir, tuple(train.images.shape[1:3]))
     resumed = _claim(config, workdir, overwrite)
     if distributed.is_primary():
@@ -419,8 +379,9 @@ def run(config: Any, workdir: str, *, overwrite: bool = False) -> dict:
 
 def _run(config: Any, workdir: str, overwrite: bool) -> dict:
     r = prepare(config, workdir, overwrite=overwrite)
+    config = r.config
     previous = summary_lib.read(workdir)  # what a finished net resuming in this launch keeps
-    main, baselines = check_recipes(config)
+    main, baselines = config.recipe, tuple(config.baselines)
     teacher_entries, teacher_logits = _teacher_entries(r)
     entries, wall, pending = teacher_entries, {}, list(baselines)
     fields = folder_fields(config.data)

@@ -36,7 +36,7 @@ class TeacherSpec:
     heads: Mapping[str, tuple[int, int]]  # task -> [start, stop) of the teacher's logits
     widths: tuple[int, ...] = ()
     input_size: tuple[int, ...] = ()  # () = the data's image size
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)  # the config requires both (kamal_jax.config_schema)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     ema: bool = False  # port the checkpoint's EMA weights (`model_ema`/`ema`) instead of its plain ones
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # a torch:/torchvision: factory's
@@ -56,13 +56,6 @@ class Plan:
     @property
     def used_teachers(self) -> tuple[TeacherSpec, ...]:
         return tuple(t for t in self.teachers if any(task in t.heads for task in self.target_tasks))
-
-
-def _get(mapping: Any, key: str, field: str, default: Any = dataclasses.MISSING):
-    value = mapping.get(key, default) if hasattr(mapping, 'get') else default
-    if value is dataclasses.MISSING:
-        raise ConfigError(f'{field} is missing.')
-    return value
 
 
 def _plain(mapping: Any) -> dict:
@@ -87,27 +80,27 @@ def parse_teachers(config_teachers: Mapping[str, Any], workdir: str = '') -> tup
     specs, tasks, declared_by = [], {}, {}
     for name, tc in config_teachers.items():
         prefix = f'teachers.{name}'
-        heads_cfg = _get(tc, 'heads', f'{prefix}.heads')
+        heads_cfg = tc.heads
         if not heads_cfg:
             raise ConfigError(f'{prefix}.heads is empty: a teacher must declare at least one task.')
         heads = {}
         for task_name, hc in heads_cfg.items():
             field = f'{prefix}.heads.{task_name}'
-            kind = _get(hc, 'kind', f'{field}.kind', 'multiclass')
+            kind = hc.kind
             if kind not in KINDS:
                 raise ConfigError(f'{field}.kind must be one of {KINDS}, got {kind!r}.')
-            classes = tuple(str(c) for c in _get(hc, 'classes', f'{field}.classes'))
+            classes = tuple(str(c) for c in hc.classes)
             if len(classes) < 2 or len(set(classes)) != len(classes):
                 raise ConfigError(f'{field}.classes must list at least two distinct class names, '
                                   f'got {list(classes)}.')
             if kind == 'binary' and len(classes) != 2:
                 raise ConfigError(f'{field}.classes of a binary task must have two names, got {list(classes)}.')
-            start, stop = _pair(_get(hc, 'logits', f'{field}.logits'), f'{field}.logits')
+            start, stop = _pair(hc.logits, f'{field}.logits')
             width = stop - start
             if width != len(classes) and not (kind == 'binary' and width == 1):
                 raise ConfigError(f'{field}.logits spans {width} logits but the task has '
                                   f'{len(classes)} classes.')
-            task = Task(task_name, kind, classes, str(_get(hc, 'label_key', f'{field}.label_key', 'label')))
+            task = Task(task_name, kind, classes, str(hc.label_key))
             if task_name in tasks and tasks[task_name] != task:
                 raise ConfigError(
                     f'{field} declares task {task_name!r} as {task.kind} {list(task.classes)} '
@@ -117,21 +110,23 @@ def parse_teachers(config_teachers: Mapping[str, Any], workdir: str = '') -> tup
             tasks.setdefault(task_name, task)
             declared_by.setdefault(task_name, name)
             heads[task_name] = (start, stop)
-        checkpoint = str(_get(tc, 'checkpoint', f'{prefix}.checkpoint')).replace('{workdir}', workdir)
+        checkpoint = str(tc.checkpoint).replace('{workdir}', workdir)
         if not checkpoint:
             raise ConfigError(f'{prefix}.checkpoint is empty.')
         specs.append(TeacherSpec(
-            name=name, arch=str(_get(tc, 'arch', f'{prefix}.arch')), checkpoint=checkpoint,
-            heads=heads, widths=tuple(int(w) for w in (tc.get('widths') or ())),
-            input_size=tuple(int(s) for s in (tc.get('input_size') or ())),
-            mean=tuple(float(m) for m in tc.get('mean', (0.0, 0.0, 0.0))),
-            std=tuple(float(s) for s in tc.get('std', (1.0, 1.0, 1.0))), ema=bool(tc.get('ema', False)),
-            kwargs=_plain(tc.get('kwargs') or {})))
+            name=name, arch=str(tc.arch), checkpoint=checkpoint,
+            heads=heads, widths=tuple(int(w) for w in tc.widths),
+            input_size=tuple(int(s) for s in tc.input_size),
+            mean=tuple(float(m) for m in tc.mean), std=tuple(float(s) for s in tc.std), ema=bool(tc.ema),
+            kwargs=_plain(tc.kwargs)))
     return tuple(specs), tasks
 
 
 def plan_from_config(config: Any, workdir: str = '') -> Plan:
-    """Validates tasks, teachers and targets; raises ConfigError naming the bad field."""
+    """Validates tasks, teachers and targets (of the config resolved, `kamal_jax.config_schema`);
+    raises ConfigError naming the bad field."""
+    from kamal_jax import config_schema  # it imports this module's ConfigError
+    config = config_schema.resolve(config)
     teachers, tasks = parse_teachers(config.teachers, workdir)
     targets = tuple(config.target_tasks)
     if not targets:

@@ -4,8 +4,9 @@ Some fields may change between runs. `baselines`: baselines train in their own s
 leave every other checkpoint alone, so a finished run can be given baselines later (the stages
 resume as complete and only the new baselines train). Fields that say how often to log, evaluate or save
 (`RUN_CONTROL_FIELDS`) change nothing a run computes, so a run may resume with other values.
-Fields added to the configs after a run was stored (`LATER_FIELDS`) compare equal to their
-default when the stored config lacks them, and renamed ones (`RENAMED_FIELDS`) by their new name.
+A workdir stores the resolved config (every field). A config stored by an earlier version is read
+as the current code would store it (`config_schema.stored_as_resolved`): fields added since as what
+that run behaved as, renamed ones by their new name.
 
 A run holds the workdir's lock (`LOCK_FILE`, `kamal_jax.locks`) from its claim to its end: a
 second run on it is refused, naming the first, and `--overwrite` clears everything but the lock.
@@ -19,7 +20,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from kamal_jax import locks, stage_defaults
+from kamal_jax import config_schema, locks
 from kamal_jax.files import write_atomic
 
 CONFIG_FILE = 'config.json'
@@ -31,14 +32,6 @@ RETUNABLE_FIELDS = ('lr', 'bridge_lr', 'feature_weight', 'logit_weight', 'weight
 RUN_CONTROL_FIELDS = ('log_every', 'eval_every', 'steps_per_call', 'checkpoint_every',
                       'checkpoint_min_interval_s',  # at any depth; the input's too: the batches are the same
                       'streaming', 'memory_limit_gb', 'prefetch', 'profile_steps')
-# Fields the configs gained later, with the value a config without them behaves as.
-LATER_FIELDS = {'data.views': 0, 'stage1.teacher_cache': False, 'stage2.component_cache': False,
-                **{f'{stage}.{k}': v for stage in ('stage1', 'stage2') for k, v in stage_defaults.CACHE.items()},
-                'recipe': 'paper', 'data.train_records': ''}
-# Fields renamed since: old name -> (new name, old value -> new value). A run stored with
-# `stage1.mode` resumes under the selector that does what that mode did.
-RENAMED_FIELDS = {'stage1.mode': ('stage1.selector', {'select': 'least_entropy', 'random': 'random',
-                                                      'average': 'uniform'})}
 
 
 class WorkdirError(ValueError):
@@ -57,23 +50,24 @@ def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
 def first_difference(old: dict, new: dict, *, skip_run_control: bool = False,
                      skip: frozenset[str] = frozenset()) -> str | None:
     """The first field in which two configs differ, as a sentence; None when they agree."""
-    a, b = _flatten(old), _flatten(new)
-    for flat in (a, b):
-        for key, (renamed, values) in RENAMED_FIELDS.items():
-            if key in flat and renamed not in flat:
-                value = flat.pop(key)
-                flat[renamed] = values.get(value, value)
-    for key, default in LATER_FIELDS.items():
-        section = key.split('.')[0]
-        for flat, tree in ((a, old), (b, new)):
-            if '.' not in key or section in tree:
-                flat.setdefault(key, default)
+    a = _flatten(config_schema.stored_as_resolved(old))
+    b = _flatten(config_schema.stored_as_resolved(new))
     for key in sorted(set(a) | set(b)):
         if (skip_run_control and key.rsplit('.', 1)[-1] in RUN_CONTROL_FIELDS) or key in skip:
             continue
         if a.get(key, '<absent>') != b.get(key, '<absent>'):
             return f'{key} was {a.get(key, "<absent>")!r}, now {b.get(key, "<absent>")!r}'
     return None
+
+
+def read_stored(workdir: str) -> dict | None:
+    """The config stored in `workdir` (None when there is none, or it cannot be read)."""
+    try:
+        with open(os.path.join(workdir, CONFIG_FILE)) as f:
+            stored = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 def check_writable(workdir: str) -> None:

@@ -4,12 +4,11 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 import toy
-from kamal_jax import losses, models, pipeline, recipes, selection
+from kamal_jax import config_schema, losses, models, pipeline, recipes, selection
 from kamal_jax.data.datasets import ArraySplit
 from kamal_jax.tasks import ConfigError, Plan, Task, TeacherSpec
 from kamal_jax.train import sharding
@@ -182,18 +181,11 @@ def test_random_draws_teachers_the_least_ambiguous_rule_would_not():
 # ----------------------------------------------------------------------------- run_all end to end
 
 def _config(names):
-    c = ml_collections.ConfigDict()
-    c.seed = 0
-    c.data = dict(mean=toy.MEAN, std=toy.STD, crop_padding=1, flip=True)
-    c.stage1 = toy.stage_config(epochs=1, selection='online', selector='least_entropy', bridge_width_ratio=0.5, tap_pairs={},
-                                checkpoint_every=100)
-    c.stage2 = toy.stage_config(epochs=1, widths=(8, 8, 16, 32), tap_pairs={}, checkpoint_every=100)
-    c.target_tasks = ('a',)
-    c.baselines = names
-    c.baseline_stage = dict(epochs=2, temperature=2.0)
-    c.eval_batch_size = 16
-    c.log_every = 1
-    return c
+    return toy.run_config(
+        data=dict(mean=toy.MEAN, std=toy.STD, crop_padding=1, flip=True),
+        stage1=toy.stage_config(epochs=1, selection='online', selector='least_entropy', checkpoint_every=100),
+        stage2=toy.stage_config(epochs=1, widths=(8, 8, 16, 32), checkpoint_every=100), baselines=names,
+        baseline_stage=dict(epochs=2, temperature=2.0), eval_batch_size=16, log_every=1)
 
 
 @pytest.fixture(scope='module')
@@ -282,8 +274,7 @@ def test_any_recipe_can_be_the_main_one(run_all, tmp_path):
 
 def test_rerun_resumes_a_baseline(run_all):
     args, entries, _ = run_all
-    config = ml_collections.ConfigDict(args[0].to_dict())
-    config.baselines = ('supervised',)  # one is enough to see the checkpoint read back (and cheaper)
+    config = toy.run_config(**{**args[0].to_dict(), 'baselines': ('supervised',)})  # one is enough to see the checkpoint read back (and cheaper)
     again, _ = pipeline.run_recipes(recipes.Run(config, *args[1:]), config.baselines)
     assert list(again) == ['baseline_supervised']
     assert again['baseline_supervised']['accuracy'] == pytest.approx(entries['baseline_supervised']['accuracy'])
@@ -303,10 +294,11 @@ def test_a_config_without_a_recipe_runs_the_default_the_matrix_measured_best():
     from kamal_jax import config_checks
     config = _load('configs/quickstart.py', 'tiny')
     del config['recipe']
-    assert config_checks.check_recipes(config) == (recipes.DEFAULT_RECIPE, ())
+    assert config_checks.check_recipes(config_schema.resolve(config)) == (recipes.DEFAULT_RECIPE, ())
     assert recipes.DEFAULT_RECIPE == 'product' and recipes.DEFAULT_RECIPE in recipes.RECIPES
+    assert config_schema.SCHEMA.fields['recipe'].default == recipes.DEFAULT_RECIPE
     config.recipe = 'paper'  # the paper's two stages stay one name away
-    assert config_checks.check_recipes(config)[0] == 'paper'
+    assert config_checks.check_recipes(config_schema.resolve(config))[0] == 'paper'
 
 
 def test_unknown_baseline_is_refused_before_work(tmp_path):
@@ -319,7 +311,7 @@ def test_unknown_baseline_is_refused_before_work(tmp_path):
     assert not (tmp_path / 'run').exists()
     config.baselines = ('average',)
     config.baseline_stage = dict(epoch=3)
-    with pytest.raises(ConfigError, match=r"baseline_stage sets \['epoch'\]"):
+    with pytest.raises(ConfigError, match=r"baseline_stage.epoch is not a config field; did you mean baseline_stage.epochs"):
         pipeline.validate(config)
 
 
@@ -328,7 +320,7 @@ def test_unknown_baseline_is_refused_before_work(tmp_path):
                              'configs/bench_imagewoof_parts.py') for arg in ('tiny', '')
 ] + [('configs/bench_imagewoof_parts.py', 'cpu')])
 def test_bench_configs_validate(path, arg):
-    config = _load(path, arg)
+    config = config_schema.resolve(_load(path, arg))
     plan = pipeline.validate(config)
     assert set(config.baselines) == set(NAMES)
     assert len(plan.target_tasks) == 2
@@ -345,7 +337,7 @@ def test_bench_configs_validate(path, arg):
 
 @pytest.mark.parametrize('path', ['configs/bench_cifar10_parts.py', 'configs/bench_utkface_attributes.py'])
 def test_reduced_budget_cuts_the_students_data_and_epochs_but_keeps_zoo_and_test_split(path):
-    full, reduced = _load(path, ''), _load(path, 'reduced')
+    full, reduced = config_schema.resolve(_load(path, '')), config_schema.resolve(_load(path, 'reduced'))
     pipeline.validate(reduced)
     assert (reduced.data.train_limit, reduced.stage1.epochs, reduced.stage2.epochs) == (10000, 5, 5)
     assert reduced.zoo.to_dict() == full.zoo.to_dict() and reduced.teachers.to_dict() == full.teachers.to_dict()
@@ -356,8 +348,8 @@ def test_reduced_budget_cuts_the_students_data_and_epochs_but_keeps_zoo_and_test
 def test_one_stage_budget_equals_the_epochs_of_all_two_stage_nets_together():
     from kamal_jax.recipes import one_stage_config
     config = toy.quickstart_config('')  # two target tasks, 40 + 40 epochs
-    assert one_stage_config(config).epochs == 2 * 40 + 40
+    assert one_stage_config(config_schema.resolve(config)).epochs == 2 * 40 + 40
     config.target_tasks = ('digits_0to4',)
-    assert one_stage_config(config).epochs == 40 + 40
+    assert one_stage_config(config_schema.resolve(config)).epochs == 40 + 40
     config.baseline_stage = dict(epochs=7)
-    assert one_stage_config(config).epochs == 7
+    assert one_stage_config(config_schema.resolve(config)).epochs == 7

@@ -88,25 +88,27 @@ def test_agreement_accuracy_ranks_teachers_by_how_often_they_are_right_and_weigh
 
 def test_partial_teachers_are_those_outside_the_group_covering_two_or_more_of_the_tasks_classes():
     import ml_collections
-    from kamal_jax import tasks
+    from kamal_jax import config_schema, tasks
     low, high = ['0', '1', '2', '3', '4'], ['5', '6', '7', '8', '9']
     outputs = {'a': low + ['5', '6'], 'b': ['8', '9'] + low, 'c': high + ['0'], 'd': ['3', '1', '7'] + high}
     main = {'a': 'low', 'b': 'low', 'c': 'high', 'd': 'high'}
     config = ml_collections.ConfigDict({
         'zoo': {'teachers': {n: {'classes': c} for n, c in outputs.items()}},
-        'teachers': {n: {'arch': 'cifar_resnet8', 'checkpoint': f'{n}.pth', 'heads': {main[n]: {
+        'data': {'name': 'kamal_digits'},
+        'teachers': {n: {'arch': 'cifar_resnet8', 'checkpoint': f'{n}.pth', 'mean': (0.5,), 'std': (0.5,), 'heads': {main[n]: {
             'classes': low if main[n] == 'low' else high,
             'logits': [c.index((low if main[n] == 'low' else high)[0]), c.index((low if main[n] == 'low' else high)[0]) + 5]}}}
             for n, c in outputs.items()},
         'target_tasks': ['low', 'high']})
-    plan = tasks.plan_from_config(config)
+    resolved = config_schema.resolve(config)
+    plan = tasks.plan_from_config(resolved)
     # 'c' covers only '0' of the low task: too few to rank anything. 'd' covers '3' and '1' at logits 0 and 1.
-    assert combiners.partial_teachers(config, plan, 'low') == [('d', [1, 0], [1, 3])]
+    assert combiners.partial_teachers(resolved, plan, 'low') == [('d', [1, 0], [1, 3])]
     # For the high task, 'a' covers 5, 6 (logits 5, 6) and 'b' covers 8, 9 (logits 0, 1).
-    assert combiners.partial_teachers(config, plan, 'high') == [('a', [5, 6], [0, 1]), ('b', [0, 1], [3, 4])]
+    assert combiners.partial_teachers(resolved, plan, 'high') == [('a', [5, 6], [0, 1]), ('b', [0, 1], [3, 4])]
     # Without the zoo's class lists nothing is known of a teacher's other outputs.
     del config['zoo']
-    assert combiners.partial_teachers(config, plan, 'low') == []
+    assert combiners.partial_teachers(config_schema.resolve(config), plan, 'low') == []
 
 
 def _entry(rng, n_train=400, n_test=200, k=5):

@@ -7,7 +7,6 @@ import types
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -39,8 +38,7 @@ DATA = dict(name='toy', train_split='train', train_limit=0, image_size=(12, 12),
 def _config(section='stage2', **fields):
     """A run config with one stage's fields (one epoch, float32 cache)."""
     stage = {**toy.stage_config(epochs=1).to_dict(), 'cache_dtype': 'float32', 'cache_limit_gb': 8.0, **fields}
-    return ml_collections.ConfigDict(dict(seed=0, eval_batch_size=8, log_every=2, compute_dtype='float32',
-                                          data=DATA, **{section: stage}))
+    return toy.run_config(eval_batch_size=8, log_every=2, data=DATA, **{section: stage})
 
 
 def _close(expected, got, rtol=1e-4, atol=1e-5):

@@ -11,7 +11,8 @@ PUBLISHED = DOCS + sorted(glob.glob(os.path.join(ROOT, 'notebooks', '*.ipynb')))
 # The placeholder owner in capitals only ('the owner of the workdir' is prose), spelt so that
 # `git grep` for it finds none in the repository, this file included.
 PLACEHOLDER = re.compile(r'\bO[W]NER\b|\bYOUR[_-]?(?:USER(?:NAME)?|NAME|ORG)\b|github\.com/<|(?i:\bexample\.(?:com|org)\b)')
-TRAINS = re.compile(r'(?:\blaunch\.py|\bkamal-jax)\s+--config[\s=]')
+# A command that trains a shipped config (whose results the docs report); a user's own file reports nothing.
+TRAINS = re.compile(r'(?:\blaunch\.py|\bkamal-jax)\s+--config[\s=](?:configs/|kamal_jax:)')
 
 
 def placeholders(text: str) -> list:
@@ -34,7 +35,8 @@ def commands(markdown: str) -> list:
 
 def recipe_less(markdown: str) -> list:
     """The training commands (`launch.py --config ...`, `kamal-jax --config ...`) without `--config.recipe`."""
-    return [c.strip() for c in commands(markdown) if TRAINS.search(c) and '--config.recipe' not in c]
+    return [c.strip() for c in commands(markdown)
+            if TRAINS.search(c) and '--config.recipe' not in c and '--print_config' not in c]
 
 
 def test_the_checks_catch_what_they_look_for():
@@ -42,7 +44,8 @@ def test_the_checks_catch_what_they_look_for():
     assert not placeholders('the owner of the workdir')
     doc = ('Run\n\n```python\nx = 1\n```\n\n```bash\npython launch.py --config configs/quickstart.py \\\n    --workdir runs/q\n'
            'kamal-jax --config kamal_jax:quickstart --workdir runs/q --config.recipe=product\n```\n\n'
-           'or `python launch.py --config configs/bench_cifar10_parts.py\n--workdir DIR`; `launch.py` alone is no command.')
+           'or `python launch.py --config configs/bench_cifar10_parts.py\n--workdir DIR`; `launch.py` alone is no command; '
+           '`kamal-jax --config mine.py --workdir runs/mine` trains no shipped config.')
     assert recipe_less(doc) == ['python launch.py --config configs/quickstart.py      --workdir runs/q',
                                 'python launch.py --config configs/bench_cifar10_parts.py --workdir DIR']
 

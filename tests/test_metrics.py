@@ -90,7 +90,7 @@ def test_the_training_log_says_when_held_out_accuracy_is_scored_on_a_subset(tmp_
     from kamal_jax.recipes import context as context_lib
     monkeypatch.setattr(context_lib, 'EVAL_SAMPLES', 3)
     caplog.set_level('INFO', logger='kamal_jax')
-    config = ml_collections.ConfigDict({'seed': 0, 'eval_batch_size': 2})
+    config = toy.run_config(eval_batch_size=2)
     plan = types.SimpleNamespace(target_tasks=('a',), tasks={'a': None})
     net = types.SimpleNamespace(module=types.SimpleNamespace(heads=(('a', 2),)))
     labels = []
@@ -98,7 +98,7 @@ def test_the_training_log_says_when_held_out_accuracy_is_scored_on_a_subset(tmp_
         split = ArraySplit(images=np.zeros((n, 4, 4, 1), np.uint8), labels={'a': np.zeros(n, np.int64)},
                            label_names={'a': ['x', 'y']}, name='toy', split='test')
         run = context_lib.Run(config, plan, {}, {}, None, split, None, str(tmp_path))
-        monitoring = run.monitoring(str(tmp_path / str(n)), net, ml_collections.ConfigDict({'eval_every': 1}))
+        monitoring = run.monitoring(str(tmp_path / str(n)), net, toy.run_config(eval_every=1))
         assert len(run.held_out_subset.images) == 3
         monitoring = Monitoring(monitoring.logdir, evaluate=lambda v: {'a': 0.5}, eval_every=1,
                                 eval_label=monitoring.eval_label)

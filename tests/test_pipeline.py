@@ -225,7 +225,7 @@ def test_rerun_resumes_and_different_config_is_refused(tiny_run):
     (lambda c: c.stage1.update({'selection': 'sometimes'}), r'stage1\.selection'),
     (lambda c: c.stage1.update({'selector': 'oracle'}), r"stage1\.selector = 'oracle' is unknown"),
     (lambda c: setattr(c, 'recipe', 'oracle'), r"recipe = 'oracle' is unknown"),
-    (lambda c: setattr(c, 'eval_every', -1), r'eval_every must be a whole number >= 0 .* got -1'),
+    (lambda c: setattr(c, 'eval_every', -1), r'eval_every must be >= 0, got -1'),
 ])
 def test_bad_config_is_refused_before_work(tmp_path, mutate, field):
     config = quickstart()

@@ -8,7 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 import toy
-from kamal_jax import pipeline
+from kamal_jax import config_checks, pipeline
 from kamal_jax.config_checks import check_input
 from kamal_jax.data import datasets, records
 from kamal_jax.tasks import ConfigError
@@ -151,14 +151,13 @@ def test_a_checkpoint_from_before_the_input_state_still_restores(tmp_path):
 
 
 def _data(**fields):
-    import ml_collections
-    return ml_collections.ConfigDict({'data': {'views': 0, 'crop_padding': 0, 'flip': False, **fields}})
+    return toy.run_config(data=fields)
 
 
 @pytest.mark.parametrize('fields, words', [
     ({'streaming': 'yes'}, r"data\.streaming must be one of 'auto', 'always', 'never'"),
-    ({'memory_limit_gb': 0}, r'data\.memory_limit_gb must be a positive number'),
-    ({'prefetch': -2}, r'data\.prefetch must be a whole number >= -1'),
+    ({'memory_limit_gb': 0}, r'data\.memory_limit_gb must be > 0'),
+    ({'prefetch': -2}, r'data\.prefetch must be >= -1'),
     ({'train_records': '/nonexistent/records'}, r"data\.train_records = '/nonexistent/records' cannot be used: "
                                                  r".* is not a kamal_jax records folder"),
     ({'streaming': 'always', 'views': 2, 'flip': True}, r'data\.views = 2 pre-draws views .* data\.streaming'),
@@ -169,19 +168,15 @@ def test_bad_input_fields_are_one_sentence_naming_the_field(fields, words):
 
 
 def test_a_streamed_split_refuses_what_needs_it_in_memory(digits, monkeypatch):
-    import ml_collections
-
     from kamal_jax import selection
     _, streamed = digits
     monkeypatch.setattr(selection, 'SELECTORS', dict(selection.SELECTORS))
     selection.selector('stable_teacher', online=False, views=4)(selection.least_entropy)  # any selector with views
-    config = ml_collections.ConfigDict({'data': {'views': 0, 'crop_padding': 0, 'flip': False, 'streaming': 'auto'},
-                                        'stage1': {'selector': 'stable_teacher'}})
+    config = toy.run_config(stage1={'selector': 'stable_teacher', 'selection': 'offline'})
     with pytest.raises(ConfigError, match=r"stage1\.selector = 'stable_teacher' draws 4 views of every training "
                                           r"image in host memory, but the training images are read from disk"):
-        pipeline.check_streaming_needs(config, streamed)
-    config.stage1.selector = 'least_entropy'
-    pipeline.check_streaming_needs(config, streamed)  # nothing else needs the split in memory
+        config_checks.check_streaming_needs(config, streamed)
+    config_checks.check_streaming_needs(toy.run_config(), streamed)  # nothing else needs the split in memory
 
 
 def test_auto_prefetch_threads_only_where_they_pay(digits):

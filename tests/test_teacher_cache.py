@@ -4,7 +4,6 @@ import os
 import types
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
@@ -125,9 +124,8 @@ def test_over_limit_refuses_before_building(tmp_path):
         _build(tmp_path / 'a', stage, frozen, images, limit_gb=nbytes / 2 ** 30 / 2)
     assert not os.listdir(tmp_path)
     # A run names the config fields to change.
-    config = ml_collections.ConfigDict(dict(
-        seed=0, eval_batch_size=8, stage1=dict(cache_limit_gb=nbytes / 2 ** 30 / 2, cache_dtype='float16'),
-        data=dict(name='toy', train_split='train', train_limit=0, image_size=(12, 12), crop_padding=0, flip=False)))
+    config = toy.run_config(eval_batch_size=8, stage1=dict(cache_limit_gb=nbytes / 2 ** 30 / 2, cache_dtype='float16'),
+                            data=dict(image_size=(12, 12)))
     with pytest.raises(ConfigError, match=r'stage1\.cache_limit_gb.*stage1\.teacher_cache = False'):
         stages._load_cache('stage-1 teacher cache', str(tmp_path / 'b'), stage.cache_spec(), frozen,
                            types.SimpleNamespace(images=images), config, 'stage1', 'teacher_cache', {})

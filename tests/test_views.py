@@ -2,12 +2,11 @@
 import types
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
 import toy
-from kamal_jax import config_checks, pipeline
+from kamal_jax import config_schema, pipeline
 from kamal_jax.recipes import stages
 from kamal_jax.tasks import ConfigError, Plan, Task, TeacherSpec
 from kamal_jax.train import sharding, views
@@ -65,7 +64,7 @@ def test_bad_views_config_names_the_field(data, match):
 
 def test_views_must_be_a_whole_number():
     with pytest.raises(ConfigError, match='data.views must be a whole number'):
-        config_checks.check_views({'views': 1.5, 'crop_padding': 2})  # a config file may hold any value
+        toy.run_config(data={'views': 1.5, 'crop_padding': 2})  # a config file may hold any value
 
 
 def test_caches_accept_predrawn_views():
@@ -73,7 +72,7 @@ def test_caches_accept_predrawn_views():
     c.data.update(crop_padding=2, flip=True, views=4)
     c.stage1.teacher_cache = c.stage2.component_cache = True
     pipeline.validate(c, 'runs/x')
-    assert views.step_augmentation(c.data) == dict(crop_padding=0, flip=False, views=4)
+    assert views.step_augmentation(config_schema.resolve(c).data) == dict(crop_padding=0, flip=False, views=4)
 
 
 def test_cached_stage1_on_predrawn_views_trains_like_running_the_teachers(tmp_path):
@@ -92,10 +91,8 @@ def test_cached_stage1_on_predrawn_views_trains_like_running_the_teachers(tmp_pa
 
     def run(cache):
         stage = dict(toy.stage_config(epochs=2).to_dict(), selection='online', selector='least_entropy',
-                     bridge_width_ratio=0.5, tap_pairs={}, teacher_cache=cache, cache_dtype='float32',
-                     cache_limit_gb=1.0)
-        config = ml_collections.ConfigDict(dict(seed=0, eval_batch_size=8, log_every=2,
-                                                compute_dtype='float32', data=data, stage1=stage))
+                     teacher_cache=cache, cache_dtype='float32', cache_limit_gb=1.0)
+        config = toy.run_config(eval_batch_size=8, log_every=2, data=data, stage1=stage)
         return stages.run_stage1('a', plan, {'a_t': a, 'b_t': b}, {'a_t': a_vars, 'b_t': b_vars}, train,
                                    config, sharding.make_mesh(1), str(tmp_path / ('c' if cache else 'u')))
 

@@ -4,10 +4,9 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from kamal_jax import models
+from kamal_jax import config_schema, models
 from kamal_jax.train.nets import Net
 from kamal_jax import selection
 from kamal_jax.train.objectives import Distill, LossWeights, make_pairs
@@ -16,11 +15,30 @@ MEAN, STD = (0.5,) * 3, (0.5,) * 3
 
 
 def stage_config(**overrides):
-    cfg = dict(arch='cifar_resnet8', widths=(), epochs=2, batch_size=8, lr=1e-3, bridge_lr=1e-3,
-               schedule='cosine', warmup_steps=0, weight_decay=0.0, feature_weight=1.0, logit_weight=1.0,
-               weight_norm=1.0, logit_loss='mse', temperature=1.0, checkpoint_every=2)
+    """A resolved stage section (stage2 when a stage2-only field is given, else stage1): small nets,
+    MSE logits, a checkpoint every 2 steps with no time floor."""
+    cfg = dict(arch='cifar_resnet8', epochs=2, batch_size=8, logit_loss='mse', temperature=1.0, checkpoint_every=2,
+               checkpoint_min_interval_s=0.0)
     cfg.update(overrides)
-    return ml_collections.ConfigDict(cfg)
+    section = 'stage2' if 'component_cache' in overrides else 'stage1'
+    return config_schema.stage_config(section, **cfg)
+
+
+def run_config(**tree):
+    """A resolved run config for tests that call the pipeline's parts directly: `tree`'s fields over
+    the defaults, a placeholder teacher and task where it declares none. A stage section keeps only
+    its own fields (a stage1 section given as stage2 drops stage1's selector and the like)."""
+    base = {'data': {'name': 'toy'}, 'target_tasks': ('a',),
+            'teachers': {'t': dict(checkpoint='t.pth', mean=MEAN, std=STD,
+                                   heads={'a': dict(classes=list('01234'), logits=(0, 5))})}}
+    for key, value in tree.items():
+        value = value.to_dict() if hasattr(value, 'to_dict') else value
+        if key in ('stage1', 'stage2', 'baseline_stage'):
+            value = {k: v for k, v in dict(value).items() if k in config_schema.SCHEMA.fields[key].fields}
+        if key == 'data':
+            value = {**base['data'], **dict(value)}
+        base[key] = value
+    return config_schema.resolve(base)
 
 
 def teacher(name, arch, num_classes, heads, seed, size=12, widths=None):

@@ -28,11 +28,11 @@ from kamal_jax import xla
 xla.apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from kamal_jax import config_schema  # noqa: E402
 from kamal_jax.benchmarks import steps  # noqa: E402
 from kamal_jax.train import sharding, teacher_cache  # noqa: E402
 from kamal_jax.train.objectives import Amalgamate, Distill, LossWeights, make_pairs  # noqa: E402
@@ -112,8 +112,8 @@ def _run(c, *, images: int, epochs: int, stage_no: str, workdir: str) -> dict:
     cache_bytes = sum(a.nbytes for a in cache.values())
     print(f'cache: {cache_bytes / 2 ** 30:.2f} GiB for {images} images, built in {build_s:.1f}s '
           f'({images / build_s:.1f} img/s)', flush=True)
-    cfg = ml_collections.ConfigDict(dict(epochs=epochs, batch_size=c.batch_size, lr=5e-4, bridge_lr=1e-3,
-                                         schedule='cosine', warmup_steps=0, weight_decay=0.0))
+    cfg = config_schema.stage_config('stage1', epochs=epochs, batch_size=c.batch_size, lr=5e-4, bridge_lr=1e-3,
+                                     schedule='cosine', warmup_steps=0, weight_decay=0.0)
     bridges = stage.init_bridges(rng)
     _, metrics = train_student(name=f'stage{stage_no}/cached', student=student, loss_fn=stage.loss, bridges=bridges,
                                cfg=cfg, arrays={'image': data, **cache}, frozen={}, mesh=mesh, seed=c.seed,

@@ -54,10 +54,10 @@ xla.apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
+
 import numpy as np  # noqa: E402
 
-from kamal_jax import losses, pipeline, selection  # noqa: E402
+from kamal_jax import config_schema, losses, pipeline, selection  # noqa: E402
 from kamal_jax.recipes import one_stage_config  # noqa: E402
 from kamal_jax.recipes.stages import selection_context  # noqa: E402
 from kamal_jax.train import evaluate as eval_lib, sharding  # noqa: E402
@@ -149,11 +149,11 @@ def rules(temperature: float) -> dict:
 def partial_teachers(config, plan, task: str) -> list[tuple[str, list[int], list[int]]]:
     """(teacher, its logit indices, the task-class indices they score) for each teacher outside the
     task's group whose output classes, as the run's zoo lists them, include two or more of the task's."""
-    zoo = (config.get('zoo') or {}).get('teachers') or {}
+    zoo = config.zoo.teachers if config.zoo and 'teachers' in config.zoo else {}
     group = {t.name for t in plan.group(task)}
     out = []
     for spec in plan.used_teachers:
-        classes = list((zoo.get(spec.name) or {}).get('classes') or ())
+        classes = list(zoo[spec.name].classes) if spec.name in zoo and 'classes' in zoo[spec.name] else []
         shared = [(classes.index(c), i) for i, c in enumerate(plan.tasks[task].classes) if c in classes]
         if spec.name not in group and len(shared) >= 2:
             out.append((spec.name, [j for j, _ in shared], [i for _, i in shared]))
@@ -173,7 +173,7 @@ def gather(workdir: str, views: int) -> dict:
     logits on the training images and on the evaluation images (and on `views` augmented views of
     them), each partial teacher's whole output on both, and the task's class index per image (-1
     outside the task; the screen reads the training labels only on its validation share)."""
-    config = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, 'config.json'))))
+    config = config_schema.resolve(config_schema.stored_as_resolved(json.load(open(os.path.join(workdir, 'config.json')))))
     plan = pipeline.validate(config, workdir)
     train = pipeline.load_split(config, config.data.train_split)
     held_out = pipeline.load_split(config, config.data.eval_split)
@@ -198,7 +198,7 @@ def gather(workdir: str, views: int) -> dict:
                                         for n, _, _ in partial}
             entry[f'{part}_labels'] = eval_lib.task_targets(plan.tasks[task], split.labels, split.label_names)
         tasks[task] = entry
-    return {'temperature': float(one_stage_config(config).get('temperature', 1.0)), 'views': views, 'tasks': tasks}
+    return {'temperature': one_stage_config(config).temperature, 'views': views, 'tasks': tasks}
 
 
 _ARRAYS = ('train', 'test', 'train_views', 'test_views', 'train_partial', 'test_partial')

@@ -20,7 +20,8 @@ import json
 import os
 from typing import Any
 
-from kamal_jax.recipes import DEFAULT_RECIPE, RECIPES
+from kamal_jax import config_schema
+from kamal_jax.recipes import RECIPES
 from kamal_jax.recipes.one_stage import OneStage
 from kamal_jax.recipes.two_stage import TwoStage
 
@@ -30,8 +31,8 @@ def recipe_selector(recipe: str, config: dict) -> str:
     r = RECIPES[recipe]
     if not (isinstance(r, TwoStage) or (isinstance(r, OneStage) and not r.combine)):
         return '-'
-    stage1 = {**config.get('stage1', {}), **(r.stage1 if isinstance(r, TwoStage) else {})}
-    return f"{stage1.get('selector', 'least_entropy')} ({stage1.get('selection', 'online')})"
+    stage1 = {**config_schema.stored_as_resolved(config)['stage1'], **(r.stage1 if isinstance(r, TwoStage) else {})}
+    return f"{stage1['selector']} ({stage1['selection']})"
 
 
 def _read(workdir: str, name: str) -> dict:
@@ -49,21 +50,21 @@ def _name(workdir: str) -> str:
 def rows(workdir: str, config: dict | None = None, summary: dict | None = None) -> list[dict[str, Any]]:
     """The matrix rows of one run: every finished net of a recipe, scored per task (`config` and
     `summary`: the run's files, when the caller has read them)."""
-    config = config if config is not None else _read(workdir, 'config.json')
+    config = config_schema.stored_as_resolved(config if config is not None else _read(workdir, 'config.json'))
     summary = summary if summary is not None else _read(workdir, 'summary.json')
     models = summary['models']
     tasks = list(config['target_tasks'])
     teachers = {t: {n: m['accuracy'][t] for n, m in models.items() if m.get('role') == 'teacher' and t in m['accuracy']}
                 for t in tasks}
     best = {t: max(a.values()) for t, a in teachers.items()}
-    nets = [('target', config.get('recipe') or DEFAULT_RECIPE)]
+    nets = [('target', config['recipe'])]
     nets += [(k, k[len('baseline_'):]) for k in models if k.startswith('baseline_')]
     out = []
     for key, recipe in nets:
         if key not in models:
             continue
         row = {'workdir': _name(workdir), 'net': key, 'recipe': recipe,
-               'selector': recipe_selector(recipe, config), 'seed': config.get('seed', 0),
+               'selector': recipe_selector(recipe, config), 'seed': config['seed'],
                'epochs': models[key].get('epochs'), 'tasks': {}}
         for t in tasks:
             acc = models[key]['accuracy'].get(t)
@@ -97,9 +98,9 @@ def included(path: str) -> list[dict[str, Any]]:
     """Rows of an earlier results file: this tool's JSON ('rows'), or a list of runs ('runs') whose
     tasks give `target`/`result` and `target_minus_best_teacher`/`minus_best_teacher`."""
     with open(path) as f:
-        data = json.load(f)
+        results = json.load(f)
     out = []
-    for r in data.get('rows', data.get('runs', [])):
+    for r in results.get('rows', results.get('runs', [])):
         tasks = {}
         for t, e in r['tasks'].items():
             result = e.get('result', e.get('target'))

@@ -32,12 +32,11 @@ xla.apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from kamal_jax import models
+from kamal_jax import config_schema, models
 from kamal_jax.train import sharding, teacher_cache
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import create_state, make_optimizer
@@ -45,7 +44,7 @@ from kamal_jax.train.objectives import Amalgamate, Distill, LossWeights, Supervi
 from kamal_jax.train.steps import make_train_step
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-OPT = ml_collections.ConfigDict(dict(lr=5e-4, bridge_lr=1e-3, schedule='constant'))
+OPT = config_schema.stage_config('stage1', lr=5e-4, bridge_lr=1e-3, schedule='constant')
 
 
 def _time_step(step, state, frozen, batch, rng, warmup: int, timed: int, batch_size: int) -> dict:
@@ -97,7 +96,7 @@ def random_nets(c, rng) -> tuple:
     comps = tuple((t, Net(f'component_{t}', c.component_arch,
                           models.multihead(c.component_arch, [(t, c.task_classes)]), MEAN, STD)) for t in tasks)
     comp_vars = {n.name: n.module.init(jax.random.fold_in(rng, 10 + i), x) for i, (_, n) in enumerate(comps)}
-    dtype = c.get('compute_dtype', 'float32')  # params were made in float32 above and stay so
+    dtype = c.compute_dtype  # params were made in float32 above and stay so
     teachers = [t.with_compute_dtype(dtype) for t in teachers]
     component, target = component.with_compute_dtype(dtype), target.with_compute_dtype(dtype)
     comps = tuple((t, n.with_compute_dtype(dtype)) for t, n in comps)
@@ -156,7 +155,7 @@ def run(c) -> dict:
     images = np.random.default_rng(c.seed).integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
     batch = sharding.put_batch({'image': images}, mesh)
     cases, builds, extra = _cases(c, rng, images)
-    wanted = [n.strip() for n in str(c.get('cases', '') or '').split(',') if n.strip()]
+    wanted = [n.strip() for n in str(c.cases).split(',') if n.strip()]
     valid = [*cases, *(b[0] for b in builds), *extra]
     unknown = sorted(set(wanted) - set(valid))
     if unknown:

@@ -26,10 +26,9 @@ xla.apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kamal_jax import models, selection, stage_defaults  # noqa: E402
+from kamal_jax import config_schema, models, selection  # noqa: E402
 from kamal_jax.train import sharding  # noqa: E402
 from kamal_jax.train.state import create_state, make_optimizer  # noqa: E402
 from kamal_jax.train.steps import make_train_step  # noqa: E402
@@ -79,7 +78,7 @@ def bare_step_rate(student, loss, frozen, cfg, images, steps: int) -> float:
 def run(size: int, batch: int, steps: int, ks, rounds: int) -> dict:
     student, loss, frozen = stage(size)
     images = np.random.default_rng(0).integers(0, 256, (steps * batch, size, size, 3), dtype=np.uint8)
-    cfg = ml_collections.ConfigDict(stage_defaults.stage1(arch='cifar_resnet8', epochs=1, batch_size=batch))
+    cfg = config_schema.stage_config('stage1', arch='cifar_resnet8', epochs=1, batch_size=batch)
     best = {k: (0.0, 0.0) for k in ks}
     best['bare'] = (0.0, 0.0)
     for _ in range(rounds):

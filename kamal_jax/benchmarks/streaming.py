@@ -38,10 +38,9 @@ xla.apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kamal_jax import models, selection, stage_defaults  # noqa: E402
+from kamal_jax import config_schema, models, selection  # noqa: E402
 from kamal_jax.data import records  # noqa: E402
 from kamal_jax.train import sharding  # noqa: E402
 from kamal_jax.train.nets import Net  # noqa: E402
@@ -64,8 +63,8 @@ def cifar10_parts_stage1():
     pairs = {t.name: make_pairs(t, student, None) for t in teachers}
     loss = Distill.component('part_a', student, teachers, pairs, LossWeights(logit_loss='kl', temperature=4.0),
                              selector=selection.get('least_entropy'))
-    cfg = ml_collections.ConfigDict(stage_defaults.stage1(arch='cifar_resnet20', epochs=1, batch_size=BATCH,
-                                                          lr=2e-3, bridge_lr=2e-3, logit_loss='kl', temperature=4.0))
+    cfg = config_schema.stage_config('stage1', arch='cifar_resnet20', epochs=1, batch_size=BATCH, lr=2e-3,
+                                     bridge_lr=2e-3, logit_loss='kl', temperature=4.0)
     return student, loss, frozen, cfg
 
 

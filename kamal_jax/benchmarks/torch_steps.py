@@ -230,7 +230,7 @@ def run(c, torch_compile: bool | None = None) -> dict:
     gpu = torch.cuda.is_available()
     device = torch.device('cuda' if gpu else 'cpu')
     torch.backends.cudnn.benchmark = gpu
-    bf16 = c.get('compute_dtype', 'float32') == 'bfloat16'
+    bf16 = c.compute_dtype == 'bfloat16'
     torch_compile = gpu if torch_compile is None else torch_compile
 
     def sync():

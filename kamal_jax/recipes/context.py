@@ -6,10 +6,9 @@ import dataclasses
 import functools
 from typing import Any, Mapping, NamedTuple
 
-import ml_collections
 import numpy as np
 
-from kamal_jax import models, selection, summary as summary_lib
+from kamal_jax import config_schema, models, selection, summary as summary_lib
 from kamal_jax.data import records
 from kamal_jax.tasks import Plan
 from kamal_jax.train import evaluate as eval_lib
@@ -61,8 +60,8 @@ class Run:
         label = 'held-out accuracy' if scored == total else f'held-out accuracy ({scored} of {total} images)'
         return Monitoring(logdir, config.to_dict(),
                           evaluate=lambda v: eval_lib.evaluate(net, v, subset, tasks, batch_size),
-                          eval_every=int(config.get('eval_every', 0) or 0),
-                          profile_steps=int(config.get('profile_steps', 0) or 0), eval_label=label)
+                          eval_every=config.eval_every,
+                          profile_steps=config.profile_steps, eval_label=label)
 
     def target_net(self, name: str, cfg: Any) -> Net:
         """A multi-head net with one head per target task, of `cfg`'s architecture and widths."""
@@ -88,11 +87,11 @@ class Outcome(NamedTuple):
 def compute_dtype(config: Any) -> str:
     """'float32' (default) or 'bfloat16': activations of trained and frozen nets in training steps;
     params, optimiser state, losses and entropies stay float32."""
-    return str(config.get('compute_dtype', 'float32') or 'float32')
+    return config.compute_dtype
 
 
 def student_net(name: str, cfg: Any, heads, data_cfg: Any, dtype: str = 'float32') -> Net:
-    widths = tuple(cfg.get('widths') or ())
+    widths = tuple(cfg.widths)
     net = Net(name, cfg.arch, models.multihead(cfg.arch, heads, widths or None),
               tuple(data_cfg.mean), tuple(data_cfg.std), widths=widths)
     return net.with_compute_dtype(dtype)
@@ -100,21 +99,19 @@ def student_net(name: str, cfg: Any, heads, data_cfg: Any, dtype: str = 'float32
 
 def loss_weights(cfg: Any) -> LossWeights:
     return LossWeights(feature=float(cfg.feature_weight), logit=float(cfg.logit_weight),
-                       weight_norm=float(cfg.get('weight_norm', 1.0)), logit_loss=cfg.get('logit_loss', 'mse'),
-                       temperature=float(cfg.get('temperature', 1.0)))
+                       weight_norm=cfg.weight_norm if 'weight_norm' in cfg else LossWeights.weight_norm,
+                       logit_loss=cfg.logit_loss,
+                       temperature=cfg.temperature)
 
 
 def selector_of(cfg: Any) -> selection.Selector:
     """The stage's selector (`stageN.selector`, default the paper's least entropy)."""
-    return selection.get(cfg.get('selector', 'least_entropy'))
+    return selection.get(cfg.selector)
 
 
-def with_changes(config: Any, **sections: Mapping[str, Any]) -> ml_collections.ConfigDict:
+def with_changes(config: Any, **sections: Mapping[str, Any]) -> Any:
     """A copy of `config` with some fields of some sections changed (the main config is untouched)."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    for section, fields in sections.items():
-        config[section].update(dict(fields))
-    return config
+    return config_schema.replace(config, **sections)
 
 
 def floats(metrics: Mapping[str, Any]) -> dict:

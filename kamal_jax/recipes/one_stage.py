@@ -14,10 +14,9 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
-from kamal_jax import selection
+from kamal_jax import config_schema, selection
 from kamal_jax.recipes.context import Outcome, Run, floats, loss_weights, selector_of
 from kamal_jax.recipes.stages import fitted_target, offline_selection, selection_arrays
 from kamal_jax.tasks import ConfigError, Plan
@@ -26,13 +25,14 @@ from kamal_jax.train.objectives import Distill, LossWeights, Supervised, make_pa
 from kamal_jax.train.trainer import train_student
 
 
-def one_stage_config(config: Any) -> ml_collections.ConfigDict:
+# Every one-stage recipe trains with stage2's optimiser, the baseline_stage overrides and a budget
+# counted in stage1's epochs.
+ONE_STAGE_READS = ('stage2.', 'baseline_stage.', 'stage1.epochs')
+
+
+def one_stage_config(config: Any) -> Any:
     """Optimiser, batch size and budget of the one-stage recipes (see the module docstring)."""
-    cfg = ml_collections.ConfigDict(config.stage2.to_dict())
-    cfg.epochs = len(config.target_tasks) * int(config.stage1.epochs) + int(config.stage2.epochs)
-    overrides = config.get('baseline_stage') or {}
-    cfg.update(overrides.to_dict() if hasattr(overrides, 'to_dict') else dict(overrides))
-    return cfg
+    return config_schema.one_stage_budget(config)
 
 
 def _train(run: Run, name: str, main: bool, method: str, cfg: Any, target, loss_fn, bridges, arrays,
@@ -43,7 +43,7 @@ def _train(run: Run, name: str, main: bool, method: str, cfg: Any, target, loss_
     variables, metrics = train_student(
         name='target' if main else f'baseline/{name}', student=target, loss_fn=loss_fn, bridges=bridges, cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=run.mesh, seed=run.config.seed + 1, ckpt_dir=ckpt,
-        log_every=run.config.log_every, steps_per_call=run.config.get('steps_per_call', 1),
+        log_every=run.config.log_every, steps_per_call=run.config.steps_per_call,
         prefetch=input_lib.prefetch_of(run.config),
         monitoring=run.monitoring(logdir, target, run.config),
         **views_lib.step_augmentation(run.config.data))
@@ -63,6 +63,15 @@ class OneStage:
     method: str
     combine: str = ''
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The stage fields it reads (the command line warns of others it is given)."""
+        if self.combine:
+            return ONE_STAGE_READS
+        return ONE_STAGE_READS + tuple(f'stage1.{k}' for k in (
+            'selector', 'selection', 'feature_weight', 'logit_weight', 'weight_norm', 'logit_loss', 'temperature',
+            'bridge_width_ratio'))
+
     def run(self, run: Run, name: str, out: str, main: bool) -> Outcome:
         cfg, s1 = one_stage_config(run.config), run.config.stage1
         target = run.target_net('target' if main else f'baseline_{name}', cfg)
@@ -70,7 +79,7 @@ class OneStage:
         frozen = {t.name: run.frozen[t.name] for _, ts in groups for t in ts}
         arrays = {'image': run.train.images}
         if self.combine:
-            temperature = float(cfg.get('temperature', 1.0))
+            temperature = cfg.temperature
             combiner = selection.get_combiner(self.combine)
             if combiner.fit is not None:
                 arrays['combined_target'] = {
@@ -95,7 +104,7 @@ class OneStage:
                 if per_task:
                     arrays[key] = per_task
         bridges = stage.init_bridges(jax.random.fold_in(jax.random.key(run.config.seed), 3),
-                                     s1.get('bridge_width_ratio', 0.5))
+                                     s1.bridge_width_ratio)
         method = self.method.format(selection=s1.selection, selector=selector.name.replace('_', ' '))
         return _train(run, name, main, method, cfg, target, stage.loss, bridges, arrays, frozen)
 
@@ -117,6 +126,7 @@ class Labelled:
     """The target trained with cross-entropy on the true training labels, each head on the samples of
     its task's classes (the upper reference; the only recipe that sees labels)."""
     method: str
+    reads = property(lambda self: ONE_STAGE_READS)
 
     def run(self, run: Run, name: str, out: str, main: bool) -> Outcome:
         cfg = one_stage_config(run.config)

@@ -30,8 +30,8 @@ def selection_context(task: str, teachers, frozen, images: np.ndarray, batch_siz
     if not selector.views:
         return selection.Context(logits)
     d = data or {}
-    drawn = views_lib.predraw(images, selector.views, crop_padding=int(d.get('crop_padding', 0)) or 2,
-                              flip=bool(d.get('flip', False)), seed=seed + 0x5e1)
+    drawn = views_lib.predraw(images, selector.views, crop_padding=d.crop_padding or 2,
+                              flip=d.flip, seed=seed + 0x5e1)
     view_logits = tuple(eval_lib.predict(t, frozen[t.name], drawn, batch_size)[task].reshape(
         selector.views, len(images), -1) for t in teachers)
     return selection.Context(logits, view_logits=view_logits)
@@ -113,11 +113,12 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir, monit
     group = [teachers[t.name] for t in plan.group(task)]
     student = student_net(f'component_{task}', cfg, [(task, plan.tasks[task].num_classes)], config.data,
                           dtype)
-    overrides = cfg.get('tap_pairs') or {}
-    pairs = {t.name: (make_pairs(t, student, overrides.get(t.name)) if cfg.feature_weight else ())
+    overrides = cfg.tap_pairs
+    pairs = {t.name: (make_pairs(t, student, overrides[t.name] if t.name in overrides else None)
+                      if cfg.feature_weight else ())
              for t in group}
     selector, offline = selector_of(cfg), cfg.selection == 'offline'
-    cached = bool(cfg.get('teacher_cache', False))
+    cached = cfg.teacher_cache
     stage = Distill(student, ((task, tuple(t.with_compute_dtype(dtype) for t in group)),), {task: pairs},
                     loss_weights(cfg), selector=selector, offline=offline, by_task=False, cached=cached)
     arrays = {'image': train.images}
@@ -139,10 +140,10 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir, monit
         group_frozen = {}  # the step never runs the teachers
     variables, metrics = train_student(
         name=f'stage1/{task}', student=student, loss_fn=stage.loss,
-        bridges=stage.init_bridges(_task_rng(config.seed, task), cfg.get('bridge_width_ratio', 0.5)), cfg=cfg,
+        bridges=stage.init_bridges(_task_rng(config.seed, task), cfg.bridge_width_ratio), cfg=cfg,
         arrays=arrays, frozen=group_frozen, mesh=mesh, seed=config.seed,
         ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every,
-        steps_per_call=config.get('steps_per_call', 1), prefetch=input_lib.prefetch_of(config),
+        steps_per_call=config.steps_per_call, prefetch=input_lib.prefetch_of(config),
         monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage1', task), student),
         **views_lib.step_augmentation(config.data))
     return student, variables, metrics
@@ -156,10 +157,11 @@ def run_stage2(plan, components, train, config, mesh, workdir, monitoring=None):
     target = student_net('target', cfg, [(t, plan.tasks[t].num_classes) for t in plan.target_tasks],
                          config.data, dtype)
     comps = tuple((task, components[task][0].with_compute_dtype(dtype)) for task in plan.target_tasks)
-    overrides = cfg.get('tap_pairs') or {}
-    pairs = {c.name: (make_pairs(c, target, overrides.get(c.name)) if cfg.feature_weight else ())
+    overrides = cfg.tap_pairs
+    pairs = {c.name: (make_pairs(c, target, overrides[c.name] if c.name in overrides else None)
+                      if cfg.feature_weight else ())
              for _, c in comps}
-    cached = bool(cfg.get('component_cache', False))
+    cached = cfg.component_cache
     stage = Amalgamate(target, comps, pairs, loss_weights(cfg), cached=cached)
     arrays = {'image': train.images}
     frozen = {c.name: components[t][1] for t, c in comps}
@@ -171,7 +173,7 @@ def run_stage2(plan, components, train, config, mesh, workdir, monitoring=None):
         bridges=stage.init_bridges(jax.random.fold_in(jax.random.key(config.seed), 2)), cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=mesh,
         seed=config.seed + 1, ckpt_dir=os.path.join(workdir, 'stage2'), log_every=config.log_every,
-        steps_per_call=config.get('steps_per_call', 1), prefetch=input_lib.prefetch_of(config),
+        steps_per_call=config.steps_per_call, prefetch=input_lib.prefetch_of(config),
         monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage2'), target),
         **views_lib.step_augmentation(config.data))
     return target, variables, metrics
@@ -183,8 +185,8 @@ def _data_key(config: Any, train) -> dict:
     """What the training images are and how the frozen nets see them: part of every cache's key."""
     d = config.data
     return {'data': {'name': d.name, 'split': d.train_split, 'size': len(train.images),
-                     'train_limit': int(d.get('train_limit', 0) or 0), 'seed': config.seed,
-                     'image_size': list(d.get('image_size') or ())},
+                     'train_limit': d.train_limit, 'seed': config.seed,
+                     'image_size': list(d.image_size)},
             'views': views_lib.cache_key(d, train.images.shape[1:])}
 
 
@@ -201,8 +203,8 @@ def _load_cache(what, path, spec, frozen, train, config, section, switch, key, s
         try:
             return teacher_cache.load_or_build(
                 path, spec=spec, frozen=frozen, images=train.images, key={**key, **_data_key(config, train)},
-                selected=selected, batch_size=config.eval_batch_size, limit_gb=float(cfg.get('cache_limit_gb', 8.0)),
-                feature_dtype=cfg.get('cache_dtype', 'float16'))
+                selected=selected, batch_size=config.eval_batch_size, limit_gb=cfg.cache_limit_gb,
+                feature_dtype=cfg.cache_dtype)
         except teacher_cache.CacheTooLarge as e:
             raise ConfigError(f'The {what} would take {e.nbytes / 2 ** 30:.2f} GiB, more than '
                               f'{section}.cache_limit_gb = {e.limit_gb:g}; raise the limit, use fewer or smaller '

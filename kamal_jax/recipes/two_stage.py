@@ -18,6 +18,7 @@ log = logging.getLogger('kamal_jax')
 class TwoStage:
     """The paper's two stages, with some fields of `stage1` / `stage2` changed from the config's."""
     method: str
+    reads = ('stage1.', 'stage2.')  # the stage fields it reads
     stage1: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     stage2: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -38,7 +38,7 @@ class Checkpointer:
     step count that suits a CPU would spend a fifth of an accelerator's time saving. Resuming is
     exact from any checkpoint (batches and noise depend only on the step), so fewer saves only
     mean more steps to redo after a crash. With several processes, process 0's clock decides.
-    The floor defaults to 0 here; the stage configs set 60 s (`stage_defaults`).
+    The floor defaults to 0 here; a run's stages set 60 s (`config_schema`).
     """
 
     def __init__(self, directory: str, every_steps: int, max_to_keep: int = 2, min_interval_s: float = 0.0):

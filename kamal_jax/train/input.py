@@ -24,9 +24,8 @@ PREFETCH = 4  # batches gathered ahead where worker threads pay
 
 
 def prefetch_of(config: Any) -> int:
-    """`data.prefetch` of a run's config (configs made before it existed: AUTO)."""
-    value = (config.get('data') or {}).get('prefetch', AUTO)
-    return AUTO if value is None else int(value)
+    """`data.prefetch` of a run's config."""
+    return config.data.prefetch
 
 
 def resolve_prefetch(prefetch: int, arrays: Mapping[str, Any]) -> int:

@@ -36,15 +36,15 @@ def schedule(kind: str, lr: float, total_steps: int, warmup_steps: int = 0) -> o
 
 def learning_rates(cfg: Any, total_steps: int) -> dict[str, optax.Schedule]:
     """The net's and the bridges' learning rate per step (also what the metrics show)."""
-    warmup = cfg.get('warmup_steps', 0)
+    warmup = cfg.warmup_steps
     return {'net': schedule(cfg.schedule, cfg.lr, total_steps, warmup),
-            'bridges': schedule(cfg.schedule, cfg.get('bridge_lr', cfg.lr), total_steps, warmup)}
+            'bridges': schedule(cfg.schedule, cfg.bridge_lr, total_steps, warmup)}
 
 
 def make_optimizer(cfg: Any, total_steps: int) -> optax.GradientTransformation:
     """Adam on the net and on the bridges, each with its own learning rate (the paper: 5e-4, 1e-3)."""
     def adam(sched):
-        wd = cfg.get('weight_decay', 0.0)
+        wd = cfg.weight_decay
         return optax.adamw(sched, weight_decay=wd) if wd else optax.adam(sched)
     return optax.multi_transform({k: adam(s) for k, s in learning_rates(cfg, total_steps).items()},
                                  {'net': 'net', 'bridges': 'bridges'})

@@ -49,8 +49,7 @@ def train_student(*, name: str, student: Net, loss_fn: Callable, bridges: Any, c
     state = init(jax.random.fold_in(rng, 1))
     checkpointer = None
     if ckpt_dir:
-        checkpointer = Checkpointer(ckpt_dir, cfg.get('checkpoint_every', 500),
-                                    min_interval_s=cfg.get('checkpoint_min_interval_s', 0.0))
+        checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint_every, min_interval_s=cfg.checkpoint_min_interval_s)
         if checkpointer.latest_step() is not None:
             state = checkpointer.restore(state)
     one_step = make_train_step(loss_fn, tx, crop_padding=crop_padding, flip=flip)

@@ -24,7 +24,7 @@ CHUNK = 1024  # images per augmentation call; part of what fixes the views for a
 
 def count(data: Any) -> int:
     """The number of pre-drawn views per image; 0 means a fresh view every step."""
-    return int(data.get('views', 0) or 0)
+    return data.views
 
 
 def step_augmentation(data: Any) -> dict:
@@ -32,7 +32,7 @@ def step_augmentation(data: Any) -> dict:
     k = count(data)
     if k:
         return dict(crop_padding=0, flip=False, views=k)
-    return dict(crop_padding=int(data.get('crop_padding', 0)), flip=bool(data.get('flip', False)), views=1)
+    return dict(crop_padding=data.crop_padding, flip=data.flip, views=1)
 
 
 def predraw(images: np.ndarray, k: int, *, crop_padding: int, flip: bool, seed: int) -> np.ndarray:
@@ -57,8 +57,7 @@ def expand_split(split: Any, data: Any, seed: int) -> Any:
     k = count(data)
     if not k:
         return split
-    images = predraw(split.images, k, crop_padding=int(data.get('crop_padding', 0)),
-                     flip=bool(data.get('flip', False)), seed=seed)
+    images = predraw(split.images, k, crop_padding=data.crop_padding, flip=data.flip, seed=seed)
     return dataclasses.replace(split, images=images,
                                labels={key: np.tile(v, k) for key, v in split.labels.items()})
 
@@ -68,5 +67,5 @@ def cache_key(data: Any, image_shape) -> dict:
     k = count(data)
     if not k:
         return {'crop_padding': 0, 'flip': False, 'shape': list(image_shape)}
-    return {'crop_padding': int(data.get('crop_padding', 0)), 'flip': bool(data.get('flip', False)),
+    return {'crop_padding': data.crop_padding, 'flip': data.flip,
             'shape': list(image_shape), 'views': k, 'chunk': CHUNK}
