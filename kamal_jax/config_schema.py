@@ -429,7 +429,8 @@ def _as_dict(config: Any) -> dict:
 
 
 def spec_of(field: str) -> Leaf | Section | MapOf:
-    """The schema entry of a dotted field name (map entries by any name); ConfigError when unknown."""
+    """The schema entry of a dotted field name (map entries by any name; inside a free-form dict
+    field, that field's entry); ConfigError when unknown."""
     node: Any = SCHEMA
     parts = field.split('.')
     walked = []
@@ -469,6 +470,13 @@ def migrate(config_dict: dict, *, warn=None) -> dict:
     return out
 
 
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def _set(tree: dict, field: str, value: Any) -> None:
     *parents, leaf = field.split('.')
     node = tree
@@ -498,7 +506,11 @@ def resolve(config: Any, overrides: Mapping[str, str] | None = None, *, warn=Non
         spec = spec_of(field)
         if not isinstance(spec, Leaf):
             raise ConfigError(f'--config.{field} names a group of fields; set one of its fields instead.')
-        _set(tree, field, spec.from_text(text, field) if isinstance(text, str) else spec.parse(text, field))
+        inside = spec.kind == 'dict' and '.' in field and spec_of(field.rsplit('.', 1)[0]) is spec
+        if inside:  # a value inside a free-form dict field (e.g. zoo.teachers.NAME.epochs): as Python reads it
+            _set(tree, field, _literal(text) if isinstance(text, str) else text)
+        else:
+            _set(tree, field, spec.from_text(text, field) if isinstance(text, str) else spec.parse(text, field))
         overridden.add(field)
     defaulted: set = set()
     resolved = _resolve_section(SCHEMA, tree, '', defaulted)

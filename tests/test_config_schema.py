@@ -203,5 +203,7 @@ def test_migrated_and_one_stage_fields():
     config = config_schema.resolve(toy.quickstart_config(), {'baseline_stage.temperature': '2'})
     budget = config_schema.one_stage_budget(config)
     assert budget.epochs == 2 * 8 + 8 and budget.temperature == 2.0 and budget.lr == config.stage2.lr
+    inside = config_schema.resolve(toy.quickstart_config(), {'zoo.teachers.low_resnet8.epochs': '1'})
+    assert inside.zoo.teachers.low_resnet8.epochs == 1 and inside.zoo.teachers.high_resnet8.epochs == 6
     with pytest.raises(ConfigError, match='baseline_stage.epochs must be >= 1'):
         config_schema.resolve(toy.quickstart_config(), {'baseline_stage.epochs': '0'})

@@ -63,5 +63,5 @@ def test_unknown_compute_dtype_is_refused():
     spec.loader.exec_module(module)
     config = module.get_config('tiny')
     config.compute_dtype = 'float16'
-    with pytest.raises(ConfigError, match="compute_dtype = 'float16'"):
+    with pytest.raises(ConfigError, match="compute_dtype must be one of 'float32', 'bfloat16', got 'float16'"):
         pipeline.validate(config)

@@ -157,8 +157,8 @@ def test_notebook_install_keeps_jax_torch_and_tensorflow(source, tmp_path):
     python, _ = _colab_like_venv(tmp_path / 'colab')
     cell = next(c for c in nbformat.read(ROOT / 'notebooks' / 'quickstart.ipynb', 4).cells
                 if c.cell_type == 'code').source
-    cell, n = re.subn(r'^REPO_URL = .*$', f'REPO_URL = {str(source)!r}', cell, count=1, flags=re.M)
-    assert n == 1, "the notebook's first code cell should set REPO_URL"
+    cell, n = re.subn(r'^KAMAL_JAX_SOURCE = .*$', f'KAMAL_JAX_SOURCE = {str(source)!r}', cell, count=1, flags=re.M)
+    assert n == 1, "the notebook's first code cell should set KAMAL_JAX_SOURCE"
     report = tmp_path / 'report.json'
     dry_run = ('import subprocess, sys\n_run = subprocess.run\n'
                'subprocess.run = lambda cmd, **kw: sys.exit(_run([*cmd, "--dry-run", "--no-index", '

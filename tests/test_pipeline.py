@@ -11,6 +11,7 @@ import kamal_jax
 from kamal_jax import pipeline, summary as summary_lib
 from kamal_jax.data import datasets
 from kamal_jax.tasks import ConfigError
+from kamal_jax import config_schema
 from kamal_jax.workdir import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
@@ -30,7 +31,7 @@ def quickstart(arg='tiny', data_dir=None):
 @pytest.fixture(scope='module')
 def tiny_run(tmp_path_factory):
     base = tmp_path_factory.mktemp('quickstart')
-    config = quickstart(data_dir=base / 'tfds')
+    config = config_schema.resolve(quickstart(data_dir=base / 'tfds'))
     workdir = str(base / 'run')
     return config, workdir, pipeline.run(config, workdir)
 

@@ -15,6 +15,7 @@ torch = pytest.importorskip('torch')
 
 from ml_collections import ConfigDict  # noqa: E402
 
+from kamal_jax import config_schema  # noqa: E402
 from kamal_jax.zoo import train as zoo_train  # noqa: E402
 
 CLASSES = ['airplane', 'bird', 'cat', 'dog', 'frog', 'ship']
@@ -248,7 +249,8 @@ def test_zoo_configs_are_the_benchmarks_teachers(name):
     root = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs')
     zoo = _config_module(os.path.join(root, 'zoo', f'{name}.py')).get_config('tiny')
     bench = _config_module(os.path.join(root, f'bench_{name}.py')).get_config('tiny')
-    assert zoo.data.to_dict() == bench.data.to_dict() and zoo.seed == bench.seed
+    resolved = config_schema.resolve(bench)
+    assert zoo.data.to_dict() == resolved.data.to_dict() and zoo.seed == resolved.seed
     assert zoo.teachers.to_dict() == bench.zoo.teachers.to_dict() and len(zoo.teachers) >= 3
     assert set(bench.teachers) == set(zoo.teachers)  # every teacher amalgamated is one trained
     assert all(t.checkpoint == '{workdir}/zoo/%s.pth' % n for n, t in bench.teachers.items())
