@@ -19,7 +19,10 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from kamal_jax.tasks import ConfigError
+
+
+class ConfigError(ValueError):
+    """A config field is invalid; the message names the field."""
 
 
 class _Required:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping, Sequence
 
+from kamal_jax import config_schema
+from kamal_jax.config_schema import ConfigError  # noqa: F401 (raised here; imported from here by many)
+
 KINDS = ('multiclass', 'binary')
-
-
-class ConfigError(ValueError):
-    """A config field is invalid; the message names the field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,7 +124,6 @@ def parse_teachers(config_teachers: Mapping[str, Any], workdir: str = '') -> tup
 def plan_from_config(config: Any, workdir: str = '') -> Plan:
     """Validates tasks, teachers and targets (of the config resolved, `kamal_jax.config_schema`);
     raises ConfigError naming the bad field."""
-    from kamal_jax import config_schema  # it imports this module's ConfigError
     config = config_schema.resolve(config)
     teachers, tasks = parse_teachers(config.teachers, workdir)
     targets = tuple(config.target_tasks)
