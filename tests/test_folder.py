@@ -1,6 +1,6 @@
-"""Image folders as splits: decoding rules, skipped files, records reuse, the TFDS path's pixels."""
+"""Image folders as splits: decoding rules, skipped files, records reuse (the TFDS path's batches from an
+unpacked archive: tests/test_own_images.py)."""
 import os
-import tarfile
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ def mixed(tmp_path_factory):
 def test_every_readable_image_is_a_row_and_the_rest_are_listed_with_a_reason(mixed):
     root, _, good, found = mixed
     assert len(good) + len(photos.BAD) == 300
-    assert found.paths == good and len(found.split.images) == len(good)
+    assert sorted(found.paths) == good and len(found.split.images) == len(good)
     assert found.split.images.shape == (len(good), *SIZE, 3)
     assert sorted(p for p, _ in found.skipped) == sorted(photos.BAD)
     reasons = dict(found.skipped)
@@ -40,11 +40,11 @@ def test_orientation_alpha_and_modes(mixed):
     assert rotated.shape == photos.upright().shape  # tall again, not the stored wide one
     assert rotated[:20, :, 0].mean() > 200 and rotated[:20, :, 2].mean() < 50  # red on top
     assert rotated[20:, :, 2].mean() > 200 and rotated[20:, :, 0].mean() < 50  # blue below
-    white = found.split.images[good.index(photos.TRANSPARENT)]
+    white = found.split.images[found.paths.index(photos.TRANSPARENT)]
     assert (white == 255).all()  # transparent composited on white
     # The stored row is the decoded image through the shared resize.
     from kamal_jax.data.pixels import resize_array
-    row = good.index(photos.ROTATED)
+    row = found.paths.index(photos.ROTATED)
     np.testing.assert_array_equal(found.split.images[row], resize_array(rotated, SIZE))
     cmyk = next(p for p in good if p.endswith('.jpg') and Image.open(root / p).mode == 'CMYK')
     assert folder.decode(str(root / cmyk)).shape[-1] == 3
@@ -86,39 +86,3 @@ def test_class_sub_folders_are_labels(tmp_path):
     assert found.split.label_names == {'label': list(photos.CLASSES)}
     assert [photos.CLASSES[i] for i in found.split.labels['label']] == [p.split('/')[0] for p in found.paths]
     assert found.skipped == [('loose.jpg', 'not in a class sub-folder')]
-
-
-def test_an_unpacked_cifar_folder_gives_the_tfds_path_pixels_at_another_size(tmp_path):
-    """The kamal_cifar10 builder's archive, unpacked: the same images at 40x40, row for row."""
-    tfds = pytest.importorskip('tensorflow_datasets')
-    import test_datasets as td
-    from kamal_jax.data import datasets as kd
-    from kamal_jax.data.builders.cifar10 import KamalCifar10
-    from kamal_jax.train.input import EpochBatches
-    rng = np.random.default_rng(0)
-    manual = tmp_path / 'manual'
-    manual.mkdir()
-    members = dict(td._cifar_members(rng, 3))
-    td._write_tar_gz(manual / 'cifar10.tar.gz', sorted(members.items()))
-    old = KamalCifar10.EXPECTED_COUNTS
-    KamalCifar10.EXPECTED_COUNTS = None
-    try:
-        tf_split = kd.load('kamal_cifar10', 'train', data_dir=tmp_path / 'data', manual_dir=manual, image_size=(40, 40))
-        builder = kd.builder('kamal_cifar10', data_dir=tmp_path / 'data')
-        order = [ex['file_name'].decode() for ex in tfds.as_numpy(builder.as_dataset('train', shuffle_files=False))]
-    finally:
-        KamalCifar10.EXPECTED_COUNTS = old
-    with tarfile.open(manual / 'cifar10.tar.gz') as tar:
-        tar.extractall(tmp_path / 'unpacked', filter='data')
-    found = folder.load(str(tmp_path / 'unpacked' / 'cifar10' / 'train'), image_size=(40, 40),
-                        data_dir=str(tmp_path / 'data'), labelled=True)
-    rows = [found.paths.index(name.split('/', 2)[2]) for name in order]  # the TFDS order
-    assert found.split.label_names == tf_split.label_names
-    np.testing.assert_array_equal(found.split.images[rows], tf_split.images)
-    np.testing.assert_array_equal(found.split.labels['label'][rows], tf_split.labels['label'])
-    a = EpochBatches({'image': tf_split.images}, 8, seed=1)
-    b = EpochBatches({'image': found.split.images.subset(rows)}, 8, seed=1)
-    for step in range(2 * a.steps_per_epoch):
-        np.testing.assert_array_equal(a.batch(step)['image'], b.batch(step)['image'])
-
-

@@ -1,5 +1,6 @@
 """A run from your own image folder: skipped files listed, records reused, accuracies from a labelled
-class-per-subfolder folder, label-free diagnostics without one, and `kamal-jax predict` on the export."""
+class-per-subfolder folder, label-free diagnostics without one, `kamal-jax predict` on the export, and
+an unpacked kamal_cifar10 archive giving the TFDS path's batches and trained parameters."""
 import csv
 import json
 import os
@@ -36,7 +37,7 @@ torch.save(torch_models.build('cifar_resnet8', 7).state_dict(), {str(base / 'tea
     return base, good
 
 
-def config(base, **data):
+def config(base, classes=photos.CLASSES, **data):
     c = toy.quickstart_config('tiny', recipe='average')
     del c.zoo
     c.data = dict(train_folder=str(base / 'photos'), eval_folder='', holdout_fraction=0.2, image_size=SIZE,
@@ -44,7 +45,7 @@ def config(base, **data):
                   train_limit=0, eval_limit=0, views=0, streaming='auto', memory_limit_gb=4.0, prefetch=-1,
                   train_records='')
     c.data.update(data)
-    head = dict(kind='multiclass', classes=list(photos.CLASSES), logits=(1, 6))
+    head = dict(kind='multiclass', classes=list(classes), logits=(1, 6))
     c.teachers = {name: dict(arch='cifar_resnet8', checkpoint=str(base / 'teacher.pth'), mean=(0.5,) * 3,
                              std=(0.25,) * 3, heads={'shape': head}) for name in ('t1', 't2')}
     c.target_tasks = ('shape',)
@@ -181,3 +182,86 @@ def test_a_task_class_without_a_sub_folder_is_refused_before_work(files, tmp_pat
                                           r"\['c', 'd', 'e'\] of task 'shape'"):
         pipeline.run(config(base, eval_folder=str(tmp_path / 'eval')), str(tmp_path / 'w'))
     assert not (tmp_path / 'w').exists()
+
+
+# ------------------------------------------------------- an unpacked archive feeds the TFDS path's batches
+CIFAR_SIZE = (40, 40)  # not the archive's 32x32: both paths resize
+
+
+@pytest.fixture(scope='module')
+def cifar(tmp_path_factory):
+    """A stand-in of cifar10.tar.gz (8 training and 2 test JPEGs per class), built by the kamal_cifar10
+    TFDS builder and unpacked to a folder; with the member names of each split in TFDS's stored order."""
+    import tarfile
+    import test_datasets as td
+    from kamal_jax.data import datasets as kd
+    from kamal_jax.data.builders.cifar10 import CLASS_NAMES, KamalCifar10
+    tfds = pytest.importorskip('tensorflow_datasets')
+    base = tmp_path_factory.mktemp('cifar')
+    rng = np.random.default_rng(0)
+    members = [(f'cifar10/{split}/{c}/{i:04d}.jpg', td._jpeg(rng, 32, 32))
+               for split, n in (('train', 8), ('test', 2)) for c in CLASS_NAMES for i in range(n)]
+    (base / 'manual').mkdir()
+    td._write_tar_gz(base / 'manual' / 'cifar10.tar.gz', members)
+    with tarfile.open(base / 'manual' / 'cifar10.tar.gz') as tar:
+        tar.extractall(base / 'unpacked', filter='data')
+    old, KamalCifar10.EXPECTED_COUNTS = KamalCifar10.EXPECTED_COUNTS, None
+    try:
+        builder = kd.prepared_builder('kamal_cifar10', data_dir=base / 'data', manual_dir=base / 'manual')
+    finally:
+        KamalCifar10.EXPECTED_COUNTS = old
+    skip = {'image': tfds.decode.SkipDecoding()}
+    order = {split: [ex['file_name'].decode() for ex in
+                     tfds.as_numpy(builder.as_dataset(split, shuffle_files=False, decoders=skip))]
+             for split in ('train', 'test')}
+    return base, order
+
+
+def test_an_unpacked_archive_gives_the_tfds_path_rows_in_its_order_and_so_its_batches(cifar):
+    from kamal_jax.data import datasets as kd
+    from kamal_jax.train.input import EpochBatches
+    base, order = cifar
+    images = {}
+    for split, labelled in (('test', True), ('train', False)):
+        tf_split = kd.load('kamal_cifar10', split, data_dir=base / 'data', manual_dir=base / 'manual',
+                           image_size=CIFAR_SIZE)
+        found = folder.load(str(base / 'unpacked' / 'cifar10' / split), image_size=CIFAR_SIZE,
+                            data_dir=str(base / 'data'), labelled=labelled)
+        assert [f'cifar10/{split}/{p}' for p in found.paths] == order[split]  # TFDS's stored order
+        assert found.paths != sorted(found.paths)  # (which is not the listing's)
+        np.testing.assert_array_equal(found.split.images, tf_split.images)
+        if labelled:
+            assert found.split.label_names == tf_split.label_names
+            np.testing.assert_array_equal(found.split.labels['label'], tf_split.labels['label'])
+        images[split] = tf_split.images, found.split.images
+    a = EpochBatches({'image': images['train'][0]}, 16, seed=1)
+    b = EpochBatches({'image': images['train'][1]}, 16, seed=1)
+    for step in range(2 * a.steps_per_epoch):
+        np.testing.assert_array_equal(a.batch(step)['image'], b.batch(step)['image'])
+
+
+def test_a_run_from_the_unpacked_archive_ends_with_the_tfds_runs_parameters(files, cifar):
+    import jax
+    import kamal_jax
+    from kamal_jax.data.builders.cifar10 import CLASS_NAMES
+    base, _ = files
+    cifar_base, _ = cifar
+    unpacked = cifar_base / 'unpacked' / 'cifar10'
+    common = dict(classes=CLASS_NAMES[:5], image_size=CIFAR_SIZE, data_dir=str(cifar_base / 'data'),
+                  crop_padding=4, flip=True)
+    runs = {}
+    for how, data in (('tfds', dict(name='kamal_cifar10', manual_dir=str(cifar_base / 'manual'), train_folder='')),
+                      ('folder', dict(train_folder=str(unpacked / 'train'), eval_folder=str(unpacked / 'test')))):
+        c = config(base, **common, **data)
+        c.stage1.batch_size = c.stage2.batch_size = 16  # 5 steps on the 80 training images
+        summary = pipeline.run(c, str(cifar_base / how))
+        runs[how] = summary, kamal_jax.load_student(str(cifar_base / how / 'export'))
+    (tfds_summary, tfds_student), (folder_summary, folder_student) = runs['tfds'], runs['folder']
+    assert tfds_summary['data']['train'] == folder_summary['data']['train'] == 80
+    for name, model in tfds_summary['models'].items():
+        assert folder_summary['models'][name]['accuracy'] == model['accuracy'], name
+    leaves = jax.tree_util.tree_leaves_with_path(tfds_student.variables)
+    other = dict(jax.tree_util.tree_leaves_with_path(folder_student.variables))
+    assert len(leaves) == len(other) > 10
+    for path, value in leaves:
+        np.testing.assert_array_equal(np.asarray(other[path]), np.asarray(value), err_msg=jax.tree_util.keystr(path))

@@ -5,7 +5,7 @@
     found.split          # an ArraySplit whose images are read from the records on disk
     found.skipped        # [(relative path, why)] of the files that are not readable images
 
-Every file under the folder (recursively, in sorted path order) is tried with Pillow: its EXIF
+Every file under the folder (recursively) is tried with Pillow: its EXIF
 orientation is applied, it is converted to RGB, and it is resized by `pixels.resize_array`, the
 function the TFDS path resizes with. Alpha is composited on white: a transparent background is
 most often meant as the page's, and dropping alpha would show whatever colour the transparent pixels
@@ -13,9 +13,15 @@ happen to hold (often black). CMYK is converted by Pillow's formula (embedded IC
 applied); 16-bit images are scaled to 8 bits. Files Pillow cannot open (unsupported formats such as
 HEIC, text files), truncated or corrupt ones are skipped and reported, never fatal.
 
+The rows come in `tfds_order`: a fixed pseudo-random order that does not depend on the file
+system (only on the files' names and the folder's own and its parent's names), and equals the order
+of the split TFDS stores when the project's archive builders (`kamal_cifar10`, `kamal_imagewoof`)
+read the same files from their archive. So a folder unpacked from `cifar10.tar.gz`
+(`.../cifar10/train`) feeds a run exactly the batches `data.name = 'kamal_cifar10'` does.
+
 The pixels are written once as a records folder (`kamal_jax.data.records`) under
 DATA_DIR/kamal_jax_records/folders/, and reused while the folder's listing (paths, sizes,
-modification times) and the image size are what they were when it was written.
+modification times), the image size and the row order are what they were when it was written.
 
 `labelled=True` reads the class-per-subfolder layout (`eval/cat/1.jpg`): the first sub-folder of a
 file names its class (label key 'label', the classes in sorted order); files at the top are skipped.
@@ -35,11 +41,13 @@ import numpy as np
 from kamal_jax.data import pixels
 from kamal_jax.data.split import ArraySplit
 
-__all__ = ['FolderError', 'Found', 'load', 'check_folder', 'list_files', 'decode', 'to_rgb', 'read_image', 'records_dir',
-           'write_skipped']
+__all__ = ['FolderError', 'Found', 'load', 'check_folder', 'list_files', 'tfds_order', 'decode', 'to_rgb', 'read_image',
+           'records_dir', 'write_skipped']
 
 CHUNK = 256  # images decoded together (their pixels are in memory at once), then written
 LABEL_KEY = 'label'
+# Recorded with the records: records written in another row order (before it was this) are rewritten.
+ORDER = 'tfds: md5(folder name + parent/folder/path)'
 
 
 class FolderError(ValueError):
@@ -64,6 +72,29 @@ def list_files(root: str) -> list[str]:
             if os.path.isfile(path):
                 found.append(name if rel == '.' else f'{rel}/{name}'.replace(os.sep, '/'))
     return sorted(found)
+
+
+def tfds_order(root: str, paths: Sequence[str]) -> list[str]:
+    """`paths` (relative to `root`) in the order TFDS stores a split built from an archive of
+    `root`'s parent, with each file's archive member name as its key.
+
+    TFDS writes a split sorted by a salted hash of the keys its builder yields
+    (`tfds.core.shuffle.Shuffler`: md5(salt + key) as a 128-bit integer, the salt being the split's
+    name). The project's archive builders yield key = member name (`cifar10/train/cat/0001.jpg`) for
+    the split named by its second part. Here the key is the file's path from the folder's parent's
+    parent (`cifar10/train/cat/0001.jpg` for the folder `.../cifar10/train`) and the salt the folder's
+    name (`train`), so the same files come in the same order. Ties (none in practice) go by path.
+    """
+    root = os.path.abspath(os.path.expanduser(root))
+    name, parent = os.path.basename(root), os.path.basename(os.path.dirname(root))
+    salted = hashlib.md5(name.encode('utf-8', 'surrogateescape'))
+
+    def key(rel: str) -> tuple[bytes, str]:
+        h = salted.copy()
+        h.update('/'.join(p for p in (parent, name, rel) if p).encode('utf-8', 'surrogateescape'))
+        return h.digest(), rel  # big-endian digest bytes sort as TFDS's integer hash does
+
+    return sorted(paths, key=key)
 
 
 def listing_digest(root: str, paths: Sequence[str]) -> str:
@@ -145,7 +176,8 @@ def load(root: str, *, image_size: Sequence[int], data_dir: str, crop_to_aspect:
     files = check_folder(root, field)
     out = records_dir(root, data_dir, image_size, crop_to_aspect, labelled)
     source = {'folder': root, 'listing': listing_digest(root, files), 'image_size': [int(s) for s in image_size],
-              'crop_to_aspect': bool(crop_to_aspect), 'labelled': bool(labelled)}
+              'crop_to_aspect': bool(crop_to_aspect), 'labelled': bool(labelled), 'order': ORDER}
+    files = tfds_order(root, files)
     try:
         info = records.read_info(out)
         kept = dict(info.get('source') or {})
