@@ -1,5 +1,6 @@
 """Image folders as splits: decoding rules, skipped files, records reuse (the TFDS path's batches from an
 unpacked archive: tests/test_own_images.py)."""
+import json
 import os
 
 import numpy as np
@@ -65,6 +66,13 @@ def test_a_second_load_reuses_the_records_without_decoding_and_a_change_rewrites
     os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))
     changed = folder.load(str(root), image_size=SIZE, data_dir=str(data))
     assert not changed.reused and changed.paths == found.paths
+    # Records of another row order (those written in sorted path order say none) are rewritten.
+    info_path = os.path.join(folder.records_dir(str(root), str(data), SIZE, True, False), 'info.json')
+    info = json.load(open(info_path))
+    del info['source']['order']
+    json.dump(info, open(info_path, 'w'))
+    reordered = folder.load(str(root), image_size=SIZE, data_dir=str(data))
+    assert not reordered.reused and reordered.paths == found.paths
 
 
 def test_an_empty_or_unreadable_folder_is_one_sentence(tmp_path):
