@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 from kamal_jax import config_schema, models, selection
 from kamal_jax.porting import generic
 from kamal_jax.recipes import RECIPES, one_stage_config, task_label_arrays
+from kamal_jax.recipes.one_stage import OneStage
+from kamal_jax.recipes.two_stage import TwoStage
 from kamal_jax.recipes.context import compute_dtype
 from kamal_jax.tasks import ConfigError, Plan, check_logit_slices, plan_from_config
 from kamal_jax.train import views as views_lib
@@ -138,6 +140,20 @@ def check_recipes(config: Any) -> tuple[str, tuple[str, ...]]:
     return main, names
 
 
+def check_teaching(config: Any, plan: Plan) -> None:
+    """The per-teacher recipes learn a task from teachers that know all its classes in one slice of
+    their logits (`Plan.group`); a task picked across teachers that each know some has none."""
+    for field, name in (('recipe', config.recipe), *(('baselines', n) for n in config.baselines)):
+        if not isinstance(RECIPES[name], (OneStage, TwoStage)):
+            continue
+        for task in plan.target_tasks:
+            if not plan.group(task):
+                some = ', '.join(dict.fromkeys(m.teacher for m in plan.members(task)))
+                raise ConfigError(f"{field} names {name!r}, which learns each task from teachers that know all its "
+                                  f"classes in one slice of their logits, but no teacher knows all of task {task!r}'s "
+                                  f"({some} know some); use the recipe 'unified' or 'naive_union'.")
+
+
 def validate(config: Any, workdir: str = '') -> Plan:
     """Everything that can be checked without touching data or weights (on the resolved config)."""
     config = config_schema.resolve(config)
@@ -154,6 +170,7 @@ def validate(config: Any, workdir: str = '') -> Plan:
     check_cache(config, 'stage1', 'teacher_cache')
     check_cache(config, 'stage2', 'component_cache')
     check_recipes(config)
+    check_teaching(config, plan)
     for teacher in plan.used_teachers:
         if generic.is_generic(teacher.arch) and generic.arch_error(teacher.arch):
             raise ConfigError(f'teachers.{teacher.name}.arch = {teacher.arch!r} is malformed: '

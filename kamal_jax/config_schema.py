@@ -143,7 +143,11 @@ HEAD = Section({
 
 TEACHER = Section({
     'checkpoint': _leaf('str', REQUIRED, "the PyTorch checkpoint ('{workdir}' is replaced by the run's workdir)"),
-    'heads': MapOf(HEAD, "the tasks it solves, by task name"),
+    'heads': MapOf(HEAD, "the tasks it solves, by task name (or give classes)", required=False),
+    'classes': _leaf('strs', (), 'the class name of each of its output logits, in order: it then serves every '
+                     'task that shares a class with it (empty: only the tasks of its heads)'),
+    'class_map': _leaf('dict', {}, "renames its classes to the names tasks use, {its class: name}; classes "
+                       "mapped to one name are merged, their probabilities summed (e.g. dog breeds into 'dog')"),
     'mean': _leaf('floats', REQUIRED, 'per-channel mean its images were normalised with (RGB, 0-1 scale)',
                   lengths=(1, 3)),
     'std': _leaf('floats', REQUIRED, 'per-channel standard deviation of its normalisation', lengths=(1, 3)),
@@ -154,6 +158,20 @@ TEACHER = Section({
     'ema': _leaf('bool', False, "port the checkpoint's EMA weights instead of its plain ones"),
     'kwargs': _leaf('dict', {}, "keyword arguments of a 'torch:'/'torchvision:' factory"),
 }, 'a pre-trained teacher')
+
+PICKED_TASK = Section({
+    'classes': _leaf('strs', REQUIRED, 'the class names the task predicts, any the teachers know (their classes '
+                     'or heads, after class_map)'),
+    'label_key': _leaf('str', 'label', 'which label of the data scores this task'),
+}, 'a target task picked by class names')
+
+UNIFIED = Section({
+    'outside': _leaf('str', 'weight', "what the unified recipes do with an image the teachers place outside a "
+                     "task: 'weight' its loss by the estimated chance that it shows one of the task's classes, "
+                     "'drop' it when that chance is under one half, or 'keep' it at full weight",
+                     choices=('weight', 'drop', 'keep')),
+    'iterations': _leaf('int', 100, 'fixed-point iterations of the unified estimate per image', low=1),
+}, "the unified target of teachers that know different classes (kamal_jax.unified)")
 
 DATA = Section({
     'name': _leaf('str', '', "a TFDS builder name, e.g. 'kamal_cifar10' or one from the TFDS catalogue (required "
@@ -235,13 +253,16 @@ BASELINE_STAGE = Section(
 SCHEMA = Section({
     'data': DATA,
     'teachers': MapOf(TEACHER, 'the pre-trained teachers, by name'),
-    'target_tasks': _leaf('strs', REQUIRED, 'the tasks the student serves (declared by the teachers\' heads)'),
+    'tasks': MapOf(PICKED_TASK, 'target tasks picked by class names, by task name', required=False),
+    'target_tasks': _leaf('strs', REQUIRED, "the tasks the student serves (declared by the teachers' heads or "
+                          "by tasks)"),
     'recipe': _leaf('str', 'product', 'the main recipe (kamal_jax.recipes.RECIPES)'),
     'baselines': _leaf('strs', (), 'more recipes trained and scored on the same data after it'),
     'seed': _leaf('int', 0, 'seed of every random choice of the run'),
     'stage1': STAGE1,
     'stage2': STAGE2,
     'baseline_stage': BASELINE_STAGE,
+    'unified': UNIFIED,
     'compute_dtype': _leaf('str', 'float32', "activations' dtype in training steps",
                            choices=('float32', 'bfloat16')),
     'eval_batch_size': _leaf('int', 256, 'images per evaluation batch', low=1),
@@ -649,19 +670,22 @@ def reference() -> str:
     for path, spec in fields():
         head = path.split('.')[0] if '.' in path else ''
         groups.setdefault(head, []).append((path, spec))
-    titles = {'': 'Top level', 'data': 'data', 'teachers': 'teachers', 'stage1': 'stage1',
-              'stage2': 'stage2', 'baseline_stage': 'baseline_stage'}
+    titles = {'': 'Top level', 'data': 'data', 'teachers': 'teachers', 'tasks': 'tasks', 'stage1': 'stage1',
+              'stage2': 'stage2', 'baseline_stage': 'baseline_stage', 'unified': 'unified'}
     meanings = {'': 'what the run trains, and how it logs', 'data': DATA.meaning,
                 'teachers': 'the pre-trained teachers, one entry per name (`teachers.NAME`), each with one '
                             'head per task it solves (`teachers.NAME.heads.TASK`)',
-                'stage1': STAGE1.meaning, 'stage2': STAGE2.meaning, 'baseline_stage': BASELINE_STAGE.meaning}
+                'tasks': 'target tasks picked by class names (`tasks.NAME`): any classes some teacher knows, '
+                         'served by every teacher that knows at least one of them',
+                'stage1': STAGE1.meaning, 'stage2': STAGE2.meaning, 'baseline_stage': BASELINE_STAGE.meaning,
+                'unified': UNIFIED.meaning}
     lines = ['# Configuration reference', '',
              'Generated from `kamal_jax/config_schema.py` by `python -m kamal_jax.config_schema > docs/CONFIG.md`;',
              'a test fails when the two differ. A config gives only the required fields and what it changes;',
              'every other field takes the default below. `kamal-jax --config FILE --print_config` prints a',
              "config resolved, marking the defaults. Any field can be set on the command line:",
              '`--config.stage1.lr=3e-3`.', '']
-    for head in ('data', 'teachers', '', 'stage1', 'stage2', 'baseline_stage'):
+    for head in ('data', 'teachers', 'tasks', '', 'stage1', 'stage2', 'baseline_stage', 'unified'):
         lines += [f'## {titles[head]}', '', meanings[head][0].upper() + meanings[head][1:] + '.', '',
                   '| field | type | default | meaning |', '|---|---|---|---|']
         for path, spec in groups[head]:

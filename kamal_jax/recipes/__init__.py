@@ -20,6 +20,12 @@ on the same held-out images and entered in the summary as `baseline_<name>`:
   dawid_skene  as `average`, from a label model's posterior: a confusion matrix per teacher, fitted
                by EM on the training images without labels (`selection.COMBINERS['dawid_skene']`,
                default hyper-parameters; `kamal_jax.label_models`), computed once per training view.
+  unified      teachers that know different classes: per head, KL from UHC's cross-entropy estimate of
+               the distribution whose restrictions are every serving teacher's softmax
+               (`kamal_jax.unified`), computed once per training view; `unified.outside` weighs the
+               images the teachers place outside the task. Needs no teacher that knows all classes.
+  naive_union  as `unified`, from the naive extension (each teacher's probabilities on its classes,
+               zero elsewhere, averaged).
 
 Two-stage recipes use `config.stage1` and `config.stage2` (changed as the entry says); one-stage
 ones the budget of `one_stage.one_stage_config` (T x stage1.epochs + stage2.epochs for T target
@@ -33,6 +39,7 @@ import os
 from kamal_jax.recipes.context import Outcome, Run
 from kamal_jax.recipes.one_stage import Labelled, OneStage, one_stage_config, task_label_arrays
 from kamal_jax.recipes.two_stage import TwoStage
+from kamal_jax.recipes.unified import Unified
 
 # The best label-free recipe measured (docs/BENCHMARKS.md, "The recipe x selector matrix"): the
 # recipe of a config that names none. 'paper' runs the paper's two stages.
@@ -51,6 +58,10 @@ RECIPES = {
     'supervised': Labelled('cross-entropy on the true training labels'),
     'dawid_skene': OneStage('multi-teacher KD, Dawid-Skene posterior of the teachers, T={temperature:g}',
                             combine='dawid_skene'),
+    'unified': Unified("UHC's cross-entropy estimate over teachers that know different classes, "
+                       'T={temperature:g}, outside: {outside}', estimate='cross_entropy'),
+    'naive_union': Unified('the naive extension over teachers that know different classes, T={temperature:g}, '
+                           'outside: {outside}', estimate='naive'),
 }
 
 

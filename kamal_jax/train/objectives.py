@@ -92,7 +92,8 @@ class Distill:
     selector: Callable = dataclasses.field(default_factory=lambda: selection.SELECTORS['least_entropy'])
     offline: bool = False        # the weights come from the batch: 'selected' indices or 'teacher_weights'
     combine: Callable[[Sequence[jax.Array], float], jax.Array] | None = None
-    precombined: bool = False    # with `combine`: the target is the batch's 'combined_target' (per task)
+    precombined: bool = False    # with `combine`: the target is the batch's 'combined_target' (per task),
+    #                              each sample's term weighted by 'combined_weight' where the batch has it
     by_task: bool = True
     cached: bool = False         # teachers' outputs from the batch (see train/teacher_cache.py)
     # With `cached` and a hard offline selection: teacher -> tap -> (batch key, shape) of the cache
@@ -205,7 +206,10 @@ class Distill:
                 target = batch['combined_target'][task]
             else:
                 target = self.combine([outputs(t, task, ())[0] for t in teachers], temperature)
-            kl = jnp.mean(losses.soft_target_kl(logits[task], target, temperature=temperature))
+            kl = losses.soft_target_kl(logits[task], target, temperature=temperature)
+            if self.precombined and 'combined_weight' in batch:  # per-sample weights with mean one
+                kl = kl * batch['combined_weight'][task]
+            kl = jnp.mean(kl)
             metrics[f'kl/{task}'] = kl
             total = total + kl
         metrics['loss'] = total
