@@ -186,3 +186,25 @@ def test_the_unified_recipes_train_a_student_of_a_picked_task(tmp_path):
     entry = entries['baseline_unified']
     assert entry['tasks'] == ['pick'] and 0.0 <= entry['accuracy']['pick'] <= 1.0 and entry['epochs'] == 1
     assert np.isfinite(entry['final_train_metrics']['loss']) and 'outside: drop' in entry['method']
+
+
+def test_the_target_screen_scores_teachers_on_the_classes_they_know_and_each_estimate():
+    from kamal_jax.benchmarks.unified_targets import score_task
+    plan = plan_from_config(_config({'animals': ANIMALS, 'vehicles': VEHICLES},
+                                     {'pick': dict(classes=['dog', 'horse', 'truck'])}))
+    union = unified.union_of(plan, 'pick')
+    labels = np.asarray(['dog', 'horse', 'truck', 'cat', 'ship', 'bird'])
+    # animals (cat dog horse bird) says dog, dog, cat, cat, horse, bird; vehicles (truck ship horse) truck, horse,
+    # truck, ship, ship, horse: on the images of classes they know, 3 of 4 and 3 of 3 right.
+    animals = np.log(np.eye(4)[[1, 1, 0, 0, 2, 3]] * 0.97 + 0.01)
+    vehicles = np.log(np.eye(3)[[0, 2, 0, 1, 1, 2]] * 0.97 + 0.01)
+    got = score_task(union, [animals, vehicles], labels, temperature=4.0, iterations=200)
+    assert got['teachers']['animals']['accuracy'] == 0.75 and got['teachers']['animals']['images'] == 4
+    assert got['teachers']['vehicles']['accuracy'] == 1.0 and got['teachers']['vehicles']['images'] == 3
+    assert got['images'] == 3 and got['other_images'] == 3
+    for kind in unified.ESTIMATES:
+        e = got['estimates'][kind]
+        assert 0 <= e['accuracy_T1'] <= 1 and 0 <= e['inside_on_other_images'] <= 1
+    # The cat image (both teachers sure it is outside the task) gets a low chance of being inside it.
+    assert got['estimates']['cross_entropy']['inside_on_task_images'] > got['estimates']['cross_entropy'][
+        'inside_on_other_images']

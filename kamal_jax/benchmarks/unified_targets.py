@@ -1,0 +1,130 @@
+"""The unified targets of a run whose teachers know different classes, scored without training a student.
+
+    python -m kamal_jax.benchmarks.unified_targets WORKDIR [--config NAME] [--json out.json]
+
+WORKDIR is a run's workdir (its stored config is read), or with `--config` (a config file or
+`kamal_jax:bench_cifar10_overlap:reduced`) any folder where that config's teacher
+checkpoints exist (its zoo trained into WORKDIR/zoo). On the held-out split,
+for each target task: each serving teacher scored on the images of the classes it knows, argmax over
+those classes (the fair reading of a net that cannot name the others); the accuracy of each unified
+estimate's argmax (`kamal_jax.unified.ESTIMATES`) on the task's images, at the temperature the
+recipes distil at and at 1; and what `unified.outside` sees: the estimated chance of being one of
+the task's classes (`inside`), on the task's images and on the others, and the share under one half
+(what 'drop' drops). Labels are read only to score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from kamal_jax import config_files, config_schema, pipeline, unified
+from kamal_jax.recipes import one_stage_config
+from kamal_jax.recipes.context import Run
+from kamal_jax.recipes.unified import whole_logits
+from kamal_jax.train import sharding
+
+
+def member_accuracy(member, logits: np.ndarray, label_names: np.ndarray) -> tuple[float, int]:
+    """(accuracy, images) of one teacher softmax on the images of the classes it knows."""
+    alone = unified.Union(member.names, len(member.names), (member,))
+    probs = unified.member_probabilities(alone, [logits])[:, 0]
+    known = np.isin(label_names, member.names)
+    predicted = np.asarray(member.names)[np.argmax(probs, -1)]
+    return float(np.mean(predicted[known] == label_names[known])), int(known.sum())
+
+
+def score_task(union: unified.Union, logits, label_names: np.ndarray, temperature: float,
+               iterations: int) -> dict:
+    """One task's teachers, estimates and inside chances on labelled images (`label_names` [N])."""
+    task_names = np.asarray(union.names[:union.task_size])
+    in_task = np.isin(label_names, task_names)
+    out = {'images': int(in_task.sum()), 'other_images': int((~in_task).sum()),
+           'teachers': {}, 'estimates': {}}
+    for m, z in zip(union.members, logits):
+        accuracy, images = member_accuracy(m, z, label_names)
+        out['teachers'][m.teacher] = {'classes': list(m.names), 'accuracy': accuracy, 'images': images}
+    mask = union.mask()
+    for kind in unified.ESTIMATES:
+        row = {}
+        for t in (temperature, 1.0):
+            q = unified.estimate(unified.member_probabilities(union, logits, t), mask, kind, iterations)
+            target, inside = unified.restrict(q, union.task_size)
+            predicted = task_names[np.argmax(target, -1)]
+            row[f'accuracy_T{t:g}'] = float(np.mean(predicted[in_task] == label_names[in_task]))
+            if t == 1.0:
+                row['inside_on_task_images'] = float(inside[in_task].mean())
+                row['under_half_on_task_images'] = float(np.mean(inside[in_task] < 0.5))
+                others = inside[~in_task]  # none for a task of every class the teachers know
+                row['inside_on_other_images'] = float(others.mean()) if others.size else float('nan')
+                row['under_half_on_other_images'] = float(np.mean(others < 0.5)) if others.size else float('nan')
+        out['estimates'][kind] = row
+    return out
+
+
+def score_run(workdir: str, config_name: str = '') -> dict:
+    if config_name:
+        config = config_schema.resolve(config_files.load_file(config_name))
+    else:
+        stored = json.load(open(os.path.join(workdir, 'config.json')))
+        config = config_schema.resolve(config_schema.stored_as_resolved(stored))
+    plan = pipeline.validate(config, workdir)
+    missing = [t.checkpoint for t in plan.used_teachers if not os.path.isfile(t.checkpoint)]
+    if missing:
+        raise SystemExit(f'error: teacher checkpoint {missing[0]} does not exist; launch the config on {workdir} '
+                         'first (it trains its zoo there).')
+    held_out = pipeline.load_split(config, config.data.eval_split)
+    size = tuple(held_out.images.shape[1:3])
+    teachers, frozen = pipeline.load_teachers(config, plan, workdir, size, sharding.make_mesh(-1))
+    run = Run(config, plan, teachers, frozen, None, held_out, None, workdir)
+    names = np.asarray(held_out.label_names['label'])[np.asarray(held_out.labels['label'])]
+    logits = {t.name: whole_logits(run, t.name, held_out.images) for t in plan.used_teachers}
+    temperature = one_stage_config(config).temperature
+    out = {}
+    for task in plan.target_tasks:
+        union = unified.union_of(plan, task)
+        out[task] = score_task(union, [logits[m.teacher] for m in union.members],
+                               np.asarray([str(n) for n in names]), temperature, config.unified.iterations)
+    return {'workdir': workdir, 'temperature': temperature, 'tasks': out}
+
+
+def table(result: dict) -> str:
+    lines = ['| task | estimate | accuracy (T = %g) | accuracy (T = 1) | inside, task images | inside, others '
+             '| others under 1/2 |' % result['temperature'], '|---|---|---:|---:|---:|---:|---:|']
+    key = f"accuracy_T{result['temperature']:g}"
+    for task, r in result['tasks'].items():
+        for kind, e in r['estimates'].items():
+            lines.append(f"| {task} | {kind} | {100 * e[key]:.1f} | "
+                         f"{100 * e['accuracy_T1']:.1f} | {e['inside_on_task_images']:.3f} | "
+                         f"{e['inside_on_other_images']:.3f} | {100 * e['under_half_on_other_images']:.1f}% |")
+    lines += ['', '| teacher | classes it knows | accuracy on their images | images |', '|---|---|---:|---:|']
+    seen = {}
+    for r in result['tasks'].values():
+        seen.update(r['teachers'])
+    for name, t in seen.items():
+        lines.append(f"| {name} | {', '.join(t['classes'])} | {100 * t['accuracy']:.1f} | {t['images']} |")
+    return '\n'.join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('workdir')
+    p.add_argument('--config', default='', help="a config file[:ARG] or kamal_jax:NAME[:ARG] (default: WORKDIR's stored config)")
+    p.add_argument('--json', default=None)
+    a = p.parse_args(argv)
+    if not a.config and not os.path.isfile(os.path.join(a.workdir, 'config.json')):
+        p.error(f'{a.workdir} holds no run (no config.json); name its config with --config.')
+    result = score_run(a.workdir, a.config)
+    result['command'] = 'python -m kamal_jax.benchmarks.unified_targets ' + ' '.join(argv or sys.argv[1:])
+    print(table(result), flush=True)
+    if a.json:
+        with open(a.json, 'w') as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()
