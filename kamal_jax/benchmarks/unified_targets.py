@@ -1,6 +1,13 @@
 """The unified targets of a run whose teachers know different classes, scored without training a student.
 
     python -m kamal_jax.benchmarks.unified_targets WORKDIR [--config NAME] [--json out.json]
+    python -m kamal_jax.benchmarks.unified_targets DIR/NAME.npz [...] --config NAME --task NAME=c1,c2,... [...]
+
+The second form reads the combination screen's stored inputs (`kamal_jax.benchmarks.combiners
+--store`: every teacher's whole output on the held-out images, as its partial teachers) and scores
+tasks picked by class names (`--task`) across the teachers of the config's zoo (whose
+`zoo.teachers.NAME.classes` name their logits): the very same teachers again, without their
+checkpoints or the data.
 
 WORKDIR is a run's workdir (its stored config is read), or with `--config` (a config file or
 `kamal_jax:bench_cifar10_overlap:reduced`) any folder where that config's teacher
@@ -22,7 +29,7 @@ import sys
 
 import numpy as np
 
-from kamal_jax import config_files, config_schema, pipeline, unified
+from kamal_jax import config_files, config_schema, pipeline, tasks as tasks_lib, unified
 from kamal_jax.recipes import one_stage_config
 from kamal_jax.recipes.context import Run
 from kamal_jax.recipes.unified import whole_logits
@@ -59,9 +66,9 @@ def score_task(union: unified.Union, logits, label_names: np.ndarray, temperatur
             if t == 1.0:
                 row['inside_on_task_images'] = float(inside[in_task].mean())
                 row['under_half_on_task_images'] = float(np.mean(inside[in_task] < 0.5))
-                others = inside[~in_task]  # none for a task of every class the teachers know
-                row['inside_on_other_images'] = float(others.mean()) if others.size else float('nan')
-                row['under_half_on_other_images'] = float(np.mean(others < 0.5)) if others.size else float('nan')
+                others = inside[~in_task]  # none (None) for a task of every class the teachers know
+                row['inside_on_other_images'] = float(others.mean()) if others.size else None
+                row['under_half_on_other_images'] = float(np.mean(others < 0.5)) if others.size else None
         out['estimates'][kind] = row
     return out
 
@@ -92,6 +99,37 @@ def score_run(workdir: str, config_name: str = '') -> dict:
     return {'workdir': workdir, 'temperature': temperature, 'tasks': out}
 
 
+def score_inputs(path: str, config_name: str, tasks: dict[str, list[str]], iterations: int = 100) -> dict:
+    """`tasks` (name -> class names) across the zoo teachers of screen inputs `path`."""
+    from kamal_jax.benchmarks import combiners
+    inputs = combiners.load_inputs(path)
+    config = config_schema.resolve(config_files.load_file(config_name))
+    zoo = config.zoo.teachers
+    logits, label_names = {}, None
+    for entry in inputs['tasks'].values():
+        logits.update(entry['test_partial'])
+        names = np.asarray(entry['classes'] + [''])[entry['test_labels']]  # '' outside the task (index -1)
+        label_names = names if label_names is None else np.where(names != '', names, label_names)
+    missing = [n for n in zoo if n not in logits]
+    if missing:
+        raise SystemExit(f'error: {path} holds no whole output of teacher {missing[0]!r}.')
+    plan = tasks_lib.plan_from_config(config_schema.resolve({
+        'data': config.data.to_dict(), 'target_tasks': tuple(tasks),
+        'tasks': {n: {'classes': list(c)} for n, c in tasks.items()},
+        'teachers': {n: {'checkpoint': 'unused', 'mean': (0.0,), 'std': (1.0,), 'classes': list(zoo[n]['classes'])}
+                     for n in zoo}}))
+    out = {}
+    for task in plan.target_tasks:
+        union = unified.union_of(plan, task)
+        out[task] = score_task(union, [logits[m.teacher] for m in union.members], label_names,
+                               inputs['temperature'], iterations)
+    return {'inputs': path, 'temperature': inputs['temperature'], 'tasks': out}
+
+
+def _figure(value, form: str) -> str:
+    return '-' if value is None else form.format(value)
+
+
 def table(result: dict) -> str:
     lines = ['| task | estimate | accuracy (T = %g) | accuracy (T = 1) | inside, task images | inside, others '
              '| others under 1/2 |' % result['temperature'], '|---|---|---:|---:|---:|---:|---:|']
@@ -100,7 +138,8 @@ def table(result: dict) -> str:
         for kind, e in r['estimates'].items():
             lines.append(f"| {task} | {kind} | {100 * e[key]:.1f} | "
                          f"{100 * e['accuracy_T1']:.1f} | {e['inside_on_task_images']:.3f} | "
-                         f"{e['inside_on_other_images']:.3f} | {100 * e['under_half_on_other_images']:.1f}% |")
+                         f"{_figure(e['inside_on_other_images'], '{:.3f}')} | "
+                         f"{_figure(e['under_half_on_other_images'], '{:.1%}')} |")
     lines += ['', '| teacher | classes it knows | accuracy on their images | images |', '|---|---|---:|---:|']
     seen = {}
     for r in result['tasks'].values():
@@ -110,17 +149,46 @@ def table(result: dict) -> str:
     return '\n'.join(lines)
 
 
+def mean_over(results: list[dict]) -> dict:
+    """Per task and estimate, each figure's mean over several results (e.g. zoos of five seeds)."""
+    out = {}
+    for task in results[0]['tasks']:
+        out[task] = {kind: {k: None if v is None else float(np.mean([r['tasks'][task]['estimates'][kind][k]
+                                                                    for r in results]))
+                            for k, v in e.items()} for kind, e in results[0]['tasks'][task]['estimates'].items()}
+    return out
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument('workdir')
+    p.add_argument('runs', nargs='+', help='a workdir, or screen inputs (.npz) that combiners --store wrote')
     p.add_argument('--config', default='', help="a config file[:ARG] or kamal_jax:NAME[:ARG] (default: WORKDIR's stored config)")
+    p.add_argument('--task', action='append', default=[], help='with screen inputs: NAME=class,class,...')
     p.add_argument('--json', default=None)
     a = p.parse_args(argv)
-    if not a.config and not os.path.isfile(os.path.join(a.workdir, 'config.json')):
-        p.error(f'{a.workdir} holds no run (no config.json); name its config with --config.')
-    result = score_run(a.workdir, a.config)
-    result['command'] = 'python -m kamal_jax.benchmarks.unified_targets ' + ' '.join(argv or sys.argv[1:])
-    print(table(result), flush=True)
+    command = 'python -m kamal_jax.benchmarks.unified_targets ' + ' '.join(argv or sys.argv[1:])
+    if all(r.endswith('.npz') for r in a.runs):
+        if not a.config or not a.task:
+            p.error('screen inputs need --config (whose zoo names the teachers\' classes) and at least one --task.')
+        tasks = {}
+        for t in a.task:
+            name, _, classes = t.partition('=')
+            if not name or not classes:
+                p.error(f'--task {t!r} must be NAME=class,class,...')
+            tasks[name] = [c.strip() for c in classes.split(',') if c.strip()]
+        results = [score_inputs(r, a.config, tasks) for r in a.runs]
+        for r in results:
+            print(f"\n{r['inputs']}\n{table(r)}", flush=True)
+        result = {'command': command, 'runs': results, 'mean': mean_over(results)}
+        print('\nmean over the inputs:\n' + json.dumps(result['mean'], indent=1))
+    else:
+        if len(a.runs) != 1:
+            p.error('give one workdir (or only .npz screen inputs).')
+        if not a.config and not os.path.isfile(os.path.join(a.runs[0], 'config.json')):
+            p.error(f'{a.runs[0]} holds no run (no config.json); name its config with --config.')
+        result = score_run(a.runs[0], a.config)
+        result['command'] = command
+        print(table(result), flush=True)
     if a.json:
         with open(a.json, 'w') as f:
             json.dump(result, f, indent=2)
