@@ -135,10 +135,7 @@ def parse_teachers(config_teachers: Mapping[str, Any], workdir: str = '') -> tup
             kind = hc.kind
             if kind not in KINDS:
                 raise ConfigError(f'{field}.kind must be one of {KINDS}, got {kind!r}.')
-            classes = tuple(str(c) for c in hc.classes)
-            if len(classes) < 2 or len(set(classes)) != len(classes):
-                raise ConfigError(f'{field}.classes must list at least two distinct class names, '
-                                  f'got {list(classes)}.')
+            classes = _class_names(hc.classes, f'{field}.classes')
             if kind == 'binary' and len(classes) != 2:
                 raise ConfigError(f'{field}.classes of a binary task must have two names, got {list(classes)}.')
             start, stop = _pair(hc.logits, f'{field}.logits')
