@@ -3,8 +3,10 @@
 Cases: the plain supervised student step (the yardstick); stage 1 and stage 2 with the frozen
 nets run in the step (on-the-fly augmentation); the same steps fed from the teacher / component
 caches (`*_cached`: stage 1 with offline selection and only the selected teacher's features, as
-`stage1.teacher_cache` stores them); and the caches' build rate (`*_cache_build`: the frozen nets'
-forward passes, paid once per view).
+`stage1.teacher_cache` stores them); the default one-stage recipe (`product`: the multi-head target
+learns every teacher's combined soft target) with live teachers and from the teachers' cached
+logits; and the caches' build rate (`*_cache_build`: the frozen nets' forward passes, paid once per
+view).
 
     python -m kamal_jax.benchmarks.steps --config configs/bench_steps.py [--json out.json]
 
@@ -36,8 +38,9 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from kamal_jax import config_schema, models
+from kamal_jax import config_schema, models, selection
 from kamal_jax.train import sharding, teacher_cache
+from kamal_jax.train.augment import to_unit
 from kamal_jax.train.nets import Net
 from kamal_jax.train.state import create_state, make_optimizer
 from kamal_jax.train.objectives import Amalgamate, Distill, LossWeights, Supervised, make_pairs
@@ -127,6 +130,14 @@ def _cases(c, rng, images):
                  for stage in (offline, stage2_cached)}
     stage1_cache = _cache_rows(offline, teacher_vars, cache_inputs, build_fns[offline])
     stage2_cache = _cache_rows(stage2_cached, comp_vars, {'image': images}, build_fns[stage2_cached])
+    # The default recipe (`product`, one stage): the multi-head target learns every teacher's combined
+    # soft target, the teachers run live at every step or their logits come from the one-stage cache.
+    one_stage = Distill(target, ((tasks[0], tuple(teachers)),), {}, LossWeights(temperature=4.0),
+                        combine=selection.get_combiner('product'))
+    one_stage_cached = dataclasses.replace(one_stage, cached=True)
+    logits = jax.jit(lambda v, x: {teacher_cache.logits_key(t.name): t.apply_eval(v[t.name], x)[0][tasks[0]]
+                                   for t in teachers})
+    one_stage_cache = jax.device_get(logits(teacher_vars, to_unit(jnp.asarray(images))))
     cases = {
         'supervised': (Supervised(component, (tasks[0],)).loss, component, {}, {}, labels),
         'supervised_target': (Supervised(target, tuple(tasks)).loss, target, {}, {}, labels),
@@ -135,6 +146,8 @@ def _cases(c, rng, images):
         'stage1_cached': (offline.loss, component, offline.init_bridges(rng), {},
                           {'selected': selected, **stage1_cache}),
         'stage2_cached': (stage2_cached.loss, target, stage2_cached.init_bridges(rng), {}, stage2_cache),
+        'one_stage': (one_stage.loss, target, {}, teacher_vars, {}),
+        'one_stage_cached': (one_stage_cached.loss, target, {}, {}, one_stage_cache),
     }
     builds = [('stage1_cache_build', build_fns[offline], teacher_vars, cache_inputs),
               ('stage2_cache_build', build_fns[stage2_cached], comp_vars, {'image': images})]
@@ -198,8 +211,9 @@ def _torch_reference(config_arg: str, torch_compile: str = 'auto') -> dict:
 
 
 def yardstick(case: str) -> str:
-    """The plain supervised step of the same student: the component's for stage 1, the target's for stage 2."""
-    return 'supervised_target' if case.startswith('stage2') else 'supervised'
+    """The plain supervised step of the same student: the component's for stage 1, the target's for
+    stage 2 and the one-stage recipes."""
+    return 'supervised_target' if case.startswith(('stage2', 'one_stage')) else 'supervised'
 
 
 def table(results: dict, torch_results: dict | None = None) -> str:
@@ -210,8 +224,8 @@ def table(results: dict, torch_results: dict | None = None) -> str:
     lines = [head, '|---|' + '---:|' * (head.count('|') - 2)]
     for name, r in results.items():
         rate = r['images_per_s']
-        sup = results.get(yardstick(name), results['supervised'])['images_per_s']
-        row = f'| {name} | {rate:.1f} | {rate / sup:.2f}x |'
+        sup = results.get(yardstick(name), results.get('supervised'))
+        row = f'| {name} | {rate:.1f} | ' + (f'{rate / sup["images_per_s"]:.2f}x |' if sup else '|')
         if torch_results:
             ref = torch_results.get(name.replace('_cached', ''))
             setting = f' ({ref["setting"]})' if ref and 'setting' in ref else ''

@@ -1,4 +1,5 @@
-"""The paper's stage-1 / stage-2 / supervised steps in PyTorch, as the reference for speed.
+"""The paper's stage-1 / stage-2 / supervised steps and the default one-stage recipe's step
+(`product`, teachers live) in PyTorch, as the reference for speed.
 
     python -m kamal_jax.benchmarks.torch_steps --config configs/bench_steps.py [--json out.json]
 
@@ -157,6 +158,20 @@ def build_cases(c, device, layout, bf16: bool, dtype=torch.float32) -> dict:
     cases['stage2'] = (stage2, list(target.parameters()) + list(bridges2.parameters()),
                        torch.optim.Adam([{'params': target.parameters(), 'lr': 5e-4},
                                          {'params': bridges2.parameters(), 'lr': 1e-3}]))
+
+    # The default one-stage recipe (`product`): the target learns the teachers' combined soft target
+    # (softmax of their mean logits at T = 4) by KL, every teacher run live on the batch.
+    target1 = build(c.target_arch, n * c.num_tasks, widths).train()
+
+    def one_stage(temperature=4.0):
+        with torch.no_grad(), autocast():
+            mean = torch.stack([_f32(t(x)[:, :n]) for t in teachers]).mean(0)
+            target_probs = F.softmax(mean / temperature, -1)
+        with autocast():
+            logq = F.log_softmax(_f32(target1(x)[:, :n]) / temperature, -1)
+        return F.kl_div(logq, target_probs, reduction='batchmean') * temperature ** 2
+    cases['one_stage'] = (one_stage, list(target1.parameters()),
+                          torch.optim.Adam(target1.parameters(), lr=5e-4))
     return cases
 
 
