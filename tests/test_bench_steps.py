@@ -24,7 +24,7 @@ def _tiny():
 def test_benchmark_times_every_case_and_tabulates():
     out = steps.run(_tiny())
     cases = ('supervised', 'supervised_target', 'stage1', 'stage2', 'stage1_cached', 'stage2_cached',
-             'stage1_cache_build', 'stage2_cache_build')
+             'one_stage', 'one_stage_cached', 'stage1_cache_build', 'stage2_cache_build')
     assert tuple(out['results']) == cases
     assert all(r['images_per_s'] > 0 and r['first_step_s'] > 0 for r in out['results'].values())
     torch_like = {'supervised': {'images_per_s': 10.0}, 'stage1': {'images_per_s': 5.0},
@@ -40,6 +40,8 @@ def test_benchmark_times_every_case_and_tabulates():
     target_sup = out['results']['supervised_target']['images_per_s']
     assert f"{out['results']['stage2_cached']['images_per_s'] / target_sup:.2f}x" in stage2
     assert lines[-1].endswith('| | |')  # cache builds have no PyTorch counterpart
+    one_stage = next(l for l in lines if l.startswith('| one_stage_cached |'))  # the target's own step too
+    assert f"{out['results']['one_stage_cached']['images_per_s'] / target_sup:.2f}x" in one_stage
 
 
 def test_cache_rows_hold_only_the_selected_teachers_features():
@@ -92,7 +94,7 @@ def test_torch_recipe_runs_under_bf16_autocast(tmp_path):
                     '--config.compute_dtype=bfloat16', '--config.timed_steps=1', '--config.warmup_steps=1',
                     f'--json={out}'], check=True, cwd=root, capture_output=True)
     result = json.loads(out.read_text())
-    assert set(result['results']) == {'supervised', 'stage1', 'stage2'}
+    assert set(result['results']) == {'supervised', 'stage1', 'stage2', 'one_stage'}
     assert all(r['images_per_s'] > 0 for r in result['results'].values())
     assert result['config']['compute_dtype'] == 'bfloat16' and result['device'] == 'cpu'
 
@@ -126,7 +128,7 @@ json.dump({{'good': good, 'bad': bad}}, open(sys.argv[1], 'w'))
                    env={**os.environ, 'PYTHONPATH': root})
     result = json.loads(out.read_text())
     good, bad = result['good'], result['bad']
-    assert set(good['layout_check']) == {'supervised', 'stage1', 'stage2'}
+    assert set(good['layout_check']) == {'supervised', 'stage1', 'stage2', 'one_stage'}
     for case, check in good['layout_check'].items():
         assert check['ok'] and check['grad_rel'] < 2e-2 and check['loss_rel'] < 1e-5, (case, check)
         rates = {s: good['by_setting'][s][case]['images_per_s'] for s in ('nchw', 'channels_last')}
