@@ -182,6 +182,8 @@ ARCHS = {
     # option A (zero-pad shortcuts); they port as cifar_resnetN with shortcut 'zero_pad' (arch 'auto')
     'cifar_resnet20_a': lambda n, w, c: cifar_resnet(20, n, w, c, 'zero_pad'),
     'cifar_resnet32_a': lambda n, w, c: cifar_resnet(32, n, w, c, 'zero_pad'),
+    'cifar_resnet44_a': lambda n, w, c: cifar_resnet(44, n, w, c, 'zero_pad'),
+    'cifar_resnet56_a': lambda n, w, c: cifar_resnet(56, n, w, c, 'zero_pad'),
     'cifar_resnet56': lambda n, w, c: cifar_resnet(56, n, w, c),
 }
 
