@@ -66,7 +66,7 @@ class FrozenOutputs:
         """`net`'s `task` logits and its features (teacher `index` of the group, for cached reads)."""
         if self.cached:
             return teacher_cache.read_outputs(self.batch, net, [pair[0].name for pair in pairs],
-                                              (self.slots or {}).get(net.name), index)
+                                              (self.slots or {}).get(net.name), index, task)
         if net.name not in self._computed:
             self._computed[net.name] = jax.lax.stop_gradient(net.apply_eval(self.frozen[net.name], self.images))
         logits, feats = self._computed[net.name]
@@ -215,8 +215,14 @@ class Distill:
         metrics['loss'] = total
         return total, metrics
 
-    def cache_spec(self) -> teacher_cache.Spec:
-        """What the stage-1 cache must hold for this loss (one task, a component net)."""
+    def cache_spec(self, logits_dtype: str = 'float16') -> teacher_cache.Spec:
+        """What the cache must hold for this loss: for a component net (stage 1, one task) the
+        teachers' logits and matched features; for a one-stage target learning a combined target,
+        every teacher's logits per task it teaches, in `logits_dtype`."""
+        if self.combine is not None:
+            return teacher_cache.Spec(
+                name='one_stage', kind='teacher', nets=tuple((t, task) for task, ts in self.groups for t in ts),
+                taps={t.name: () for t in self.teachers}, logits_by_task=True, logits_dtype=logits_dtype)
         (task, teachers), = self.groups
         return teacher_cache.Spec(
             name=f'stage1/{task}', kind='teacher', nets=tuple((t, task) for t in teachers),

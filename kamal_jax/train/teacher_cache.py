@@ -42,8 +42,10 @@ SELECTED = 'selected'  # each sample's selected teacher, when the build made the
 FEATURE_DTYPES = {'float16': np.float16, 'bfloat16': ml_dtypes.bfloat16, 'float32': np.float32}
 
 
-def logits_key(net: str) -> str:
-    return f'cache/{net}/logits'
+def logits_key(net: str, task: str | None = None) -> str:
+    """Where a net's task logits sit in a cache: per net (one task per net in a stage's cache) or,
+    for a cache serving several tasks (`Spec.logits_by_task`), per net and task."""
+    return f'cache/{net}/logits' if task is None else f'cache/{net}/logits/{task}'
 
 
 def feature_key(net: str, tap: str) -> str:
@@ -67,6 +69,8 @@ class Spec:
     # Selected-teacher-only storage: teacher -> tap -> (slot, per-sample shape); see `selected_slots`.
     selected_slots: Mapping[str, Mapping[str, tuple[str, tuple[int, ...]]]] | None = None
     select: Callable | None = None        # a hard selector, when the build makes the selection
+    logits_by_task: bool = False          # key the logits by net and task (a net may teach several tasks)
+    logits_dtype: str = 'float32'         # how the logits are stored (a logits-only cache: float16)
 
 
 class CacheTooLarge(ValueError):
@@ -83,14 +87,17 @@ def outputs_fn(spec: Spec, feature_dtype: str = 'float16'):
     `inputs` holds uint8 'image' and, for selected-only storage, each sample's 'selected' teacher;
     without it the selector picks one here, and it is returned as `SELECTED`.
     """
-    dtype = FEATURE_DTYPES[feature_dtype]
+    dtype, logits_dtype = FEATURE_DTYPES[feature_dtype], FEATURE_DTYPES[spec.logits_dtype]
 
     def fn(frozen, inputs):
         x = to_unit(inputs['image'])
-        logits, feats = {}, {}
+        logits, feats, outputs = {}, {}, {}
         for net, task in spec.nets:
-            net_logits, net_feats = net.apply_eval(frozen[net.name], x)
-            logits[logits_key(net.name)] = net_logits[task].astype(jnp.float32)
+            if net.name not in outputs:  # a net teaching several tasks runs once
+                outputs[net.name] = net.apply_eval(frozen[net.name], x)
+            net_logits, net_feats = outputs[net.name]
+            key = logits_key(net.name, task if spec.logits_by_task else None)
+            logits[key] = net_logits[task].astype(logits_dtype)
             feats.update({feature_key(net.name, tap): net_feats[tap].astype(dtype) for tap in spec.taps[net.name]})
         if spec.selected_slots:
             names = [net.name for net, _ in spec.nets]
@@ -147,8 +154,8 @@ def _flat_padded(a: jax.Array, width: int) -> jax.Array:
     return jnp.pad(a, ((0, 0), (0, width - a.shape[1])))
 
 
-def read_outputs(batch: Mapping[str, jax.Array], net, taps, slots=None, index: int = 0):
-    """A frozen net's cached task logits (float32) and features (in its compute dtype) for the batch.
+def read_outputs(batch: Mapping[str, jax.Array], net, taps, slots=None, index: int = 0, task: str | None = None):
+    """A frozen net's cached `task` logits (as float32) and features (in its compute dtype) for the batch.
 
     With `slots` (selected-only storage) only the samples that selected this net (teacher `index`)
     have its features; the others get zeros, and the selection mask drops their terms anyway.
@@ -164,7 +171,8 @@ def read_outputs(batch: Mapping[str, jax.Array], net, taps, slots=None, index: i
         else:
             a = batch[feature_key(net.name, tap)]
         feats[tap] = a.astype(dtype)
-    return batch[logits_key(net.name)].astype(jnp.float32), feats
+    by_task = logits_key(net.name, task)
+    return batch[by_task if task is not None and by_task in batch else logits_key(net.name)].astype(jnp.float32), feats
 
 
 def variables_sha256(variables: Any) -> str:
