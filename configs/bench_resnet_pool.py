@@ -14,7 +14,7 @@ the run trains itself first in PyTorch (`WORKDIR/zoo/`), each on its half of the
 
 Deep teachers make a live step of the default recipe (`product`, one stage, a two-head ResNet-20
 target) spend most of its time in the teachers: the case the teacher logits cache
-(`baseline_stage.logits_cache`) is for.
+is for.
 
 `:reduced` trains the students on 10000 images (`budgets.shrink_to_reduced`); `:tiny` is a smoke
 run whose accuracies mean nothing.
