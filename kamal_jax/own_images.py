@@ -13,12 +13,11 @@ import numpy as np
 from kamal_jax.config_checks import FolderFields
 from kamal_jax.data import folder, records
 from kamal_jax.data.split import ArraySplit
+from kamal_jax.layout import Layout
 from kamal_jax.tasks import ConfigError, Plan
 
 log = logging.getLogger('kamal_jax')
 
-SKIPPED_FILE = 'skipped_images.tsv'
-HELD_OUT_FILE = 'held_out_images.txt'
 
 
 class FolderSplit(NamedTuple):
@@ -102,18 +101,18 @@ class Notes(NamedTuple):
 def write_notes(workdir: str, notes: Notes) -> None:
     """Logs them; writes WORKDIR/skipped_images.tsv (field, path, why) and, when a share was held
     out, WORKDIR/held_out_images.txt (one path per line, relative to the training folder)."""
-    parts, held_out = notes.parts, notes.held_out
+    parts, held_out, layout = notes.parts, notes.held_out, Layout(workdir)
     for line in notes.warnings:
         log.warning('%s', line)
     for p in parts:  # logged once the workdir's log file is open
         log.info('%s = %r: %d readable images%s; %d files skipped%s', p.field, p.root, len(p.paths),
                  ' (records reused: nothing decoded)' if p.reused else '', len(p.skipped),
-                 f' (listed in {os.path.join(workdir, SKIPPED_FILE)})' if p.skipped else '')
+                 f' (listed in {layout.skipped_images})' if p.skipped else '')
     skipped = [(p.field, rel, why) for p in parts for rel, why in p.skipped]
     if skipped:
-        with open(os.path.join(workdir, SKIPPED_FILE), 'w') as f:
+        with open(layout.skipped_images, 'w') as f:
             f.write('field\tpath\treason\n')
             f.writelines(f'{field}\t{rel}\t{why}\n' for field, rel, why in skipped)
     if held_out is not None:
-        with open(os.path.join(workdir, HELD_OUT_FILE), 'w') as f:
+        with open(layout.held_out_images, 'w') as f:
             f.writelines(f'{rel}\n' for rel in held_out.paths)

@@ -20,6 +20,7 @@ import numpy as np
 from kamal_jax import config_schema, diagnostics, export, own_images, porting, summary as summary_lib
 from kamal_jax import workdir as workdir_lib
 from kamal_jax.config_checks import check_data, folder_fields, validate
+from kamal_jax.layout import Layout
 from kamal_jax.recipes import Outcome, Run, run_recipe
 from kamal_jax.recipes.context import fmt
 from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices
@@ -141,9 +142,9 @@ def ensure_zoo_teachers(config: Any, plan: Plan, workdir: str) -> None:
     zoo = config.zoo
     if not missing or not zoo:
         return
-    out = os.path.join(workdir, 'zoo')
+    layout = Layout(workdir)
+    out, spec = layout.zoo, layout.zoo_config
     os.makedirs(out, exist_ok=True)
-    spec = os.path.join(out, 'zoo_config.json')
     with open(spec, 'w') as f:
         json.dump({'data': config.data.to_dict(), 'seed': config.seed, **zoo.to_dict()}, f, indent=2)
     log.info('training %d teacher(s) in PyTorch: %s', len(missing), ', '.join(t.name for t in missing))
@@ -164,7 +165,7 @@ def export_net(directory: str, net: Net, variables: Any, plan: Plan, image_size)
 # ----------------------------------------------------------------------------- the run
 
 def _log_to_file(workdir: str) -> None:
-    path = os.path.join(workdir, 'log.txt')
+    path = Layout(workdir).log
     if not any(getattr(h, 'baseFilename', None) == path for h in log.handlers):
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter('%(asctime)s %(message)s'))
@@ -185,11 +186,11 @@ def _check_unlocked(workdir: str) -> None:
 def _claim(config: Any, workdir: str, overwrite: bool) -> bool:
     """Locks and claims the workdir for this config; True when resuming. Process 0 alone locks
     and writes it: the processes of one multi-host run are one run."""
-    distributed.check_same_config(config.to_dict())  # several processes: the same config on each
+    distributed.check_same_config(config.to_dict(), workdir_lib.first_difference)  # the same config on each process
 
     def claim() -> bool:
         if not distributed.is_primary():
-            return os.path.isfile(os.path.join(workdir, workdir_lib.CONFIG_FILE))
+            return os.path.isfile(Layout(workdir).config)
         if os.path.abspath(workdir) in _LOCKS:  # this process holds it already (prepare, then run)
             return workdir_lib.prepare(workdir, config.to_dict(), overwrite=overwrite)
         resumed, _LOCKS[os.path.abspath(workdir)] = workdir_lib.claim(workdir, config.to_dict(),
@@ -211,7 +212,7 @@ def release(workdir: str) -> None:
 def load_teachers(config: Any, plan: Plan, workdir: str, image_size, mesh):
     """The used teachers ported (or read from the workdir's cache), their variables replicated."""
     def load():  # process 0 ports and caches them, the others then read the cache
-        return {spec.name: load_teacher(spec, os.path.join(workdir, 'teachers'), image_size)
+        return {spec.name: load_teacher(spec, Layout(workdir).teachers, image_size)
                 for spec in plan.used_teachers}
     loaded = distributed.primary_first(load, 'loading the teachers')
     teachers = {name: net for name, (net, _) in loaded.items()}
@@ -252,22 +253,21 @@ def _write_diagnostics_scalars(workdir: str, entries: dict) -> None:
     from kamal_jax.train.metrics import Writers
     scalars = summary_lib.diagnostics_scalars(entries)
     if scalars:
-        writers = Writers(os.path.join(workdir, 'tb', summary_lib.DIAGNOSTICS))
+        writers = Writers(Layout(workdir).diagnostics_tb)
         writers.write_scalars(0, scalars)
         writers.close()
 
 
 def _check_teacher_files(config: Any, plan: Plan, workdir: str, image_size) -> None:
     """Every checkpoint the zoo will not train exists, reads, and has the logits its heads slice."""
-    zoo = config.zoo
-    zoo_out = os.path.join(workdir, 'zoo')
+    zoo, layout = config.zoo, Layout(workdir)
     for spec in plan.used_teachers:
         field = f'teachers.{spec.name}.checkpoint'
         if not os.path.isfile(spec.checkpoint):
-            if zoo and spec.name in zoo.teachers and os.path.abspath(spec.checkpoint) == os.path.join(
-                    zoo_out, f'{spec.name}.pth'):
+            if zoo and spec.name in zoo.teachers and os.path.abspath(spec.checkpoint) == layout.zoo_checkpoint(
+                    spec.name):
                 continue  # the zoo trains it first
-            where = (f'; the zoo writes teacher {spec.name!r} to {os.path.join(zoo_out, spec.name + ".pth")!r}'
+            where = (f'; the zoo writes teacher {spec.name!r} to {layout.zoo_checkpoint(spec.name)!r}'
                      if zoo and spec.name in zoo.teachers else '')
             raise ConfigError(f'{field} = {spec.checkpoint!r} does not exist{where}.')
         if spec.arch.startswith(('torch:', 'torchvision:')):
@@ -343,7 +343,7 @@ def run_recipes(run: Run, names, *, main: str | None = None,
         is_main = name == main
         outcome = run_recipe(name, run, is_main)
         if distributed.is_primary():
-            export_net(os.path.join(run.workdir, 'export', *(() if is_main else ('baselines', name))), outcome.net,
+            export_net(run.layout.export(name, is_main), outcome.net,
                        outcome.variables, run.plan, image_size)
         key = 'target' if is_main else f'baseline_{name}'
         log.info('%s: %s', 'target' if is_main else f'baseline {name}', fmt(outcome.entries[key]['accuracy']))
@@ -406,7 +406,7 @@ def _run(config: Any, workdir: str, overwrite: bool) -> dict:
         if pending or name != main:
             publish()
         if name == main and pending:
-            log.info('summary so far in %s; baselines to train: %s', os.path.join(workdir, 'summary.md'),
+            log.info('summary so far in %s; baselines to train: %s', Layout(workdir).summary_md,
                      ', '.join(pending))
 
     try:
@@ -422,7 +422,7 @@ def _run(config: Any, workdir: str, overwrite: bool) -> dict:
     table, result = publish()
     if distributed.is_primary():
         _write_diagnostics_scalars(workdir, entries)
-        log.info('summary (also in %s):\n%s', os.path.join(workdir, 'summary.md'), table)
+        log.info('summary (also in %s):\n%s', Layout(workdir).summary_md, table)
         _write_report(workdir)
     distributed.barrier('kamal_jax_run_done')
     return result

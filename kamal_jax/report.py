@@ -18,10 +18,10 @@ import os
 import sys
 from typing import Mapping
 
-from kamal_jax.summary import DIAGNOSTICS, DIAGNOSTICS_HEADER, diagnostics_rows
+from kamal_jax.layout import DIAGNOSTICS, TB, Layout
+from kamal_jax.summary import DIAGNOSTICS_HEADER, diagnostics_rows
 from kamal_jax.train.metrics import JSONL
 
-OUT = 'report'
 Curves = dict[str, tuple[list[int], list[float]]]  # scalar name -> (steps, values)
 
 
@@ -33,9 +33,9 @@ def read_curves(workdir: str) -> dict[str, Curves]:
         if JSONL not in files:
             continue
         parts = os.path.relpath(root, workdir).split(os.sep)
-        if 'tb' not in parts:
+        if TB not in parts:
             continue
-        cut = len(parts) - 1 - parts[::-1].index('tb')  # WORKDIR[/baselines/NAME]/tb/STAGE
+        cut = len(parts) - 1 - parts[::-1].index(TB)  # WORKDIR[/baselines/NAME]/tb/STAGE
         stage = '/'.join(parts[:cut] + parts[cut + 1:])
         by_key: dict[str, dict[int, float]] = {}
         with open(os.path.join(root, JSONL)) as f:
@@ -149,7 +149,8 @@ def _teacher_plots(summary: Mapping, out: str) -> list[tuple[str, str]]:
 
 def write_report(workdir: str) -> str:
     """Writes WORKDIR/report/index.html and its PNGs; returns the HTML's path."""
-    out = os.path.join(workdir, OUT)
+    layout = Layout(workdir)
+    out = layout.report
     os.makedirs(out, exist_ok=True)
     plots = []
     for stage, curves in sorted(read_curves(workdir).items()):
@@ -160,7 +161,7 @@ def write_report(workdir: str) -> str:
         if any(k.startswith('selected/') for k in curves):
             plots.append((f'Teacher selection: {stage}',
                           plot_selection(stage, curves, os.path.join(out, f'selection_{slug}.png'))))
-    path = os.path.join(workdir, 'summary.json')
+    path = layout.summary_json
     summary = json.load(open(path)) if os.path.isfile(path) else None
     if summary:
         plots += _teacher_plots(summary, out)

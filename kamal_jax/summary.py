@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
 from kamal_jax.files import write_atomic
+from kamal_jax.layout import Layout
 from kamal_jax.tasks import Task
 
 ROLE_ORDER = {'teacher': 0, 'component': 1, 'baseline': 2, 'target': 3}
@@ -141,7 +141,7 @@ def read(workdir: str) -> dict:
     """The workdir's summary.json as a previous launch left it ({} if there is none or it does not
     parse: it is then only not carried over)."""
     try:
-        with open(os.path.join(workdir, 'summary.json')) as f:
+        with open(Layout(workdir).summary_json) as f:
             summary = json.load(f)
     except (OSError, ValueError):
         return {}
@@ -170,7 +170,8 @@ def keep_finished(previous: Mapping[str, Any], entries: Mapping[str, dict],
 
 def write(workdir: str, summary: Mapping[str, Any]) -> str:
     """Writes summary.json and summary.md (each whole or not at all: a run rewrites them as it goes)."""
-    write_atomic(os.path.join(workdir, 'summary.json'), json.dumps(summary, indent=2).encode())
+    layout = Layout(workdir)
+    write_atomic(layout.summary_json, json.dumps(summary, indent=2).encode())
     table = markdown(summary)
-    write_atomic(os.path.join(workdir, 'summary.md'), table.encode())
+    write_atomic(layout.summary_md, table.encode())
     return table

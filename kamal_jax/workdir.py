@@ -22,10 +22,9 @@ from typing import Any
 
 from kamal_jax import config_schema, locks
 from kamal_jax.files import write_atomic
-
-CONFIG_FILE = 'config.json'
-LOCK_FILE = 'run.lock'  # held by the run using the workdir; never deleted (see kamal_jax.locks)
-STOP_FILE = 'stopped.json'  # a stage stopped on a non-finite loss: what a relaunch may change
+# LOCK_FILE: held by the run using the workdir, never deleted (see kamal_jax.locks); STOP_FILE: a stage
+# stopped on a non-finite loss, what a relaunch may change.
+from kamal_jax.layout import CONFIG_FILE, LOCK_FILE, STOP_FILE, Layout  # noqa: F401 (names of this module)
 ADDITIVE_FIELDS = ('baselines', 'relaunches')  # may change between runs of one workdir
 # After a non-finite stop, a relaunch may change these fields of the stopped stage's config sections.
 RETUNABLE_FIELDS = ('lr', 'bridge_lr', 'feature_weight', 'logit_weight', 'weight_norm')
@@ -63,7 +62,7 @@ def first_difference(old: dict, new: dict, *, skip_run_control: bool = False,
 def read_stored(workdir: str) -> dict | None:
     """The config stored in `workdir` (None when there is none, or it cannot be read)."""
     try:
-        with open(os.path.join(workdir, CONFIG_FILE)) as f:
+        with open(Layout(workdir).config) as f:
             stored = json.load(f)
     except (OSError, ValueError):
         return None
@@ -88,8 +87,9 @@ def check_writable(workdir: str) -> None:
 def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool:
     """Claims `workdir` for this config; returns True when resuming an earlier run of it."""
     config_dict = json.loads(json.dumps(config_dict))  # tuples -> lists, as stored
-    path = os.path.join(workdir, CONFIG_FILE)
-    if os.path.isdir(workdir) and _contents(workdir):
+    layout = Layout(workdir)
+    path = layout.config
+    if os.path.isdir(workdir) and layout.contents():
         if os.path.isfile(path):
             stored = json.load(open(path))
             stop = _read_stop(workdir)
@@ -107,7 +107,7 @@ def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool
                 if stored != config_dict:  # only additive, run-control or retuned fields changed
                     _write_config(path, config_dict)
                 if stop:
-                    os.remove(os.path.join(workdir, STOP_FILE))
+                    os.remove(layout.stop)
                 return True
             reason = f'holds a run of a different config ({diff})'
         else:
@@ -121,14 +121,9 @@ def prepare(workdir: str, config_dict: dict, *, overwrite: bool = False) -> bool
     return False
 
 
-def _contents(workdir: str) -> list[str]:
-    return [name for name in os.listdir(workdir) if name != LOCK_FILE]
-
-
 def _clear(workdir: str) -> None:
     """Deletes what the workdir holds (`--overwrite`) but its lock, which this run holds."""
-    for name in _contents(workdir):
-        path = os.path.join(workdir, name)
+    for path in Layout(workdir).contents():
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         else:
@@ -141,14 +136,14 @@ def _lock_words(workdir: str) -> tuple[str, str]:
 
 def check_unlocked(workdir: str) -> None:
     """Refuses, before any work, a workdir another run holds (locks.LockHeld naming it); takes nothing."""
-    locks.check_free(os.path.join(workdir, LOCK_FILE), *_lock_words(workdir))
+    locks.check_free(Layout(workdir).lock, *_lock_words(workdir))
 
 
 def claim(workdir: str, config_dict: dict, *, overwrite: bool = False) -> tuple[bool, locks.Lock]:
     """Locks `workdir` (locks.LockHeld if another run holds it), then `prepare`s it: returns whether
     this resumes an earlier run, and the lock, held until the caller releases it. A claim that
     `prepare` refuses leaves the folder as it found it (no lock file, no new folder)."""
-    existed, lock_path = os.path.isdir(workdir), os.path.join(workdir, LOCK_FILE)
+    existed, lock_path = os.path.isdir(workdir), Layout(workdir).lock
     had_lock_file = os.path.exists(lock_path)
     os.makedirs(workdir, exist_ok=True)
     lock = locks.acquire(lock_path, *_lock_words(workdir))
@@ -165,13 +160,13 @@ def claim(workdir: str, config_dict: dict, *, overwrite: bool = False) -> tuple[
 
 def record_stop(workdir: str, stage: str, step: int, sections) -> None:
     """Marks that `stage` stopped on a non-finite loss at `step`: the relaunch may retune `sections`."""
-    write_atomic(os.path.join(workdir, STOP_FILE),
+    write_atomic(Layout(workdir).stop,
                  json.dumps({'stage': stage, 'step': int(step), 'sections': list(sections)}).encode())
 
 
 def _read_stop(workdir: str) -> dict | None:
     try:
-        with open(os.path.join(workdir, STOP_FILE)) as f:
+        with open(Layout(workdir).stop) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None

@@ -6,6 +6,7 @@ import pytest
 
 import toy
 from kamal_jax import ambiguity, config_checks, config_schema, losses, selection
+from kamal_jax.layout import Layout
 from kamal_jax.tasks import ConfigError
 
 # Three teachers, four samples: teacher 0 sure on sample 0, teacher 1 on samples 1 and 3, teacher 2 on 2.
@@ -191,6 +192,7 @@ def test_each_new_selector_runs_one_stage1_step_from_the_config(tmp_path, monkey
     config_checks.check_selection(config.stage1)
     train = types.SimpleNamespace(images=toy.images(8))  # one batch: one step
     _, variables, metrics = stages.run_stage1('a', plan, {'a_t': a, 'b_t': b}, {'a_t': a_vars, 'b_t': b_vars},
-                                              train, config, sharding.make_mesh(1), str(tmp_path))
+                                              train, config, sharding.make_mesh(1),
+                                              Layout(str(tmp_path)).recipe('paper', main=True))
     assert np.isfinite(float(metrics['loss']))
     assert float(metrics['selected/a_t']) + float(metrics['selected/b_t']) == pytest.approx(1.0, abs=1e-5)

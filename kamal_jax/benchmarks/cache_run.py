@@ -86,7 +86,7 @@ class PeakMemory:
 
 def run(c, *, images: int, epochs: int, stage_no: str, workdir: str) -> dict:
     with PeakMemory() as memory:
-        out = _run(c, images=images, epochs=epochs, stage_no=stage_no, workdir=workdir)
+        out = _run(c, images=images, epochs=epochs, stage_no=stage_no, scratch=workdir)
     peak = memory.gib()
     out.update(peak_anon_gib=peak['RssAnon'], peak_file_gib=peak['RssFile'], peak_rss_gib=peak['VmRSS'],
                max_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
@@ -96,7 +96,8 @@ def run(c, *, images: int, epochs: int, stage_no: str, workdir: str) -> dict:
     return out
 
 
-def _run(c, *, images: int, epochs: int, stage_no: str, workdir: str) -> dict:
+def _run(c, *, images: int, epochs: int, stage_no: str, scratch: str) -> dict:
+    """`scratch`: the folder the cache is built in (`--workdir`, emptied first; not a run's workdir)."""
     rng = jax.random.key(c.seed)
     mesh = sharding.make_mesh()
     data = np.random.default_rng(c.seed).integers(0, 256, (images, c.image_size, c.image_size, 3), np.uint8)
@@ -104,9 +105,9 @@ def _run(c, *, images: int, epochs: int, stage_no: str, workdir: str) -> dict:
     if stage_no == '1':  # only the selected teacher's features, selection made by the build
         stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(stage.cache_spec(), frozen,
                                                                                        data.shape[1:]))
-    shutil.rmtree(workdir, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
     t0 = time.perf_counter()
-    cache = teacher_cache.load_or_build(os.path.join(workdir, 'cache'), spec=stage.cache_spec(), frozen=frozen, images=data,
+    cache = teacher_cache.load_or_build(os.path.join(scratch, 'cache'), spec=stage.cache_spec(), frozen=frozen, images=data,
                                         key={'benchmark': 'cache_run'}, batch_size=c.batch_size, limit_gb=64.0)
     build_s = time.perf_counter() - t0
     cache_bytes = sum(a.nbytes for a in cache.values())

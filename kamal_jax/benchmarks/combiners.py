@@ -58,6 +58,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kamal_jax import config_schema, losses, pipeline, selection  # noqa: E402
+from kamal_jax.layout import Layout  # noqa: E402
 from kamal_jax.recipes import one_stage_config  # noqa: E402
 from kamal_jax.recipes.stages import selection_context  # noqa: E402
 from kamal_jax.train import evaluate as eval_lib, sharding  # noqa: E402
@@ -173,7 +174,7 @@ def gather(workdir: str, views: int) -> dict:
     logits on the training images and on the evaluation images (and on `views` augmented views of
     them), each partial teacher's whole output on both, and the task's class index per image (-1
     outside the task; the screen reads the training labels only on its validation share)."""
-    config = config_schema.resolve(config_schema.stored_as_resolved(json.load(open(os.path.join(workdir, 'config.json')))))
+    config = config_schema.resolve(config_schema.stored_as_resolved(json.load(open(Layout(workdir).config))))
     plan = pipeline.validate(config, workdir)
     train = pipeline.load_split(config, config.data.train_split)
     held_out = pipeline.load_split(config, config.data.eval_split)

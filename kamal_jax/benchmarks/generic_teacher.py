@@ -35,9 +35,10 @@ from kamal_jax.train.steps import make_train_step  # noqa: E402
 HEADS = {'task0': (0, 5)}
 
 
-def teachers(size: int, workdir: str):
-    """(generic Net, its variables, native Net, its variables): the same resnet18 weights."""
-    path = os.path.join(workdir, 'resnet18.graph.safetensors')
+def teachers(size: int, scratch: str):
+    """(generic Net, its variables, native Net, its variables): the same resnet18 weights (the
+    exported graph written in folder `scratch`)."""
+    path = os.path.join(scratch, 'resnet18.graph.safetensors')
     generic.export('torchvision:resnet18', path, None, (size, size), {'num_classes': 7})
     module, variables, probe = graph.load(path)
     state_dict = {k: np.asarray(v) for c in variables.values() for k, v in c.items()}

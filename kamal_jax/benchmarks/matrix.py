@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from kamal_jax import config_schema
+from kamal_jax.layout import Layout
 from kamal_jax.recipes import RECIPES
 from kamal_jax.recipes.one_stage import OneStage
 from kamal_jax.recipes.two_stage import TwoStage
@@ -36,7 +37,9 @@ def recipe_selector(recipe: str, config: dict) -> str:
 
 
 def _read(workdir: str, name: str) -> dict:
-    path = os.path.join(workdir, name)
+    """The run's 'config' or 'summary' (its JSON file)."""
+    layout = Layout(workdir)
+    path = layout.config if name == 'config' else layout.summary_json
     if not os.path.isfile(path):
         raise SystemExit(f'{path} is missing: is {workdir!r} the workdir of a run that has finished a recipe?')
     with open(path) as f:
@@ -50,8 +53,8 @@ def _name(workdir: str) -> str:
 def rows(workdir: str, config: dict | None = None, summary: dict | None = None) -> list[dict[str, Any]]:
     """The matrix rows of one run: every finished net of a recipe, scored per task (`config` and
     `summary`: the run's files, when the caller has read them)."""
-    config = config_schema.stored_as_resolved(config if config is not None else _read(workdir, 'config.json'))
-    summary = summary if summary is not None else _read(workdir, 'summary.json')
+    config = config_schema.stored_as_resolved(config if config is not None else _read(workdir, 'config'))
+    summary = summary if summary is not None else _read(workdir, 'summary')
     models = summary['models']
     tasks = list(config['target_tasks'])
     teachers = {t: {n: m['accuracy'][t] for n, m in models.items() if m.get('role') == 'teacher' and t in m['accuracy']}
@@ -157,7 +160,7 @@ def main(argv=None) -> None:
     p.add_argument('--json', default=None, help='write the rows here')
     p.add_argument('--note', default='', help='what, where and how the runs ran (kept in the JSON)')
     a = p.parse_args(argv)
-    runs = {_name(w): (w, _read(w, 'config.json'), _read(w, 'summary.json')) for w in a.workdirs}
+    runs = {_name(w): (w, _read(w, 'config'), _read(w, 'summary')) for w in a.workdirs}
     all_rows = [r for w, config, summary in runs.values() for r in rows(w, config, summary)]
     all_rows += [r for path in a.include for r in included(path)]
     if not all_rows:

@@ -12,7 +12,6 @@ the plots of a run (curves, selection, teachers) are `python -m kamal_jax.report
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import platform
@@ -20,6 +19,7 @@ import sys
 from importlib import metadata
 
 from kamal_jax import summary as summary_lib
+from kamal_jax.layout import Layout
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'tensorflow-datasets')
 
@@ -44,15 +44,15 @@ def _version(name: str) -> str:
 
 def collect(workdir: str) -> dict:
     """Everything a results file records about the run in `workdir`."""
-    paths = {name: os.path.join(workdir, name) for name in ('config.json', 'summary.json')}
+    layout = Layout(workdir)
+    paths = {'config.json': layout.config, 'summary.json': layout.summary_json}
     for name, path in paths.items():
         if not os.path.isfile(path):
             raise SystemExit(f'{path} is missing: is {workdir!r} the workdir of a finished run?')
     cards = {}
-    for path in sorted(glob.glob(os.path.join(workdir, 'zoo', '*.json'))):
-        if os.path.basename(path) != 'zoo_config.json':
-            with open(path) as f:
-                cards[os.path.splitext(os.path.basename(path))[0]] = json.load(f)
+    for path in layout.zoo_cards():
+        with open(path) as f:
+            cards[os.path.splitext(os.path.basename(path))[0]] = json.load(f)
     with open(paths['config.json']) as f:
         config = json.load(f)
     with open(paths['summary.json']) as f:

@@ -34,8 +34,6 @@ tasks: the epochs a two-stage run spends over all its nets). Adding a recipe is 
 
 from __future__ import annotations
 
-import os
-
 from kamal_jax.recipes.context import Outcome, Run
 from kamal_jax.recipes.one_stage import Labelled, OneStage, one_stage_config, task_label_arrays
 from kamal_jax.recipes.two_stage import TwoStage
@@ -67,9 +65,8 @@ RECIPES = {
 
 def run_recipe(name: str, run: Run, main: bool) -> Outcome:
     """Trains (or resumes) recipe `name`: as the run's main recipe in the workdir itself, or as a
-    baseline in WORKDIR/baselines/NAME."""
-    out = run.workdir if main else os.path.join(run.workdir, 'baselines', name)
-    return RECIPES[name].run(run, name, out, main)
+    baseline in WORKDIR/baselines/NAME (`Layout.recipe`)."""
+    return RECIPES[name].run(run, name, main)
 
 
 __all__ = ['DEFAULT_RECIPE', 'Outcome', 'RECIPES', 'Run', 'one_stage_config', 'run_recipe', 'task_label_arrays']

@@ -10,6 +10,7 @@ import numpy as np
 
 from kamal_jax import config_schema, models, selection, summary as summary_lib
 from kamal_jax.data import records
+from kamal_jax.layout import Layout
 from kamal_jax.tasks import Plan
 from kamal_jax.train import evaluate as eval_lib
 from kamal_jax.train.metrics import Monitoring
@@ -31,6 +32,11 @@ class Run:
     held_out: Any
     mesh: Any
     workdir: str
+
+    @functools.cached_property
+    def layout(self) -> Layout:
+        """Every path of the run (`kamal_jax.layout`)."""
+        return Layout(self.workdir)
 
     def groups(self) -> Groups:
         """Per target task, the teachers that declare it."""

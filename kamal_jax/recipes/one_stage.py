@@ -9,7 +9,6 @@ two-stage run spends over all its nets together (T component nets, then the targ
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any
 
@@ -38,14 +37,13 @@ def one_stage_config(config: Any) -> Any:
 def _train(run: Run, name: str, main: bool, method: str, cfg: Any, target, loss_fn, bridges, arrays,
            frozen) -> Outcome:
     t0 = time.perf_counter()
-    ckpt = os.path.join(run.workdir, 'target') if main else os.path.join(run.workdir, 'baselines', name)
-    logdir = os.path.join(run.workdir, *(() if main else ('baselines', name)), 'tb', 'target')
+    dirs = run.layout.recipe(name, main).one_stage()
     variables, metrics = train_student(
         name='target' if main else f'baseline/{name}', student=target, loss_fn=loss_fn, bridges=bridges, cfg=cfg,
-        arrays=arrays, frozen=frozen, mesh=run.mesh, seed=run.config.seed + 1, ckpt_dir=ckpt,
+        arrays=arrays, frozen=frozen, mesh=run.mesh, seed=run.config.seed + 1, ckpt_dir=dirs.checkpoints,
         log_every=run.config.log_every, steps_per_call=run.config.steps_per_call,
         prefetch=input_lib.prefetch_of(run.config),
-        monitoring=run.monitoring(logdir, target, run.config),
+        monitoring=run.monitoring(dirs.tb, target, run.config),
         **views_lib.step_augmentation(run.config.data))
     key = 'target' if main else f'baseline_{name}'
     entry = run.entry(key if main else 'baseline', target, variables, run.plan.target_tasks, method=method,
@@ -72,7 +70,7 @@ class OneStage:
             'selector', 'selection', 'feature_weight', 'logit_weight', 'weight_norm', 'logit_loss', 'temperature',
             'bridge_width_ratio'))
 
-    def run(self, run: Run, name: str, out: str, main: bool) -> Outcome:
+    def run(self, run: Run, name: str, main: bool) -> Outcome:
         cfg, s1 = one_stage_config(run.config), run.config.stage1
         target = run.target_net('target' if main else f'baseline_{name}', cfg)
         groups = run.groups()
@@ -128,7 +126,7 @@ class Labelled:
     method: str
     reads = property(lambda self: ONE_STAGE_READS)
 
-    def run(self, run: Run, name: str, out: str, main: bool) -> Outcome:
+    def run(self, run: Run, name: str, main: bool) -> Outcome:
         cfg = one_stage_config(run.config)
         target = run.target_net('target' if main else f'baseline_{name}', cfg)
         stage = Supervised(target, run.plan.target_tasks)

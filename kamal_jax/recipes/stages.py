@@ -4,7 +4,6 @@ teachers) and stage 2 (the target net, from the components), with their selectio
 from __future__ import annotations
 
 import dataclasses
-import os
 import zlib
 from typing import Any
 
@@ -13,6 +12,7 @@ import numpy as np
 
 from kamal_jax import selection
 from kamal_jax.files import sha256
+from kamal_jax.layout import RecipeDirs
 from kamal_jax.recipes.context import compute_dtype, loss_weights, selector_of, student_net
 from kamal_jax.tasks import ConfigError, Plan
 from kamal_jax.train import distributed, evaluate as eval_lib, input as input_lib, teacher_cache, views as views_lib
@@ -105,9 +105,10 @@ def _task_rng(seed: int, task: str) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), zlib.crc32(task.encode()) % (1 << 30))
 
 
-def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir, monitoring=None):
-    """Trains (or resumes) the component net of `task` in WORKDIR/stage1/<task>; `monitoring(logdir,
-    net)` (optional) says how its curves are recorded (`Run.monitoring`), under WORKDIR/tb/stage1/<task>."""
+def run_stage1(task, plan, teachers, frozen, train, config, mesh, dirs: RecipeDirs, monitoring=None):
+    """Trains (or resumes) the component net of `task` in `dirs.stage1(task)`; `monitoring(logdir, net)`
+    (optional) says how its curves are recorded (`Run.monitoring`)."""
+    where = dirs.stage1(task)
     cfg = config.stage1
     dtype = compute_dtype(config)
     group = [teachers[t.name] for t in plan.group(task)]
@@ -135,23 +136,24 @@ def run_stage1(task, plan, teachers, frozen, train, config, mesh, workdir, monit
         if selected_only:
             stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(
                 stage.cache_spec(), group_frozen, train.images.shape[1:]))
-        arrays.update(_stage1_cache(task, plan, stage, group_frozen, train, config, workdir,
+        arrays.update(_stage1_cache(task, plan, stage, group_frozen, train, config, where.cache,
                                     arrays.get('selected')))
         group_frozen = {}  # the step never runs the teachers
     variables, metrics = train_student(
         name=f'stage1/{task}', student=student, loss_fn=stage.loss,
         bridges=stage.init_bridges(_task_rng(config.seed, task), cfg.bridge_width_ratio), cfg=cfg,
         arrays=arrays, frozen=group_frozen, mesh=mesh, seed=config.seed,
-        ckpt_dir=os.path.join(workdir, 'stage1', task), log_every=config.log_every,
+        ckpt_dir=where.checkpoints, log_every=config.log_every,
         steps_per_call=config.steps_per_call, prefetch=input_lib.prefetch_of(config),
-        monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage1', task), student),
+        monitoring=monitoring and monitoring(where.tb, student),
         **views_lib.step_augmentation(config.data))
     return student, variables, metrics
 
 
-def run_stage2(plan, components, train, config, mesh, workdir, monitoring=None):
-    """Trains (or resumes) the target net from the component nets in WORKDIR/stage2 (curves in
-    WORKDIR/tb/stage2 when `monitoring` is given, as in `run_stage1`)."""
+def run_stage2(plan, components, train, config, mesh, dirs: RecipeDirs, monitoring=None):
+    """Trains (or resumes) the target net from the component nets in `dirs.stage2()` (curves there
+    when `monitoring` is given, as in `run_stage1`)."""
+    where = dirs.stage2()
     cfg = config.stage2
     dtype = compute_dtype(config)
     target = student_net('target', cfg, [(t, plan.tasks[t].num_classes) for t in plan.target_tasks],
@@ -166,15 +168,15 @@ def run_stage2(plan, components, train, config, mesh, workdir, monitoring=None):
     arrays = {'image': train.images}
     frozen = {c.name: components[t][1] for t, c in comps}
     if cached:
-        arrays.update(_stage2_cache(stage, frozen, train, config, workdir))
+        arrays.update(_stage2_cache(stage, frozen, train, config, where.cache))
         frozen = {}  # the step never runs the component nets
     variables, metrics = train_student(
         name='stage2', student=target, loss_fn=stage.loss,
         bridges=stage.init_bridges(jax.random.fold_in(jax.random.key(config.seed), 2)), cfg=cfg,
         arrays=arrays, frozen=frozen, mesh=mesh,
-        seed=config.seed + 1, ckpt_dir=os.path.join(workdir, 'stage2'), log_every=config.log_every,
+        seed=config.seed + 1, ckpt_dir=where.checkpoints, log_every=config.log_every,
         steps_per_call=config.steps_per_call, prefetch=input_lib.prefetch_of(config),
-        monitoring=monitoring and monitoring(os.path.join(workdir, 'tb', 'stage2'), target),
+        monitoring=monitoring and monitoring(where.tb, target),
         **views_lib.step_augmentation(config.data))
     return target, variables, metrics
 
@@ -212,18 +214,18 @@ def _load_cache(what, path, spec, frozen, train, config, section, switch, key, s
     return distributed.primary_first(build, f'building the {what.split(" of ")[0]}')
 
 
-def _stage1_cache(task, plan, stage, frozen, train, config, workdir, selected=None) -> dict:
+def _stage1_cache(task, plan, stage, frozen, train, config, path, selected=None) -> dict:
     """The teachers' cached outputs, keyed by their checkpoints' hashes."""
     specs = {t.name: t for t in plan.group(task)}
     key = {'teachers': {t.name: _net_key(t, sha256(specs[t.name].checkpoint), specs[t.name].widths)
                         for t in stage.teachers}}
-    return _load_cache(f'stage-1 teacher cache of task {task!r}', os.path.join(workdir, 'cache', 'stage1', task),
+    return _load_cache(f'stage-1 teacher cache of task {task!r}', path,
                        stage.cache_spec(), frozen, train, config, 'stage1', 'teacher_cache', key, selected)
 
 
-def _stage2_cache(stage, frozen, train, config, workdir) -> dict:
+def _stage2_cache(stage, frozen, train, config, path) -> dict:
     """The component nets' cached outputs, keyed by hashes of their trained variables."""
     key = {'components': {c.name: {**_net_key(c, teacher_cache.variables_sha256(frozen[c.name]), c.widths),
                                    'task': task} for task, c in stage.components}}
-    return _load_cache('stage-2 component cache', os.path.join(workdir, 'cache', 'stage2'), stage.cache_spec(),
+    return _load_cache('stage-2 component cache', path, stage.cache_spec(),
                        frozen, train, config, 'stage2', 'component_cache', key)

@@ -25,17 +25,17 @@ class TwoStage:
     def config(self, config: Any) -> Any:
         return with_changes(config, stage1=self.stage1, stage2=self.stage2)
 
-    def run(self, run: Run, name: str, out: str, main: bool) -> Outcome:
+    def run(self, run: Run, name: str, main: bool) -> Outcome:
         """As the main recipe: component entries, then 'target'; as a baseline: one 'baseline_NAME'."""
         config = self.config(run.config)
         t0 = time.perf_counter()
-        components, entries = {}, {}
+        components, entries, dirs = {}, {}, run.layout.recipe(name, main)
 
         def monitoring(logdir, net):
             return run.monitoring(logdir, net, config)
         for task in run.plan.target_tasks:
             student, variables, metrics = run_stage1(task, run.plan, run.teachers, run.frozen, run.train, config,
-                                                     run.mesh, out, monitoring)
+                                                     run.mesh, dirs, monitoring)
             components[task] = (student, variables)
             acc = run.evaluate(student, variables)
             if main:
@@ -52,7 +52,7 @@ class TwoStage:
             else:
                 entries[task] = (acc.get(task), floats(metrics))
         stage1_s = time.perf_counter() - t0
-        target, variables, metrics = run_stage2(run.plan, components, run.train, config, run.mesh, out, monitoring)
+        target, variables, metrics = run_stage2(run.plan, components, run.train, config, run.mesh, dirs, monitoring)
         wall = {'stage1': stage1_s, 'stage2': time.perf_counter() - t0 - stage1_s}
         if main:
             entries['target'] = run.entry('target', target, variables, run.plan.target_tasks,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -130,11 +130,31 @@ def _allgather_bytes(data: bytes) -> list[bytes]:
     return [rows[i, :n[i]].tobytes() for i in range(len(n))]
 
 
-def check_same_config(config_dict: Mapping[str, Any]) -> None:
-    """Stops a multi-process run whose processes got different configs, naming the first field."""
+def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, sub in tree.items():
+        out.update(_flat(sub, f'{prefix}.{key}' if prefix else str(key)))
+    return out
+
+
+def plain_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """The first field (dotted) in which two nested dicts differ, as a sentence; None when they agree."""
+    a, b = _flat(dict(old)), _flat(dict(new))
+    for key in sorted(set(a) | set(b)):
+        if a.get(key, '<absent>') != b.get(key, '<absent>'):
+            return f'{key} was {a.get(key, "<absent>")!r}, now {b.get(key, "<absent>")!r}'
+    return None
+
+
+def check_same_config(config_dict: Mapping[str, Any],
+                      first_difference: Callable[[dict, dict], str | None] = plain_difference) -> None:
+    """Stops a multi-process run whose processes got different configs, naming the first field
+    (`first_difference(a, b)`: a sentence 'FIELD was A, now B', or None; the run passes the workdir's,
+    which reads configs as stored)."""
     if not multi_process():
         return
-    from kamal_jax.workdir import first_difference
     mine = json.dumps(config_dict, sort_keys=True, default=repr).encode()
     configs = [json.loads(b) for b in _allgather_bytes(mine)]
     for pid, other in enumerate(configs[1:], start=1):

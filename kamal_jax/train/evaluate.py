@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,6 @@ import numpy as np
 
 from kamal_jax.ambiguity import as_categorical
 from kamal_jax.progress import Progress
-from kamal_jax.tasks import Task
 from kamal_jax.train import sharding
 from kamal_jax.train.augment import to_unit
 from kamal_jax.train.nets import Net
@@ -20,7 +19,13 @@ from kamal_jax.train.nets import Net
 IN_FLIGHT = 2  # batches dispatched ahead of the one being fetched: the device never waits on the host
 
 
-def task_targets(task: Task, labels: Mapping[str, np.ndarray],
+class TaskClasses(Protocol):
+    """What scoring reads of a task (`kamal_jax.tasks.Task` is one): the label it reads and its classes."""
+    label_key: str
+    classes: Sequence[str]
+
+
+def task_targets(task: TaskClasses, labels: Mapping[str, np.ndarray],
                  label_names: Mapping[str, list[str]]) -> np.ndarray:
     """Index into `task.classes` per sample, -1 where the sample belongs to no class of the task."""
     names = label_names[task.label_key]
@@ -78,13 +83,13 @@ def predict(net: Net, variables: Any, images: np.ndarray, batch_size: int = 256)
     return {t: np.concatenate([o[t] for o in outputs]) for t in outputs[0]}
 
 
-def evaluate(net: Net, variables: Any, split: Any, tasks: Mapping[str, Task],
+def evaluate(net: Net, variables: Any, split: Any, tasks: Mapping[str, TaskClasses],
              batch_size: int = 256) -> dict[str, float]:
     """Top-1 accuracy per task, over the samples of the split that belong to the task's classes."""
     return accuracy(predict(net, variables, split.images, batch_size), split, tasks)
 
 
-def accuracy(logits: Mapping[str, np.ndarray], split: Any, tasks: Mapping[str, Task]) -> dict[str, float]:
+def accuracy(logits: Mapping[str, np.ndarray], split: Any, tasks: Mapping[str, TaskClasses]) -> dict[str, float]:
     """Top-1 accuracy per task from `predict`'s logits on `split` ({} where it has no labels)."""
     result = {}
     for name, task in tasks.items():
