@@ -21,7 +21,7 @@ from kamal_jax import config_schema, diagnostics, export, own_images, porting, s
 from kamal_jax import workdir as workdir_lib
 from kamal_jax.config_checks import check_data, folder_fields, validate
 from kamal_jax.layout import Layout
-from kamal_jax.recipes import Outcome, Run, run_recipe
+from kamal_jax.recipes import RETUNABLE_SECTIONS, Outcome, Run, Scored, run_recipe
 from kamal_jax.recipes.context import fmt
 from kamal_jax.tasks import ConfigError, Plan, check_data_labels, check_logit_slices
 from kamal_jax.teachers import load_teacher
@@ -332,6 +332,14 @@ def prepare(config: Any, workdir: str, *, overwrite: bool = False) -> Run:
     return Run(config, plan, teachers, frozen, train, held_out, mesh, workdir)
 
 
+def summary_entry(run: Run, scored: Scored) -> dict:
+    """A trained net's summary entry: what its recipe scored, with its size and cost per image."""
+    return summary_lib.model_entry(scored.role, scored.net.arch, count_params(scored.variables['params']),
+                                   scored.tasks, scored.accuracy, flops=eval_lib.forward_flops(
+                                       scored.net, scored.variables, run.held_out.images.shape[1:]),
+                                   **scored.extra)
+
+
 def run_recipes(run: Run, names, *, main: str | None = None,
                 on_result: Callable[[str, Outcome], None] | None = None) -> tuple[dict, dict]:
     """Trains (or resumes) each recipe of `names` in turn and exports its net; returns the summary
@@ -342,6 +350,7 @@ def run_recipes(run: Run, names, *, main: str | None = None,
     for name in names:
         is_main = name == main
         outcome = run_recipe(name, run, is_main)
+        outcome = outcome._replace(entries={k: summary_entry(run, s) for k, s in outcome.entries.items()})
         if distributed.is_primary():
             export_net(run.layout.export(name, is_main), outcome.net,
                        outcome.variables, run.plan, image_size)
@@ -412,13 +421,12 @@ def _run(config: Any, workdir: str, overwrite: bool) -> dict:
     try:
         run_recipes(r, (main, *baselines), main=main, on_result=on_result)
     except NonFiniteLoss as e:
-        sections = (['stage1'] if '/stage1/' in f'/{e.name}' else ['stage2'] if e.name.endswith('stage2')
-                    else ['stage2', 'baseline_stage'])
+        sections = RETUNABLE_SECTIONS[e.stage]
         if distributed.is_primary():
             workdir_lib.record_stop(workdir, e.name, e.step, sections)
         raise NonFiniteLoss(e.name, e.step, e.term, e.value, e.last_good,
                             hint=f'relaunch with a lower {sections[0]}.lr (or {sections[0]}.bridge_lr, or its '
-                                 'loss weights) to resume from it') from None
+                                 'loss weights) to resume from it', stage=e.stage, task=e.task) from None
     table, result = publish()
     if distributed.is_primary():
         _write_diagnostics_scalars(workdir, entries)

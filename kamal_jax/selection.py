@@ -16,7 +16,7 @@ Adding a selector is one decorated function here; `online=False` marks one that 
 training set and so can only run in the offline pass (`stage1.selection = 'offline'`), and
 `hard=False` one whose weights are not one-hot (it cannot use the selected-teacher-only cache).
 What a selector needs beyond the teachers' logits on one view is declared there too, and the
-offline pass (`recipes/stages.py`) provides it: `views=K`, the teachers' logits on K augmented
+offline pass (`recipes/teacher_passes.py`) provides it: `views=K`, the teachers' logits on K augmented
 views of each image (`Context.view_logits`); `fit`, params fitted once on the training images'
 context (`fit(context) -> params`); `student=True`, the student's logits (online only).
 """

@@ -12,7 +12,7 @@ import pytest
 
 import toy
 from kamal_jax import models, selection
-from kamal_jax.recipes import stages
+from kamal_jax.recipes import caches, stages
 from kamal_jax.tasks import ConfigError, Plan, Task, TeacherSpec
 from kamal_jax.train import sharding, teacher_cache
 from kamal_jax.train.nets import Net
@@ -76,15 +76,16 @@ def test_stale_stage2_cache_is_rebuilt(tmp_path):
     stage, config = _stage2(comps), _config(component_cache=True)
     train = types.SimpleNamespace(images=toy.images(8))
     frozen = {net.name: v for net, v in comps.values()}
-    first = stages._stage2_cache(stage, frozen, train, config, str(tmp_path))['cache/component_a/logits']
+    first = caches.stage2_cache(stage, frozen, train, config, str(tmp_path / 'cache' / 'stage2'))['cache/component_a/logits']
     first = np.array(first)
     path = tmp_path / 'cache' / 'stage2'
     built = _mtime(path)
-    stages._stage2_cache(stage, frozen, train, config, str(tmp_path))
+    caches.stage2_cache(stage, frozen, train, config, str(tmp_path / 'cache' / 'stage2'))
     assert _mtime(path) == built  # same components: reused
     # One component trained further (other params, same shapes): its hash changes, the cache is rebuilt.
     moved = jax.tree.map(lambda x: x + 0.05, frozen['component_a'])
-    again = stages._stage2_cache(stage, {**frozen, 'component_a': moved}, train, config, str(tmp_path))
+    again = caches.stage2_cache(stage, {**frozen, 'component_a': moved}, train, config,
+                                str(tmp_path / 'cache' / 'stage2'))
     assert _mtime(path) != built
     assert not np.allclose(first, np.asarray(again['cache/component_a/logits']))
     assert teacher_cache.variables_sha256(moved) != teacher_cache.variables_sha256(frozen['component_a'])
@@ -96,7 +97,7 @@ def test_stage2_cache_over_limit_names_the_field(tmp_path):
     frozen = {net.name: v for net, v in comps.values()}
     train = types.SimpleNamespace(images=toy.images(8))
     with pytest.raises(ConfigError, match=r'stage2\.cache_limit_gb.*stage2\.component_cache = False'):
-        stages._stage2_cache(stage, frozen, train, _config(cache_limit_gb=1e-6), str(tmp_path / 's2'))
+        caches.stage2_cache(stage, frozen, train, _config(cache_limit_gb=1e-6), str(tmp_path / 's2'))
     assert not os.listdir(tmp_path)
 
 

@@ -140,3 +140,34 @@ def test_only_the_layout_joins_paths_under_a_workdir():
     found = {str(p.relative_to(PACKAGE.parent)): lines for p in _modules() if p != PACKAGE / 'layout.py'
              for lines in [_workdir_joins(p.read_text())] if lines}
     assert not found, f'paths joined under a workdir outside kamal_jax/layout.py (file: lines): {found}'
+
+
+# ----------------------------------------------------------------------------- function size
+
+MAX_LINES = 60  # a screen
+
+
+def _long_functions(path: pathlib.Path) -> dict[str, int]:
+    """Functions and methods of `path` longer than MAX_LINES, decorators and docstring included."""
+    out = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            if node.end_lineno - first + 1 > MAX_LINES:
+                out[f'{node.name} (line {node.lineno})'] = node.end_lineno - first + 1
+    return out
+
+
+def test_the_size_reader_counts_a_function_from_its_decorator_to_its_end(tmp_path):
+    path = tmp_path / 'm.py'
+    path.write_text('@dec\ndef f():\n' + '    x = 1\n' * (MAX_LINES - 2) + '\n\ndef g():\n    pass\n')
+    assert _long_functions(path) == {}
+    path.write_text('@dec\ndef f():\n' + '    x = 1\n' * (MAX_LINES - 1))
+    assert _long_functions(path) == {'f (line 2)': MAX_LINES + 1}
+
+
+def test_no_function_over_a_screen_in_train_recipes_and_the_pipeline():
+    paths = [*sorted((PACKAGE / 'train').glob('*.py')), *sorted((PACKAGE / 'recipes').glob('*.py')),
+             PACKAGE / 'pipeline.py']
+    found = {str(p.relative_to(PACKAGE.parent)): long for p in paths for long in [_long_functions(p)] if long}
+    assert not found, f'functions over {MAX_LINES} lines: {found}'

@@ -8,10 +8,13 @@ import pytest
 
 import toy
 from kamal_jax.train import sharding
+from kamal_jax.recipes import RETUNABLE_SECTIONS
 from kamal_jax.train.checkpoint import Checkpointer
+from kamal_jax.train.job import Frozen, Job, Settings
 from kamal_jax.train.loop import EpochBatches, NonFiniteLoss, fit
 from kamal_jax.train.state import create_state, make_optimizer
 from kamal_jax.train.steps import make_train_step
+from kamal_jax.train.trainer import train
 
 
 def _setup(tmp_path, every=2):
@@ -69,6 +72,23 @@ def test_a_nan_is_never_saved_and_the_stop_names_stage_step_and_term(tmp_path):
     restored = ckpt.restore(kw['state'])
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(restored.params))
     ckpt.close()
+
+
+def test_a_jobs_non_finite_stop_carries_its_stage_and_task(tmp_path):
+    # The run records which config sections a relaunch may retune from the failure's stage, not its name.
+    t1, v1 = toy.teacher('t1', 'cifar_resnet8', 7, {'a': (0, 5)}, seed=1)
+    stage = toy.stage1([t1])
+
+    def poisoned(params, batch_stats, frozen, images, batch, rng=None):
+        loss, aux = stage.loss(params, batch_stats, frozen, images, batch, rng)
+        return loss * jnp.nan, aux
+    job = Job('component of a', 'stage1', 'a', stage.student, poisoned, stage.init_bridges(jax.random.key(1)),
+              {'image': toy.images(16)}, Frozen.live({'t1': v1}), Settings(toy.stage_config(), 0, log_every=1),
+              sharding.make_mesh(1), checkpoints=str(tmp_path / 'ckpt'))
+    with pytest.raises(NonFiniteLoss, match=r'component of a: the loss became nan at step 1') as err:
+        train(job)
+    assert (err.value.stage, err.value.task, err.value.step, err.value.last_good) == ('stage1', 'a', 1, None)
+    assert RETUNABLE_SECTIONS[err.value.stage] == ('stage1',)
 
 
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, caplog):

@@ -9,7 +9,7 @@ import pytest
 
 import toy
 from kamal_jax import pipeline
-from kamal_jax.recipes import stages
+from kamal_jax.recipes import caches
 from kamal_jax.tasks import ConfigError
 from kamal_jax.train import sharding, teacher_cache
 from kamal_jax.train.trainer import train_student
@@ -127,8 +127,8 @@ def test_over_limit_refuses_before_building(tmp_path):
     config = toy.run_config(eval_batch_size=8, stage1=dict(cache_limit_gb=nbytes / 2 ** 30 / 2, cache_dtype='float16'),
                             data=dict(image_size=(12, 12)))
     with pytest.raises(ConfigError, match=r'stage1\.cache_limit_gb.*stage1\.teacher_cache = False'):
-        stages._load_cache('stage-1 teacher cache', str(tmp_path / 'b'), stage.cache_spec(), frozen,
-                           types.SimpleNamespace(images=images), config, 'stage1', 'teacher_cache', {})
+        caches.load_cache('stage-1 teacher cache', str(tmp_path / 'b'), stage.cache_spec(), frozen,
+                          types.SimpleNamespace(images=images), config, 'stage1', 'teacher_cache', {})
     assert not os.listdir(tmp_path)
 
 

@@ -60,7 +60,7 @@ import numpy as np  # noqa: E402
 from kamal_jax import config_schema, losses, pipeline, selection  # noqa: E402
 from kamal_jax.layout import Layout  # noqa: E402
 from kamal_jax.recipes import one_stage_config  # noqa: E402
-from kamal_jax.recipes.stages import selection_context  # noqa: E402
+from kamal_jax.recipes.teacher_passes import selection_context  # noqa: E402
 from kamal_jax.train import evaluate as eval_lib, sharding  # noqa: E402
 
 

@@ -34,7 +34,7 @@ tasks: the epochs a two-stage run spends over all its nets). Adding a recipe is 
 
 from __future__ import annotations
 
-from kamal_jax.recipes.context import Outcome, Run
+from kamal_jax.recipes.context import Outcome, Run, Scored
 from kamal_jax.recipes.one_stage import Labelled, OneStage, one_stage_config, task_label_arrays
 from kamal_jax.recipes.two_stage import TwoStage
 from kamal_jax.recipes.unified import Unified
@@ -63,10 +63,16 @@ RECIPES = {
 }
 
 
+# The config sections a job's settings come from, by the job's stage: what a relaunch after a
+# non-finite loss in that stage may retune (`workdir.RETUNABLE_FIELDS` of each).
+RETUNABLE_SECTIONS = {'stage1': ('stage1',), 'stage2': ('stage2',), 'one_stage': ('stage2', 'baseline_stage')}
+
+
 def run_recipe(name: str, run: Run, main: bool) -> Outcome:
     """Trains (or resumes) recipe `name`: as the run's main recipe in the workdir itself, or as a
     baseline in WORKDIR/baselines/NAME (`Layout.recipe`)."""
     return RECIPES[name].run(run, name, main)
 
 
-__all__ = ['DEFAULT_RECIPE', 'Outcome', 'RECIPES', 'Run', 'one_stage_config', 'run_recipe', 'task_label_arrays']
+__all__ = ['DEFAULT_RECIPE', 'Outcome', 'RECIPES', 'RETUNABLE_SECTIONS', 'Run', 'Scored', 'one_stage_config',
+           'run_recipe', 'task_label_arrays']

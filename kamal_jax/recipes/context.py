@@ -8,15 +8,15 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from kamal_jax import config_schema, models, selection, summary as summary_lib
+from kamal_jax import config_schema, models, selection
 from kamal_jax.data import records
 from kamal_jax.layout import Layout
 from kamal_jax.tasks import Plan
-from kamal_jax.train import evaluate as eval_lib
+from kamal_jax.train import evaluate as eval_lib, input as input_lib, views as views_lib
+from kamal_jax.train.job import Settings
 from kamal_jax.train.metrics import Monitoring
 from kamal_jax.train.nets import Net
 from kamal_jax.train.objectives import Groups, LossWeights
-from kamal_jax.train.state import count_params
 
 EVAL_SAMPLES = 1000  # held-out images scored during training (a fixed random subset: cheap, not exact)
 
@@ -74,16 +74,27 @@ class Run:
         return student_net(name, cfg, [(t, self.plan.tasks[t].num_classes) for t in self.plan.target_tasks],
                            self.config.data, compute_dtype(self.config))
 
-    def entry(self, role: str, net: Net, variables: Any, tasks, **extra) -> dict:
-        """The summary entry of a trained net, scored on the held-out split."""
+    def entry(self, role: str, net: Net, variables: Any, tasks, **extra) -> 'Scored':
+        """A trained net scored on the held-out split (`accuracy` in `extra`: already scored)."""
         acc = extra.pop('accuracy', None) or self.evaluate(net, variables)
-        return summary_lib.model_entry(role, net.arch, count_params(variables['params']), tasks, acc,
-                                       flops=eval_lib.forward_flops(net, variables, self.held_out.images.shape[1:]),
-                                       **extra)
+        return Scored(role, net, variables, tuple(tasks), acc, extra)
+
+
+class Scored(NamedTuple):
+    """A trained net as the run's summary lists it: its role ('component', 'target', 'baseline'), the
+    tasks it is scored on, its held-out accuracy and what else the entry says (`extra`); the pipeline
+    adds its size and cost and writes the entry."""
+    role: str
+    net: Net
+    variables: Any
+    tasks: tuple
+    accuracy: Mapping[str, float]
+    extra: dict
 
 
 class Outcome(NamedTuple):
-    """A finished recipe: summary entries by key, wall seconds by key, and the net to export."""
+    """A finished recipe: its nets by summary key (`Scored`; the pipeline hands on summary entries
+    instead), wall seconds by key, and the net to export."""
     entries: dict
     wall: dict
     net: Net
@@ -101,6 +112,13 @@ def student_net(name: str, cfg: Any, heads, data_cfg: Any, dtype: str = 'float32
     net = Net(name, cfg.arch, models.multihead(cfg.arch, heads, widths or None),
               tuple(data_cfg.mean), tuple(data_cfg.std), widths=widths)
     return net.with_compute_dtype(dtype)
+
+
+def job_settings(config: Any, cfg: Any, seed: int) -> Settings:
+    """A job's settings (`train.job.Settings`): the stage's section `cfg` (optimiser, budget, saves)
+    and the run's loop and augmentation fields."""
+    return Settings(cfg, seed, log_every=config.log_every, steps_per_call=config.steps_per_call,
+                    prefetch=input_lib.prefetch_of(config), **views_lib.step_augmentation(config.data))
 
 
 def loss_weights(cfg: Any) -> LossWeights:

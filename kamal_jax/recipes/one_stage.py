@@ -3,7 +3,8 @@
 Budget: they train the target with `config.stage2`'s optimiser and batch size for
 `T x stage1.epochs + stage2.epochs` epochs, T the number of target tasks: as many epochs as a
 two-stage run spends over all its nets together (T component nets, then the target); any field of
-`config.baseline_stage` (optional, e.g. `dict(epochs=60, temperature=4.0)`) overrides them. Checkpoints: WORKDIR/target (main recipe) or WORKDIR/baselines/NAME (baseline).
+`config.baseline_stage` (optional, e.g. `dict(epochs=60, temperature=4.0)`) overrides them.
+Checkpoints: WORKDIR/target (main recipe) or WORKDIR/baselines/NAME (baseline; `kamal_jax.layout`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import jax
 import numpy as np
 
 from kamal_jax import config_schema, selection
-from kamal_jax.recipes.context import Outcome, Run, floats, loss_weights, selector_of
-from kamal_jax.recipes.stages import fitted_target, offline_selection, selection_arrays
+from kamal_jax.recipes.context import Outcome, Run, floats, job_settings, loss_weights, selector_of
+from kamal_jax.recipes.teacher_passes import fitted_target, offline_selection, selection_arrays
 from kamal_jax.tasks import ConfigError, Plan
-from kamal_jax.train import evaluate as eval_lib, input as input_lib, views as views_lib
+from kamal_jax.train import evaluate as eval_lib
+from kamal_jax.train.job import Frozen, Job
+from kamal_jax.train.nets import Net
 from kamal_jax.train.objectives import Distill, LossWeights, Supervised, make_pairs
-from kamal_jax.train.trainer import train_student
+from kamal_jax.train.trainer import train
 
 
 # Every one-stage recipe trains with stage2's optimiser, the baseline_stage overrides and a budget
@@ -34,21 +37,23 @@ def one_stage_config(config: Any) -> Any:
     return config_schema.one_stage_budget(config)
 
 
-def _train(run: Run, name: str, main: bool, method: str, cfg: Any, target, loss_fn, bridges, arrays,
-           frozen) -> Outcome:
-    t0 = time.perf_counter()
+def one_stage_job(run: Run, name: str, main: bool, cfg: Any, target: Net, loss, bridges, data,
+                  frozen: Frozen) -> Job:
+    """The target of a one-stage recipe as a job, in `Layout.recipe(name, main).one_stage()`."""
     dirs = run.layout.recipe(name, main).one_stage()
-    variables, metrics = train_student(
-        name='target' if main else f'baseline/{name}', student=target, loss_fn=loss_fn, bridges=bridges, cfg=cfg,
-        arrays=arrays, frozen=frozen, mesh=run.mesh, seed=run.config.seed + 1, ckpt_dir=dirs.checkpoints,
-        log_every=run.config.log_every, steps_per_call=run.config.steps_per_call,
-        prefetch=input_lib.prefetch_of(run.config),
-        monitoring=run.monitoring(dirs.tb, target, run.config),
-        **views_lib.step_augmentation(run.config.data))
+    return Job('target' if main else f'baseline/{name}', 'one_stage', None, target, loss, bridges, data, frozen,
+               job_settings(run.config, cfg, run.config.seed + 1), run.mesh, dirs.checkpoints,
+               run.monitoring(dirs.tb, target, run.config))
+
+
+def _train(run: Run, name: str, main: bool, method: str, cfg: Any, job: Job) -> Outcome:
+    """Trains (or resumes) the job; its net scored as the summary's 'target' or 'baseline_NAME'."""
+    t0 = time.perf_counter()
+    variables, metrics = train(job)
     key = 'target' if main else f'baseline_{name}'
-    entry = run.entry(key if main else 'baseline', target, variables, run.plan.target_tasks, method=method,
+    entry = run.entry(key if main else 'baseline', job.student, variables, run.plan.target_tasks, method=method,
                       epochs=int(cfg.epochs), final_train_metrics=floats(metrics))
-    return Outcome({key: entry}, {key: time.perf_counter() - t0}, target, variables)
+    return Outcome({key: entry}, {key: time.perf_counter() - t0}, job.student, variables)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,40 +76,57 @@ class OneStage:
             'bridge_width_ratio'))
 
     def run(self, run: Run, name: str, main: bool) -> Outcome:
-        cfg, s1 = one_stage_config(run.config), run.config.stage1
+        cfg = one_stage_config(run.config)
         target = run.target_net('target' if main else f'baseline_{name}', cfg)
         groups = run.groups()
-        frozen = {t.name: run.frozen[t.name] for _, ts in groups for t in ts}
-        arrays = {'image': run.train.images}
-        if self.combine:
-            temperature = cfg.temperature
-            combiner = selection.get_combiner(self.combine)
-            if combiner.fit is not None:
-                arrays['combined_target'] = {
-                    task: fitted_target(task, ts, run.frozen, run.train.images, run.config.eval_batch_size,
-                                        combiner, temperature) for task, ts in groups}
-            stage = Distill(target, groups, {}, LossWeights(temperature=temperature), combine=combiner,
-                            precombined=combiner.fit is not None)
-            return _train(run, name, main, self.method.format(temperature=temperature), cfg, target, stage.loss,
-                          {}, arrays, frozen)
+        frozen = Frozen.live({t.name: run.frozen[t.name] for _, ts in groups for t in ts})
+        method, loss, bridges, data = (self._combined if self.combine else self._selected)(run, cfg, target, groups)
+        return _train(run, name, main, method, cfg,
+                      one_stage_job(run, name, main, cfg, target, loss, bridges, data, frozen))
+
+    def _combined(self, run: Run, cfg: Any, target: Net, groups):
+        """(method, loss, bridges, data) from the teachers' combined soft target (`combine`)."""
+        temperature = cfg.temperature
+        combiner = selection.get_combiner(self.combine)
+        data = {'image': run.train.images}
+        if combiner.fit is not None:
+            data['combined_target'] = {
+                task: fitted_target(task, ts, run.frozen, run.train.images, run.config.eval_batch_size,
+                                    combiner, temperature) for task, ts in groups}
+        stage = Distill(target, groups, {}, LossWeights(temperature=temperature), combine=combiner,
+                        precombined=combiner.fit is not None)
+        return self.method.format(temperature=temperature), stage.loss, {}, data
+
+    def _selected(self, run: Run, cfg: Any, target: Net, groups):
+        """(method, loss, bridges, data) from each sample's selected teachers (stage 1's selection)."""
+        s1 = run.config.stage1
         pairs = {task: {t.name: (make_pairs(t, target, None) if s1.feature_weight else ()) for t in ts}
                  for task, ts in groups}
         selector, offline = selector_of(s1), s1.selection == 'offline'
         stage = Distill(target, groups, pairs, loss_weights(s1), selector=selector, offline=offline)
+        data = {'image': run.train.images}
         if offline:
-            weights = {task: offline_selection(task, ts, run.frozen, run.train.images, run.config.eval_batch_size,
-                                               selector, jax.random.fold_in(jax.random.key(run.config.seed), i),
-                                               run.config.data, run.config.seed)
-                       for i, (task, ts) in enumerate(groups)}
-            for key in ('selected', 'teacher_weights'):
-                per_task = {t: a[key] for t, a in ((t, selection_arrays(w, selector)) for t, w in weights.items())
-                            if key in a}
-                if per_task:
-                    arrays[key] = per_task
+            data.update(_offline_arrays(run, groups, selector))
         bridges = stage.init_bridges(jax.random.fold_in(jax.random.key(run.config.seed), 3),
                                      s1.bridge_width_ratio)
         method = self.method.format(selection=s1.selection, selector=selector.name.replace('_', ' '))
-        return _train(run, name, main, method, cfg, target, stage.loss, bridges, arrays, frozen)
+        return method, stage.loss, bridges, data
+
+
+def _offline_arrays(run: Run, groups, selector) -> dict:
+    """Each task's offline selection, as the batch arrays it travels as ('selected' or
+    'teacher_weights', each by task)."""
+    weights = {task: offline_selection(task, ts, run.frozen, run.train.images, run.config.eval_batch_size,
+                                       selector, jax.random.fold_in(jax.random.key(run.config.seed), i),
+                                       run.config.data, run.config.seed)
+               for i, (task, ts) in enumerate(groups)}
+    arrays = {}
+    for key in ('selected', 'teacher_weights'):
+        per_task = {t: a[key] for t, a in ((t, selection_arrays(w, selector)) for t, w in weights.items())
+                    if key in a}
+        if per_task:
+            arrays[key] = per_task
+    return arrays
 
 
 def task_label_arrays(plan: Plan, split: Any) -> dict[str, np.ndarray]:
@@ -131,4 +153,5 @@ class Labelled:
         target = run.target_net('target' if main else f'baseline_{name}', cfg)
         stage = Supervised(target, run.plan.target_tasks)
         arrays = {'image': run.train.images, 'labels': task_label_arrays(run.plan, run.train)}
-        return _train(run, name, main, self.method, cfg, target, stage.loss, {}, arrays, {})
+        return _train(run, name, main, self.method, cfg,
+                      one_stage_job(run, name, main, cfg, target, stage.loss, {}, arrays, Frozen()))

@@ -9,7 +9,8 @@ import time
 from typing import Any, Mapping
 
 from kamal_jax.recipes.context import Outcome, Run, fmt, floats, selector_of, with_changes
-from kamal_jax.recipes.stages import fit_selector, run_stage1, run_stage2, selection_report
+from kamal_jax.recipes.stages import run_stage1, run_stage2
+from kamal_jax.recipes.teacher_passes import fit_selector, selection_report
 
 log = logging.getLogger('kamal_jax')
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -21,14 +22,17 @@ log = logging.getLogger('kamal_jax')
 
 
 class NonFiniteLoss(FloatingPointError):
-    """A step's loss or updates were not finite; no state after `last_good` was saved."""
+    """A step's loss or updates were not finite; no state after `last_good` was saved. `stage` and
+    `task`: the job's (`job.Job`; the trainer sets them, None outside a job)."""
 
     def __init__(self, name: str, step: int, term: str, value: float, last_good: int | None,
-                 hint: str = 'lower this stage\'s learning rates or loss weights and relaunch to resume from it'):
+                 hint: str = 'lower this stage\'s learning rates or loss weights and relaunch to resume from it',
+                 stage: str | None = None, task: str | None = None):
         kept = (f'the last good checkpoint (step {last_good}) is kept' if last_good is not None
                 else 'no checkpoint was saved')
         super().__init__(f'{name}: {term} became {value} at step {step}; {kept}; {hint}.')
         self.name, self.step, self.term, self.value, self.last_good = name, step, term, value, last_good
+        self.stage, self.task = stage, task
 
 
 def _first_bad_term(metrics: Mapping[str, float]) -> tuple[str, float]:
@@ -176,82 +180,133 @@ def fit(*, name: str, step: Callable, state: Any, frozen: Any, batches: EpochBat
     log.info('%s: steps %d..%d (%d per epoch, batch %d%s)%s', name, start, num_steps,
              batches.steps_per_epoch, batches.batch_size, f', {k} per call' if k > 1 else '',
              ' [resumed]' if start else '')
-    multi_process = jax.process_count() > 1  # each process gathers only its devices' rows
-    # One step per call: batches reach the devices ahead, on the stream's thread. k per call: the
-    # loop stacks k host batches and puts them at once.
-    put = (lambda b: put_batch(b, mesh, local=multi_process)) if k == 1 else None
-    stream = BatchStream(batches, num_steps, prefetch=resolve_prefetch(prefetch, batches.arrays), put=put,
-                         rows=process_rows(batches.batch_size, mesh) if multi_process else None)
-    saved = checkpointer.restored_data if checkpointer is not None else None
-    stream.restore(saved, start)
-    if saved is not None:
-        log.info('%s: input resumed at step %d from the checkpoint\'s iterator state', name, stream.position)
-    window, last = _Window(name), {}
-    periods = (log_every, eval_every, checkpointer.every_steps if checkpointer is not None else 0)
-
-    def last_good():
-        return checkpointer.latest_step() if checkpointer is not None else None
-    t_start = time.perf_counter()
-    t_window, n_window, compile_s = None, 0, 0.0
-    s = start
-    profile = _Profile(name, profile_steps, profile_dir, num_steps)
+    loop = _Loop(name, step, multi_step, k, frozen, rng, mesh, batches, num_steps, checkpointer,
+                 _Hooks(log_every, eval_every, on_log, on_step), _Profile(name, profile_steps, profile_dir, num_steps))
+    loop.open_stream(prefetch, start)
     stopping.enter_loop()
     try:
-        while s < num_steps:
-            done = _call_end(s, num_steps, k, periods) if k > 1 else s + 1
-            scanned = done - s == k > 1
-            if scanned:
-                stacked = jax.tree.map(lambda *b: np.stack(b), *[stream.next(i) for i in range(s, done)])
-                state, metrics = multi_step(state, frozen, put_batch(stacked, mesh, stacked=True, local=multi_process),
-                                            rng)
-                window.add(s + 1, metrics, count=k)
-            else:
-                for i in range(s, done):
-                    with jax.profiler.StepTraceAnnotation(str(name), step_num=i + 1):
-                        batch = stream.next(i)
-                        if put is None:  # a call cut short at a log, eval or save step
-                            batch = put_batch(batch, mesh, local=multi_process)
-                        state, metrics = step(state, frozen, batch, rng)
-                    window.add(i + 1, metrics)
-            if t_window is None:  # the first call compiles; time it apart from throughput
-                jax.block_until_ready(metrics)
-                compile_s = time.perf_counter() - t_start
-                t_window = time.perf_counter()
-                log.info('%s: first %s (compilation included) took %.1fs', name,
-                         f'call of {k} steps' if scanned else 'step' if done - s == 1 else f'{done - s} steps',
-                         compile_s)
-            else:
-                n_window += done - s
-            s = done
-            profile.after_call(done, state)
-            if done % log_every == 0 or done == num_steps:
-                window.fetch_and_check(last_good)
-                last = window.means()
-                elapsed = time.perf_counter() - t_window
-                rate = n_window * batches.batch_size / elapsed if elapsed > 0 and n_window else float('nan')
-                _log_line(name, done, num_steps, batches, last, rate)
-                if on_log is not None:  # the window's means, already on the host
-                    on_log(done, last, rate)
-            if on_step is not None:  # e.g. held-out evaluation every so many steps
-                on_step(done, state)
-            if checkpointer is not None:
-                force = done == num_steps
-                if checkpointer.due(done, force=force):
-                    window.fetch_and_check(last_good)
-                    checkpointer.maybe_save(done, state, due=True, data=stream.state())
-            signum = _stop_requested(multi_process)
-            if signum:
-                _stop(signum, name, done, num_steps, state, checkpointer, window, last_good, stream)
+        state = loop.run(state, start)
     except BaseException:
         stopping.leave_loop(failed=True)
-        profile.close()
-        waits.quietly(stream.close, f"{name}: stopping the input's worker threads")
+        loop.profile.close()
+        waits.quietly(loop.stream.close, f"{name}: stopping the input's worker threads")
         raise
     stopping.leave_loop()
-    profile.close()
-    waits.bounded(stream.close, f"{name}: stopping the input's worker threads", waits.CLEANUP_S)
-    if checkpointer is not None:
-        checkpointer.wait()
-    last['compile_seconds'] = compile_s
-    last['train_seconds'] = time.perf_counter() - t_start
-    return state, last
+    return state, loop.finish()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Hooks:
+    """When the loop logs (`log_every`) and may evaluate (`eval_every`), and what it calls then."""
+    log_every: int
+    eval_every: int
+    on_log: Callable[[int, dict, float], None] | None
+    on_step: Callable[[int, Any], None] | None
+
+
+class _Loop:
+    """One `fit`: its calls of the step, and what follows each call (log line, hooks, save, stop)."""
+
+    def __init__(self, name, step, multi_step, k, frozen, rng, mesh, batches, num_steps, checkpointer, hooks,
+                 profile):
+        self.name, self.step, self.multi_step, self.k = name, step, multi_step, k
+        self.frozen, self.rng, self.mesh, self.batches, self.num_steps = frozen, rng, mesh, batches, num_steps
+        self.checkpointer, self.hooks, self.profile = checkpointer, hooks, profile
+        self.multi_process = jax.process_count() > 1  # each process gathers only its devices' rows
+        self.window, self.last = _Window(name), {}
+        self.periods = (hooks.log_every, hooks.eval_every, checkpointer.every_steps if checkpointer is not None else 0)
+        self.t_start, self.t_window, self.n_window, self.compile_s = None, None, 0, 0.0
+        self.stream = self.put = None
+
+    def last_good(self) -> int | None:
+        return self.checkpointer.latest_step() if self.checkpointer is not None else None
+
+    def open_stream(self, prefetch: int, start: int) -> None:
+        """The batches from step `start`, resumed at the checkpoint's input position when it saved one.
+        One step per call: batches reach the devices ahead, on the stream's thread; k per call: the
+        loop stacks k host batches and puts them at once."""
+        mesh, local = self.mesh, self.multi_process
+        self.put = (lambda b: put_batch(b, mesh, local=local)) if self.k == 1 else None
+        self.stream = BatchStream(self.batches, self.num_steps,
+                                  prefetch=resolve_prefetch(prefetch, self.batches.arrays), put=self.put,
+                                  rows=process_rows(self.batches.batch_size, mesh) if local else None)
+        saved = self.checkpointer.restored_data if self.checkpointer is not None else None
+        self.stream.restore(saved, start)
+        if saved is not None:
+            log.info('%s: input resumed at step %d from the checkpoint\'s iterator state', self.name,
+                     self.stream.position)
+
+    def run(self, state: Any, start: int) -> Any:
+        """Calls the step until `num_steps`; returns the state."""
+        self.t_start = time.perf_counter()
+        s = start
+        while s < self.num_steps:
+            done = _call_end(s, self.num_steps, self.k, self.periods) if self.k > 1 else s + 1
+            state, metrics = self.call(state, s, done)
+            self.timed(s, done, metrics)
+            s = done
+            self.after_call(done, state)
+        return state
+
+    def call(self, state: Any, s: int, done: int) -> tuple[Any, Any]:
+        """Steps s+1..done: in one scanned call when they are k, else one call each."""
+        if done - s == self.k > 1:
+            stacked = jax.tree.map(lambda *b: np.stack(b), *[self.stream.next(i) for i in range(s, done)])
+            state, metrics = self.multi_step(state, self.frozen, put_batch(stacked, self.mesh, stacked=True,
+                                                                           local=self.multi_process), self.rng)
+            self.window.add(s + 1, metrics, count=self.k)
+            return state, metrics
+        for i in range(s, done):
+            with jax.profiler.StepTraceAnnotation(str(self.name), step_num=i + 1):
+                batch = self.stream.next(i)
+                if self.put is None:  # a call cut short at a log, eval or save step
+                    batch = put_batch(batch, self.mesh, local=self.multi_process)
+                state, metrics = self.step(state, self.frozen, batch, self.rng)
+            self.window.add(i + 1, metrics)
+        return state, metrics
+
+    def timed(self, s: int, done: int, metrics: Any) -> None:
+        """The first call compiles: timed apart from the throughput of the others."""
+        if self.t_window is not None:
+            self.n_window += done - s
+            return
+        jax.block_until_ready(metrics)
+        self.compile_s = time.perf_counter() - self.t_start
+        self.t_window = time.perf_counter()
+        scanned = done - s == self.k > 1
+        log.info('%s: first %s (compilation included) took %.1fs', self.name,
+                 f'call of {self.k} steps' if scanned else 'step' if done - s == 1 else f'{done - s} steps',
+                 self.compile_s)
+
+    def after_call(self, done: int, state: Any) -> None:
+        """The profile, a log line, the per-call hook, a save when due, a requested stop."""
+        self.profile.after_call(done, state)
+        if done % self.hooks.log_every == 0 or done == self.num_steps:
+            self.window.fetch_and_check(self.last_good)
+            self.last = self.window.means()
+            elapsed = time.perf_counter() - self.t_window
+            rate = (self.n_window * self.batches.batch_size / elapsed if elapsed > 0 and self.n_window
+                    else float('nan'))
+            _log_line(self.name, done, self.num_steps, self.batches, self.last, rate)
+            if self.hooks.on_log is not None:  # the window's means, already on the host
+                self.hooks.on_log(done, self.last, rate)
+        if self.hooks.on_step is not None:  # e.g. held-out evaluation every so many steps
+            self.hooks.on_step(done, state)
+        checkpointer = self.checkpointer
+        if checkpointer is not None and checkpointer.due(done, force=done == self.num_steps):
+            self.window.fetch_and_check(self.last_good)
+            checkpointer.maybe_save(done, state, due=True, data=self.stream.state())
+        signum = _stop_requested(self.multi_process)
+        if signum:
+            _stop(signum, self.name, done, self.num_steps, state, checkpointer, self.window, self.last_good,
+                  self.stream)
+
+    def finish(self) -> dict:
+        """Closes the profile and the input, waits for the last save; the last metrics and the times."""
+        self.profile.close()
+        waits.bounded(self.stream.close, f"{self.name}: stopping the input's worker threads", waits.CLEANUP_S)
+        if self.checkpointer is not None:
+            self.checkpointer.wait()
+        self.last['compile_seconds'] = self.compile_s
+        self.last['train_seconds'] = time.perf_counter() - self.t_start
+        return self.last

@@ -28,7 +28,7 @@ def count(data: Any) -> int:
 
 
 def step_augmentation(data: Any) -> dict:
-    """`train_student`'s augmentation arguments: pre-drawn views are shown as they are."""
+    """A job's augmentation settings (`job.Settings`): pre-drawn views are shown as they are."""
     k = count(data)
     if k:
         return dict(crop_padding=0, flip=False, views=k)
