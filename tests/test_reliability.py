@@ -85,7 +85,7 @@ def test_a_jobs_non_finite_stop_carries_its_stage_and_task(tmp_path):
     job = Job('component of a', 'stage1', 'a', stage.student, poisoned, stage.init_bridges(jax.random.key(1)),
               {'image': toy.images(16)}, Frozen.live({'t1': v1}), Settings(toy.stage_config(), 0, log_every=1),
               sharding.make_mesh(1), checkpoints=str(tmp_path / 'ckpt'))
-    with pytest.raises(NonFiniteLoss, match=r'component of a: the loss became nan at step 1') as err:
+    with pytest.raises(NonFiniteLoss, match=r'component of a: the gradient norm became nan at step 1') as err:
         train(job)
     assert (err.value.stage, err.value.task, err.value.step, err.value.last_good) == ('stage1', 'a', 1, None)
     assert RETUNABLE_SECTIONS[err.value.stage] == ('stage1',)
