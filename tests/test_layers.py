@@ -71,6 +71,15 @@ def test_train_imports_nothing_of_the_layers_above_it():
     assert not reached & UPPER, f'kamal_jax.train reaches {sorted(reached & UPPER)}'
 
 
+def test_recipes_import_nothing_of_the_run_above_them():
+    # The run (pipeline, cli) writes the summary, the report and the workdir's identity; recipes hand
+    # it their trained nets.
+    above = {'pipeline', 'cli', 'summary', 'report', 'workdir', 'export'}
+    for path in sorted((PACKAGE / 'recipes').glob('*.py')):
+        reached = {_top(m) for m in _imports(path)} & above
+        assert not reached, f'{_dotted(path)} imports {sorted(reached)}'
+
+
 # ----------------------------------------------------------------------------- workdir paths
 
 def _names_a_workdir(node: ast.AST) -> bool:
