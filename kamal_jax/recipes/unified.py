@@ -12,8 +12,9 @@ import numpy as np
 
 from kamal_jax import unified
 from kamal_jax.recipes.context import Outcome, Run
-from kamal_jax.recipes.one_stage import ONE_STAGE_READS, _train, one_stage_config
+from kamal_jax.recipes.one_stage import ONE_STAGE_READS, _train, one_stage_config, one_stage_job
 from kamal_jax.train import evaluate as eval_lib
+from kamal_jax.train.job import Frozen
 from kamal_jax.train.nets import Net
 from kamal_jax.train.objectives import Distill, LossWeights
 
@@ -52,7 +53,7 @@ class Unified:
     estimate: str  # kamal_jax.unified.ESTIMATES
     reads = property(lambda self: ONE_STAGE_READS + ('unified.',))
 
-    def run(self, run: Run, name: str, out: str, main: bool) -> Outcome:
+    def run(self, run: Run, name: str, main: bool) -> Outcome:
         cfg = one_stage_config(run.config)
         target = run.target_net('target' if main else f'baseline_{name}', cfg)
         targets = task_targets(run, run.train.images, self.estimate, cfg.temperature)
@@ -62,4 +63,5 @@ class Unified:
         stage = Distill(target, tuple((t, ()) for t in run.plan.target_tasks), {},
                         LossWeights(temperature=cfg.temperature), combine=_precomputed, precombined=True)
         method = self.method.format(temperature=cfg.temperature, outside=run.config.unified.outside)
-        return _train(run, name, main, method, cfg, target, stage.loss, {}, arrays, {})
+        return _train(run, name, main, method, cfg,
+                      one_stage_job(run, name, main, cfg, target, stage.loss, {}, arrays, Frozen()))
