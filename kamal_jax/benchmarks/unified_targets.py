@@ -30,6 +30,7 @@ import sys
 import numpy as np
 
 from kamal_jax import config_files, config_schema, pipeline, tasks as tasks_lib, unified
+from kamal_jax.layout import Layout
 from kamal_jax.recipes import one_stage_config
 from kamal_jax.recipes.context import Run
 from kamal_jax.recipes.unified import whole_logits
@@ -77,7 +78,7 @@ def score_run(workdir: str, config_name: str = '') -> dict:
     if config_name:
         config = config_schema.resolve(config_files.load_file(config_name))
     else:
-        stored = json.load(open(os.path.join(workdir, 'config.json')))
+        stored = json.load(open(Layout(workdir).config))
         config = config_schema.resolve(config_schema.stored_as_resolved(stored))
     plan = pipeline.validate(config, workdir)
     missing = [t.checkpoint for t in plan.used_teachers if not os.path.isfile(t.checkpoint)]
@@ -184,7 +185,7 @@ def main(argv=None) -> None:
     else:
         if len(a.runs) != 1:
             p.error('give one workdir (or only .npz screen inputs).')
-        if not a.config and not os.path.isfile(os.path.join(a.runs[0], 'config.json')):
+        if not a.config and not os.path.isfile(Layout(a.runs[0]).config):
             p.error(f'{a.runs[0]} holds no run (no config.json); name its config with --config.')
         result = score_run(a.runs[0], a.config)
         result['command'] = command
