@@ -55,23 +55,23 @@ def _stage1_inputs(task, plan, stage: Distill, group, frozen, train_split, confi
     """The stage-1 job's loss, data and frozen inputs: an offline selection when the stage selects
     once, and the teachers live or, with `stage1.teacher_cache`, their cached outputs."""
     selector, offline, cached = stage.selector, stage.offline, stage.cached
-    data = {'image': train_split.images}
+    arrays = {'image': train_split.images}
     group_frozen = {t.name: frozen[t.name] for t in group}
     # Cached, offline, hard selection: the cache build selects from the logits it computes and stores
     # only the selected teacher's features, so the teachers run once per image.
     # A selector that needs views or a fit selects here, and the cache build stores its choice.
     selected_only = cached and offline and selector.hard
     if offline and (not selected_only or selector.views or selector.fit is not None):
-        data.update(selection_arrays(offline_selection(task, group, frozen, train_split.images,
+        arrays.update(selection_arrays(offline_selection(task, group, frozen, train_split.images,
                                                        config.eval_batch_size, selector, _task_rng(config.seed, task),
                                                        config.data, config.seed), selector))
     if not cached:
-        return stage, data, Frozen.live(group_frozen)
+        return stage, arrays, Frozen.live(group_frozen)
     if selected_only:
         stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(
             stage.cache_spec(), group_frozen, train_split.images.shape[1:]))
-    outputs = stage1_cache(task, plan, stage, group_frozen, train_split, config, cache_dir, data.get('selected'))
-    return stage, data, Frozen.cached(outputs)  # the step never runs the teachers
+    outputs = stage1_cache(task, plan, stage, group_frozen, train_split, config, cache_dir, arrays.get('selected'))
+    return stage, arrays, Frozen.cached(outputs)  # the step never runs the teachers
 
 
 def stage2_job(plan, components, train_split, config, mesh, dirs: RecipeDirs, monitoring=None) -> Job:
