@@ -10,6 +10,7 @@
     RECIPE/stage1/TASK, stage2, target                       checkpoints (RECIPE: WORKDIR for the main
     RECIPE/tb/stage1/TASK, tb/stage2, tb/target              recipe, WORKDIR/baselines/NAME for a
     RECIPE/cache/stage1/TASK, cache/stage2                   baseline); curves; frozen nets' outputs
+    RECIPE/cache/target, cache/target_decision.json          a one-stage target's teacher logits cache
 
 A one-stage baseline keeps its checkpoints in RECIPE itself (no `target` folder), as runs always have.
 Nothing here touches the disk but the listings (`zoo_cards`, `contents`); the modules that write a file
@@ -32,10 +33,12 @@ BASELINES = 'baselines'
 
 @dataclasses.dataclass(frozen=True)
 class JobDirs:
-    """The folders of one trained net: its checkpoints, its curves and its frozen nets' cached outputs."""
+    """The folders of one trained net: its checkpoints, its curves and its frozen nets' cached outputs
+    (and, for a one-stage target, the file that keeps whether it reads its teachers from a cache)."""
     checkpoints: str
     tb: str
     cache: str
+    cache_decision: str = ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,7 @@ class RecipeDirs:
     def one_stage(self) -> JobDirs:
         """The target of a one-stage recipe (a baseline's checkpoints sit in its folder itself)."""
         return JobDirs(self._join('target') if self.main else self.root, self._join(TB, 'target'),
-                       self._join('cache', 'target'))
+                       self._join('cache', 'target'), self._join('cache', 'target_decision.json'))
 
 
 @dataclasses.dataclass(frozen=True)

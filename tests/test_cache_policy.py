@@ -64,3 +64,9 @@ def test_on_and_off_force_it_and_a_live_recipe_says_why():
         decide('on', needs_live='recipe one_stage matches the teachers\' features')
     with pytest.raises(ValueError, match="one of \\('auto', 'on', 'off'\\)"):
         decide('sometimes')
+
+
+def test_views_that_would_not_fit_in_memory_run_live():
+    d = decide(image_bytes_per_view=2 * GIB, image_limit_bytes=4 * GIB)
+    assert not d.cached and '8.00 GiB of images in memory' in d.why
+    assert decide(augmented=False, image_bytes_per_view=2 * GIB, image_limit_bytes=4 * GIB).cached  # no views drawn

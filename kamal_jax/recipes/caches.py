@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import types
 from typing import Any
 
-from kamal_jax.files import sha256
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from kamal_jax.files import sha256, write_atomic
 from kamal_jax.tasks import ConfigError
-from kamal_jax.train import distributed, teacher_cache, views as views_lib
+from kamal_jax.train import cache_policy, distributed, evaluate as eval_lib, teacher_cache, views as views_lib
 from kamal_jax.train.nets import Net
 
 
@@ -57,3 +65,51 @@ def stage2_cache(stage, frozen, train, config, path) -> dict:
                                    'task': task} for task, c in stage.components}}
     return load_cache('stage-2 component cache', path, stage.cache_spec(),
                        frozen, train, config, 'stage2', 'component_cache', key)
+
+
+def one_stage_cache(stage, plan, frozen, images, config, cfg, path, views: int) -> dict:
+    """The teachers' cached task logits for a one-stage target (`Distill.cache_spec` with a combiner),
+    on `images` as they are: the training split, or `views` pre-drawn views of each image."""
+    specs = {t.name: t for task in plan.target_tasks for t in plan.group(task)}
+    key = {'teachers': {t.name: net_key(t, sha256(specs[t.name].checkpoint), specs[t.name].widths)
+                        for t in stage.teachers},
+           'data': data_key(config, types.SimpleNamespace(images=images))['data'],
+           'views': views_lib.cache_key(views_lib.with_views(config.data, views), images.shape[1:])}
+
+    def build():
+        return teacher_cache.load_or_build(path, spec=stage.cache_spec(cfg.cache_dtype), frozen=frozen, images=images,
+                                           key=key, batch_size=config.eval_batch_size, limit_gb=cfg.cache_limit_gb,
+                                           feature_dtype=cfg.cache_dtype)
+    return distributed.primary_first(build, "building the teachers' logits cache")
+
+
+def logits_cache_decision(run, cfg, stage, target: Net, dirs) -> cache_policy.Decision:
+    """Whether the one-stage target reads its teachers' logits from a cache, and from how many views
+    (`cache_policy.decide` on the run's FLOPs, epochs, sizes and device). Kept in
+    `dirs.cache_decision`: a resumed run goes on as it started, whatever the machine it resumes on."""
+    if os.path.exists(dirs.cache_decision) and os.path.isdir(dirs.checkpoints):
+        with open(dirs.cache_decision) as f:
+            stored = json.load(f)
+        if stored.get('setting') == cfg.logits_cache:
+            return cache_policy.Decision(**{**stored, 'why': stored['why'] + ' (as this run started)'})
+    if cfg.logits_cache == 'off':  # nothing to weigh (and no FLOPs to count)
+        return cache_policy.decide('off', teacher_flops=0, student_flops=0, epochs=0, augmented=False, views=0,
+                                   bytes_per_view=0, limit_bytes=0, device_kind='')
+    d = run.config.data
+    image_shape = tuple(run.train.images.shape[1:])
+    n = len(run.train.images) // max(views_lib.count(d), 1)
+    target_shapes = jax.eval_shape(lambda: target.module.init(jax.random.key(0), jnp.zeros((1, *image_shape))))
+    columns = sum(run.plan.tasks[task].num_classes for task, ts in stage.groups for _ in ts)
+    decision = cache_policy.decide(
+        cfg.logits_cache, needs_live='',
+        teacher_flops=sum(eval_lib.forward_flops(t, run.frozen[t.name], image_shape) for t in stage.teachers),
+        student_flops=eval_lib.forward_flops(target, target_shapes, image_shape), epochs=int(cfg.epochs),
+        augmented=bool(d.crop_padding or d.flip), views=views_lib.count(d),
+        bytes_per_view=n * columns * np.dtype(teacher_cache.FEATURE_DTYPES[cfg.cache_dtype]).itemsize,
+        limit_bytes=int(cfg.cache_limit_gb * 2 ** 30),
+        image_bytes_per_view=0 if views_lib.count(d) else n * int(np.prod(image_shape)),
+        image_limit_bytes=int(d.memory_limit_gb * 2 ** 30), device_kind=jax.devices()[0].platform)
+    if distributed.is_primary():
+        os.makedirs(os.path.dirname(dirs.cache_decision), exist_ok=True)
+        write_atomic(dirs.cache_decision, json.dumps(dataclasses.asdict(decision), indent=1).encode())
+    return decision

@@ -10,6 +10,7 @@ Checkpoints: WORKDIR/target (main recipe) or WORKDIR/baselines/NAME (baseline; `
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -17,15 +18,18 @@ import jax
 import numpy as np
 
 from kamal_jax import config_schema, selection
+from kamal_jax.recipes import caches
 from kamal_jax.recipes.context import Outcome, Run, floats, job_settings, loss_weights, selector_of
 from kamal_jax.recipes.teacher_passes import fitted_target, offline_selection, selection_arrays
 from kamal_jax.tasks import ConfigError, Plan
-from kamal_jax.train import evaluate as eval_lib
+from kamal_jax.train import evaluate as eval_lib, views as views_lib
 from kamal_jax.train.job import Frozen, Job
 from kamal_jax.train.nets import Net
 from kamal_jax.train.objectives import Distill, LossWeights, Supervised, make_pairs
 from kamal_jax.train.trainer import train
 
+
+log = logging.getLogger('kamal_jax')
 
 # Every one-stage recipe trains with stage2's optimiser, the baseline_stage overrides and a budget
 # counted in stage1's epochs.
@@ -38,12 +42,15 @@ def one_stage_config(config: Any) -> Any:
 
 
 def one_stage_job(run: Run, name: str, main: bool, cfg: Any, target: Net, loss, bridges, data,
-                  frozen: Frozen) -> Job:
-    """The target of a one-stage recipe as a job, in `Layout.recipe(name, main).one_stage()`."""
+                  frozen: Frozen, views: int = 0) -> Job:
+    """The target of a one-stage recipe as a job, in `Layout.recipe(name, main).one_stage()`; `views`
+    > 0: `data` holds that many pre-drawn views per image (the logits cache's), shown as they are."""
     dirs = run.layout.recipe(name, main).one_stage()
+    settings = job_settings(run.config, cfg, run.config.seed + 1)
+    if views:
+        settings = dataclasses.replace(settings, crop_padding=0, flip=False, views=views)
     return Job('target' if main else f'baseline/{name}', 'one_stage', None, target, loss, bridges, data, frozen,
-               job_settings(run.config, cfg, run.config.seed + 1), run.mesh, dirs.checkpoints,
-               run.monitoring(dirs.tb, target, run.config))
+               settings, run.mesh, dirs.checkpoints, run.monitoring(dirs.tb, target, run.config))
 
 
 def _train(run: Run, name: str, main: bool, method: str, cfg: Any, job: Job) -> Outcome:
@@ -80,22 +87,43 @@ class OneStage:
         target = run.target_net('target' if main else f'baseline_{name}', cfg)
         groups = run.groups()
         frozen = Frozen.live({t.name: run.frozen[t.name] for _, ts in groups for t in ts})
-        method, loss, bridges, data = (self._combined if self.combine else self._selected)(run, cfg, target, groups)
+        if self.combine:
+            method, job = self._combined(run, name, main, cfg, target, groups, frozen)
+            return _train(run, name, main, method, cfg, job)
+        method, loss, bridges, data = self._selected(run, cfg, target, groups)
         return _train(run, name, main, method, cfg,
                       one_stage_job(run, name, main, cfg, target, loss, bridges, data, frozen))
 
-    def _combined(self, run: Run, cfg: Any, target: Net, groups):
-        """(method, loss, bridges, data) from the teachers' combined soft target (`combine`)."""
+    def _combined(self, run: Run, name: str, main: bool, cfg: Any, target: Net, groups, frozen: Frozen):
+        """(method, job) from the teachers' combined soft target (`combine`): a fitted combiner's
+        target computed once; the others' from the teachers live or from their cached logits
+        (`baseline_stage.logits_cache`, `caches.logits_cache_decision`)."""
         temperature = cfg.temperature
+        method = self.method.format(temperature=temperature)
         combiner = selection.get_combiner(self.combine)
         data = {'image': run.train.images}
+        stage = Distill(target, groups, {}, LossWeights(temperature=temperature), combine=combiner,
+                        precombined=combiner.fit is not None)
         if combiner.fit is not None:
             data['combined_target'] = {
                 task: fitted_target(task, ts, run.frozen, run.train.images, run.config.eval_batch_size,
                                     combiner, temperature) for task, ts in groups}
-        stage = Distill(target, groups, {}, LossWeights(temperature=temperature), combine=combiner,
-                        precombined=combiner.fit is not None)
-        return self.method.format(temperature=temperature), stage.loss, {}, data
+            return method, one_stage_job(run, name, main, cfg, target, stage.loss, {}, data, frozen)
+        dirs = run.layout.recipe(name, main).one_stage()
+        decision = caches.logits_cache_decision(run, cfg, stage, target, dirs)
+        log.info('%s: %s', 'target' if main else f'baseline/{name}', decision.line())
+        if not decision.cached:
+            return method, one_stage_job(run, name, main, cfg, target, stage.loss, {}, data, frozen)
+        d = run.config.data
+        images = run.train.images
+        if not views_lib.count(d) and decision.views > 1:  # the views the cache holds, as data.views draws them
+            images = views_lib.predraw(images, decision.views, crop_padding=d.crop_padding, flip=d.flip,
+                                       seed=run.config.seed)
+        stage = dataclasses.replace(stage, cached=True)
+        arrays = caches.one_stage_cache(stage, run.plan, run.frozen, images, run.config, cfg, dirs.cache,
+                                        decision.views)
+        return method, one_stage_job(run, name, main, cfg, target, stage.loss, {}, {'image': images},
+                                     Frozen.cached(arrays), views=decision.views)
 
     def _selected(self, run: Run, cfg: Any, target: Net, groups):
         """(method, loss, bridges, data) from each sample's selected teachers (stage 1's selection)."""

@@ -67,11 +67,13 @@ def _device(kind: str) -> str:
 
 def decide(setting: str, *, teacher_flops: float, student_flops: float, epochs: int, augmented: bool,
            views: int, bytes_per_view: int, limit_bytes: int, device_kind: str,
-           needs_live: str = '') -> Decision:
+           image_bytes_per_view: int = 0, image_limit_bytes: int = 0, needs_live: str = '') -> Decision:
     """Cache or not, and with how many views (see the module docstring).
 
-    `bytes_per_view`: the cache's size for one view of every training image; `needs_live`: why the
-    recipe cannot use the cache ('' when it can). Raises ValueError when `on` cannot be honoured.
+    `bytes_per_view`: the cache's size for one view of every training image (`limit_bytes` its
+    limit); `image_bytes_per_view`: the memory one pre-drawn view of every image takes, when the
+    cache needs the views drawn (`image_limit_bytes` their limit); `needs_live`: why the recipe
+    cannot use the cache ('' when it can). Raises ValueError when `on` cannot be honoured.
     """
     if setting not in SETTINGS:
         raise ValueError(f'the logits cache setting must be one of {SETTINGS}, got {setting!r}.')
@@ -83,6 +85,13 @@ def decide(setting: str, *, teacher_flops: float, student_flops: float, epochs: 
         return Decision(False, 0, setting, needs_live)
     k = views_for(augmented=augmented, views=views)
     nbytes = k * bytes_per_view
+    images = k * image_bytes_per_view if k > 1 else 0
+    if images > image_limit_bytes:
+        why = (f'{k} pre-drawn views would hold {images / 2 ** 30:.2f} GiB of images in memory, more than '
+               f'{image_limit_bytes / 2 ** 30:g} GiB')
+        if setting == 'on':
+            raise ValueError(f'the logits cache is set on, but {why}.')
+        return Decision(False, 0, setting, f'{why}; the teachers run at every step')
     gain = flops_gain(teacher_flops=teacher_flops, student_flops=student_flops, epochs=epochs, views=k)
     size = f'{nbytes / 2 ** 20:.1f} MiB of a {limit_bytes / 2 ** 30:g} GiB limit'
     if nbytes > limit_bytes:

@@ -11,6 +11,7 @@ size (and build time: K forward passes of the frozen nets) for augmentation vari
 from __future__ import annotations
 
 import dataclasses
+import types
 from typing import Any
 
 import jax
@@ -60,6 +61,11 @@ def expand_split(split: Any, data: Any, seed: int) -> Any:
     images = predraw(split.images, k, crop_padding=data.crop_padding, flip=data.flip, seed=seed)
     return dataclasses.replace(split, images=images,
                                labels={key: np.tile(v, k) for key, v in split.labels.items()})
+
+
+def with_views(data: Any, k: int) -> Any:
+    """`data`'s augmentation fields with `k` pre-drawn views (what a cache built on them is keyed by)."""
+    return types.SimpleNamespace(views=k, crop_padding=data.crop_padding, flip=data.flip)
 
 
 def cache_key(data: Any, image_shape) -> dict:
