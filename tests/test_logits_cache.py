@@ -6,13 +6,14 @@ import types
 
 import jax
 import numpy as np
+import pytest
 
 import kamal_jax
 import toy
 from kamal_jax import models, pipeline, recipes, selection
 from kamal_jax.data.datasets import ArraySplit
 from kamal_jax.recipes import caches
-from kamal_jax.tasks import Plan, Task, TeacherSpec
+from kamal_jax.tasks import ConfigError, Plan, Task, TeacherSpec
 from kamal_jax.train import sharding, teacher_cache, views as views_lib
 from kamal_jax.train.augment import to_unit
 from kamal_jax.train.nets import Net
@@ -132,6 +133,11 @@ def test_other_teachers_or_views_rebuild_the_cache_and_a_resumed_run_keeps_its_d
     (tmp_path / 'c_t.pth').write_bytes(b'another checkpoint')
     build(images[:24], 2)
     assert 'rebuilding it' in caplog.text
+    # Over its limit, the cache is one sentence naming the fields to change, and nothing is written.
+    cfg.cache_limit_gb = 1e-9
+    with pytest.raises(ConfigError, match=r"baseline_stage\.cache_limit_gb = 1e-09.*baseline_stage\.logits_cache = 'off'"):
+        caches.one_stage_cache(cache, plan, frozen, images, config, cfg, str(tmp_path / 'over'), 4)
+    assert not (tmp_path / 'over').exists()
     # Resumed (its checkpoints exist), the run keeps the decision it started with.
     caplog.clear()
     _run(tmp_path, workdir, cache='on', cache_dtype='float16')

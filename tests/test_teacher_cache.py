@@ -1,7 +1,6 @@
 """Stage 1 from cached teacher outputs: same result as running the teachers; stale caches rebuilt."""
 import dataclasses
 import os
-import types
 
 import jax
 import numpy as np
@@ -127,8 +126,8 @@ def test_over_limit_refuses_before_building(tmp_path):
     config = toy.run_config(eval_batch_size=8, stage1=dict(cache_limit_gb=nbytes / 2 ** 30 / 2, cache_dtype='float16'),
                             data=dict(image_size=(12, 12)))
     with pytest.raises(ConfigError, match=r'stage1\.cache_limit_gb.*stage1\.teacher_cache = False'):
-        caches.load_cache('stage-1 teacher cache', str(tmp_path / 'b'), stage.cache_spec(), frozen,
-                          types.SimpleNamespace(images=images), config, 'stage1', 'teacher_cache', {})
+        caches.load_cache('stage-1 teacher cache', str(tmp_path / 'b'), stage.cache_spec(), frozen, images,
+                          config, config.stage1, 'stage1.teacher_cache = False', {})
     assert not os.listdir(tmp_path)
 
 

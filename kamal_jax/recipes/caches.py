@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import types
 from typing import Any
 
 import jax
@@ -19,13 +18,15 @@ from kamal_jax.train import cache_policy, distributed, evaluate as eval_lib, tea
 from kamal_jax.train.nets import Net
 
 
-def data_key(config: Any, train) -> dict:
-    """What the training images are and how the frozen nets see them: part of every cache's key."""
+def data_key(config: Any, images, views: int | None = None) -> dict:
+    """What the training images are and how the frozen nets see them: part of every cache's key.
+    `views` names a count of pre-drawn views other than `config.data`'s (the one-stage logits cache)."""
     d = config.data
-    return {'data': {'name': d.name, 'split': d.train_split, 'size': len(train.images),
+    seen_as = d if views is None else views_lib.with_views(d, views)
+    return {'data': {'name': d.name, 'split': d.train_split, 'size': len(images),
                      'train_limit': d.train_limit, 'seed': config.seed,
                      'image_size': list(d.image_size)},
-            'views': views_lib.cache_key(d, train.images.shape[1:])}
+            'views': views_lib.cache_key(seen_as, images.shape[1:])}
 
 
 def net_key(net: Net, digest: str, widths) -> dict:
@@ -33,54 +34,51 @@ def net_key(net: Net, digest: str, widths) -> dict:
             'std': list(net.std), 'compute_dtype': str(net.dtype or 'float32')}
 
 
-def load_cache(what, path, spec, frozen, train, config, section, switch, key, selected=None) -> dict:
-    """The stage's cached frozen outputs on the fixed views (process 0 builds, the others then read)."""
-    cfg = config[section]
+def load_cache(what, path, spec, frozen, images, config, cfg, turn_off, key, selected=None) -> dict:
+    """The stage's cached frozen outputs on `images` (process 0 builds, the others then read); a cache
+    over `cfg.cache_limit_gb` is one sentence naming the fields to change (`turn_off` switches it off)."""
+    section = turn_off.split('.')[0]
 
     def build():
         try:
             return teacher_cache.load_or_build(
-                path, spec=spec, frozen=frozen, images=train.images, key={**key, **data_key(config, train)},
-                selected=selected, batch_size=config.eval_batch_size, limit_gb=cfg.cache_limit_gb,
-                feature_dtype=cfg.cache_dtype)
+                path, spec=spec, frozen=frozen, images=images, key=key, selected=selected,
+                batch_size=config.eval_batch_size, limit_gb=cfg.cache_limit_gb, feature_dtype=cfg.cache_dtype)
         except teacher_cache.CacheTooLarge as e:
             raise ConfigError(f'The {what} would take {e.nbytes / 2 ** 30:.2f} GiB, more than '
                               f'{section}.cache_limit_gb = {e.limit_gb:g}; raise the limit, use fewer or smaller '
-                              f'images, or set {section}.{switch} = False.') from None
+                              f'images, or set {turn_off}.') from None
     return distributed.primary_first(build, f'building the {what.split(" of ")[0]}')
+
+
+def _teachers_key(stage, plan, tasks) -> dict:
+    specs = {t.name: t for task in tasks for t in plan.group(task)}
+    return {'teachers': {t.name: net_key(t, sha256(specs[t.name].checkpoint), specs[t.name].widths)
+                         for t in stage.teachers}}
 
 
 def stage1_cache(task, plan, stage, frozen, train, config, path, selected=None) -> dict:
     """The teachers' cached outputs, keyed by their checkpoints' hashes."""
-    specs = {t.name: t for t in plan.group(task)}
-    key = {'teachers': {t.name: net_key(t, sha256(specs[t.name].checkpoint), specs[t.name].widths)
-                        for t in stage.teachers}}
-    return load_cache(f'stage-1 teacher cache of task {task!r}', path,
-                       stage.cache_spec(), frozen, train, config, 'stage1', 'teacher_cache', key, selected)
+    key = {**_teachers_key(stage, plan, [task]), **data_key(config, train.images)}
+    return load_cache(f'stage-1 teacher cache of task {task!r}', path, stage.cache_spec(), frozen, train.images,
+                      config, config.stage1, 'stage1.teacher_cache = False', key, selected)
 
 
 def stage2_cache(stage, frozen, train, config, path) -> dict:
     """The component nets' cached outputs, keyed by hashes of their trained variables."""
     key = {'components': {c.name: {**net_key(c, teacher_cache.variables_sha256(frozen[c.name]), c.widths),
-                                   'task': task} for task, c in stage.components}}
-    return load_cache('stage-2 component cache', path, stage.cache_spec(),
-                       frozen, train, config, 'stage2', 'component_cache', key)
+                                   'task': task} for task, c in stage.components},
+           **data_key(config, train.images)}
+    return load_cache('stage-2 component cache', path, stage.cache_spec(), frozen, train.images,
+                      config, config.stage2, 'stage2.component_cache = False', key)
 
 
 def one_stage_cache(stage, plan, frozen, images, config, cfg, path, views: int) -> dict:
     """The teachers' cached task logits for a one-stage target (`Distill.cache_spec` with a combiner),
     on `images` as they are: the training split, or `views` pre-drawn views of each image."""
-    specs = {t.name: t for task in plan.target_tasks for t in plan.group(task)}
-    key = {'teachers': {t.name: net_key(t, sha256(specs[t.name].checkpoint), specs[t.name].widths)
-                        for t in stage.teachers},
-           'data': data_key(config, types.SimpleNamespace(images=images))['data'],
-           'views': views_lib.cache_key(views_lib.with_views(config.data, views), images.shape[1:])}
-
-    def build():
-        return teacher_cache.load_or_build(path, spec=stage.cache_spec(cfg.cache_dtype), frozen=frozen, images=images,
-                                           key=key, batch_size=config.eval_batch_size, limit_gb=cfg.cache_limit_gb,
-                                           feature_dtype=cfg.cache_dtype)
-    return distributed.primary_first(build, "building the teachers' logits cache")
+    key = {**_teachers_key(stage, plan, plan.target_tasks), **data_key(config, images, views)}
+    return load_cache("teachers' logits cache", path, stage.cache_spec(cfg.cache_dtype), frozen, images,
+                      config, cfg, "baseline_stage.logits_cache = 'off'", key)
 
 
 def logits_cache_decision(run, cfg, stage, target: Net, dirs) -> cache_policy.Decision:
