@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from kamal_jax import config_schema, models, selection
 from kamal_jax.porting import generic
 from kamal_jax.recipes import RECIPES, one_stage_config, task_label_arrays
+from kamal_jax.recipes import student_loop
 from kamal_jax.recipes.one_stage import OneStage
 from kamal_jax.recipes.two_stage import TwoStage
 from kamal_jax.recipes.context import compute_dtype
@@ -39,6 +40,21 @@ def check_selection(cfg: Any) -> None:
     if cfg.selection == 'offline' and selection.SELECTORS[name].student:
         raise ConfigError(f'stage1.selector = {name!r} reads the student, so it runs online only; set '
                           f'stage1.selection = \'online\'.')
+
+
+def check_student_loop(config: Any) -> None:
+    """`baseline_stage.student_loop`: a known combiner, a start inside the budget, a cutout smaller
+    than the image (the schedule against the steps is `check_data`'s)."""
+    loop, field = config.baseline_stage.student_loop, student_loop.FIELD
+    if loop.combiner not in selection.COMBINERS:
+        raise ConfigError(f'{field}.combiner = {loop.combiner!r} is unknown; valid combiners: '
+                          f'{", ".join(selection.COMBINERS)}.')
+    if not 0 < loop.start < 1:
+        raise ConfigError(f'{field}.start must be between 0 and 1 (the share of the steps before the first refit), '
+                          f'got {loop.start!r}.')
+    if not 0 <= loop.cutout < 1:
+        raise ConfigError(f'{field}.cutout must be at least 0 and under 1 (a share of the image\'s side), got '
+                          f'{loop.cutout!r}.')
 
 
 def check_views(data: Any) -> None:
@@ -144,7 +160,7 @@ def check_teaching(config: Any, plan: Plan) -> None:
     """The per-teacher recipes learn a task from teachers that know all its classes in one slice of
     their logits (`Plan.group`); a task picked across teachers that each know some has none."""
     for field, name in (('recipe', config.recipe), *(('baselines', n) for n in config.baselines)):
-        if not isinstance(RECIPES[name], (OneStage, TwoStage)):
+        if not isinstance(RECIPES[name], (OneStage, TwoStage, student_loop.StudentLoop)):
             continue
         for task in plan.target_tasks:
             if not plan.group(task):
@@ -170,6 +186,7 @@ def validate(config: Any, workdir: str = '') -> Plan:
     check_cache(config, 'stage1', 'teacher_cache')
     check_cache(config, 'stage2', 'component_cache')
     check_recipes(config)
+    check_student_loop(config)
     check_teaching(config, plan)
     for teacher in plan.used_teachers:
         if generic.is_generic(teacher.arch) and generic.arch_error(teacher.arch):
@@ -193,8 +210,8 @@ def validate(config: Any, workdir: str = '') -> Plan:
 def check_data(config: Any, plan: Plan, train: Any, held_out: Any, devices: int) -> None:
     """What the loaded images can refute, before the workdir is claimed (the evaluation labels are
     checked as they are read, `pipeline.load_data`): both splits have one image shape, the supervised
-    recipe finds its labels, a streamed split is not asked to sit in memory, and every batch fits the
-    images and devices."""
+    recipe finds its labels, a streamed split is not asked to sit in memory, every batch fits the
+    images and devices, and the student loop's refits fit its steps."""
     if tuple(train.images.shape[1:]) != tuple(held_out.images.shape[1:]):
         field = 'data.train_records' if config.data.train_records else 'data.train_split'
         hint = ('write the records at the evaluation size' if field == 'data.train_records'
@@ -206,6 +223,10 @@ def check_data(config: Any, plan: Plan, train: Any, held_out: Any, devices: int)
         task_label_arrays(plan, train)  # raises ConfigError naming the missing label
     check_streaming_needs(config, train)
     check_budget(config, len(train.images), devices)
+    if 'student_loop' in (config.recipe, *config.baselines):
+        cfg = one_stage_config(config)
+        student_loop.schedule(student_loop.total_steps(len(train.images), cfg), cfg.student_loop.start,
+                              cfg.student_loop.refits)
 
 
 def check_streaming_needs(config: Any, train: Any) -> None:

@@ -244,13 +244,27 @@ STAGE2 = _stage({
     'component_cache': _leaf('bool', False, "cache the components' outputs once (fixed views only)"),
 }, 'stage 2 (and the one-stage recipes\' optimiser): the multi-head target net')
 
+STUDENT_LOOP = Section({
+    'combiner': _leaf('str', 'product', "the teachers' combined target it starts from and keeps as the "
+                      "teachers' part of every refit (kamal_jax.selection.COMBINERS)"),
+    'start': _leaf('float', 0.5, "share of the steps trained on the combiner's target, as that recipe does, "
+                   'before the first refit (between 0 and 1)', above=0),
+    'refits': _leaf('int', 4, 'refits of the per-sample target, evenly spaced from the start to the end', low=1),
+    'student_weight': _leaf('float', 1.0, "exponent of the student's softened prediction in the refitted "
+                            "target (teachers' target x student^weight, normalised; 0: the teachers' alone)", low=0),
+    'cutout': _leaf('float', 0.5, 'after the first refit, the square cut out of every training view, as a share '
+                    "of the image's side, on top of data.crop_padding and data.flip (0: none)", low=0),
+}, "the recipe student_loop: the target re-estimated from the teachers and the student (kamal_jax.recipes."
+   "student_loop)")
+
 BASELINE_STAGE = Section(
     {**{k: dataclasses.replace(v, default=INHERIT, nullable=True) for k, v in STAGE2.fields.items()},
      'epochs': _leaf('int', INHERIT, 'epochs of the one-stage recipes (unset: T x stage1.epochs + '
                      'stage2.epochs for T target tasks)', low=1, nullable=True),
      'logits_cache': _leaf('str', 'off', "the teachers' logits computed once per pre-drawn view instead of at "
                            "every step, for recipes that learn a combined target: 'on', 'off' or 'auto' (where it "
-                           "saves enough compute; kamal_jax.train.cache_policy)", choices=('auto', 'on', 'off'))},
+                           "saves enough compute; kamal_jax.train.cache_policy)", choices=('auto', 'on', 'off')),
+     'student_loop': STUDENT_LOOP},
     'overrides of stage2 for the one-stage recipes (unset fields keep stage2\'s value)')
 
 SCHEMA = Section({

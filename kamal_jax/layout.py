@@ -11,9 +11,10 @@
     RECIPE/tb/stage1/TASK, tb/stage2, tb/target              recipe, WORKDIR/baselines/NAME for a
     RECIPE/cache/stage1/TASK, cache/stage2                   baseline); curves; frozen nets' outputs
     RECIPE/cache/target, cache/target_decision.json          a one-stage target's teacher logits cache
+    RECIPE/refits/target/step_N.npz                          the student loop's targets refitted at step N
 
 A one-stage baseline keeps its checkpoints in RECIPE itself (no `target` folder), as runs always have.
-Nothing here touches the disk but the listings (`zoo_cards`, `contents`); the modules that write a file
+Nothing here touches the disk but the listings (`zoo_cards`, `contents`, `refit_steps`); the modules that write a file
 ask this one where.
 """
 
@@ -34,11 +35,25 @@ BASELINES = 'baselines'
 @dataclasses.dataclass(frozen=True)
 class JobDirs:
     """The folders of one trained net: its checkpoints, its curves and its frozen nets' cached outputs
-    (and, for a one-stage target, the file that keeps whether it reads its teachers from a cache)."""
+    (and, for a one-stage target, the file that keeps whether it reads its teachers from a cache, and
+    the folder of the targets the student loop refits)."""
     checkpoints: str
     tb: str
     cache: str
     cache_decision: str = ''
+    refits: str = ''
+
+    def refit(self, step: int) -> str:
+        """The per-sample targets refitted at `step` (`recipes.student_loop`)."""
+        return os.path.join(self.refits, f'step_{int(step)}.npz')
+
+    def refit_steps(self) -> list[int]:
+        """The steps whose refitted targets are stored, ascending."""
+        if not os.path.isdir(self.refits):
+            return []
+        names = (n[len('step_'):-len('.npz')] for n in os.listdir(self.refits)
+                 if n.startswith('step_') and n.endswith('.npz'))
+        return sorted(int(n) for n in names if n.isdigit())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +74,8 @@ class RecipeDirs:
     def one_stage(self) -> JobDirs:
         """The target of a one-stage recipe (a baseline's checkpoints sit in its folder itself)."""
         return JobDirs(self._join('target') if self.main else self.root, self._join(TB, 'target'),
-                       self._join('cache', 'target'), self._join('cache', 'target_decision.json'))
+                       self._join('cache', 'target'), self._join('cache', 'target_decision.json'),
+                       self._join('refits', 'target'))
 
 
 @dataclasses.dataclass(frozen=True)

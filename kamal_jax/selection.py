@@ -226,6 +226,17 @@ def product(context: Context, temperature: float = 1.0, params=None) -> jax.Arra
     return losses.average_logits(context.teacher_logits, temperature)
 
 
+def with_student_vote(target: jax.Array, student_logits: jax.Array, temperature: float,
+                      weight: float) -> jax.Array:
+    """The student as one more voter (the recipe `student_loop`): a combiner's target [batch, classes]
+    times the student's softmax(logits / T) raised to `weight`, normalised. A class the teachers rule
+    out stays out; among the ones they allow, the student's own view tips the balance. Weight 0 gives
+    the teachers' target back."""
+    student = jax.nn.log_softmax(ambiguity.as_categorical(jnp.asarray(student_logits, jnp.float32)) / temperature,
+                                 axis=-1)
+    return jax.nn.softmax(jnp.log(jnp.clip(jnp.asarray(target, jnp.float32), 1e-30)) + weight * student, axis=-1)
+
+
 def _voters(context: Context, with_partial: bool, votes: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The label model's voters: each teacher of the task, then (`with_partial`) each partial one;
     their softmax (`votes='soft'`) or its argmax ('hard')."""

@@ -16,6 +16,12 @@ on the same held-out images and entered in the summary as `baseline_<name>`:
                `temperature`).
   product      as `average`, from the normalised product of the teachers' softened predictions
                (softmax of their mean logits / T): a class wins only if no teacher rules it out.
+  student_loop the student in the loop: as `product` (`baseline_stage.student_loop.combiner`) for the
+               first `student_loop.start` share of the steps, then at `student_loop.refits` steps every
+               training image's target is refitted on its clean view from the teachers and the student as
+               one more voter (their target x the student's softened prediction ^ `student_weight`),
+               learnt between refits under the run's crop and flip plus a cutout square
+               (`student_loop.cutout`); `kamal_jax.recipes.student_loop`.
   supervised   the target on the true training labels (the upper reference; it sees labels).
   dawid_skene  as `average`, from a label model's posterior: a confusion matrix per teacher, fitted
                by EM on the training images without labels (`selection.COMBINERS['dawid_skene']`,
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 from kamal_jax.recipes.context import Outcome, Run, Scored
 from kamal_jax.recipes.one_stage import Labelled, OneStage, one_stage_config, task_label_arrays
+from kamal_jax.recipes.student_loop import StudentLoop
 from kamal_jax.recipes.two_stage import TwoStage
 from kamal_jax.recipes.unified import Unified
 
@@ -53,6 +60,9 @@ RECIPES = {
     'average': OneStage('multi-teacher KD, averaged soft targets, T={temperature:g}', combine='average'),
     'product': OneStage('multi-teacher KD, product of the teachers\' soft targets, T={temperature:g}',
                         combine='product'),
+    'student_loop': StudentLoop('the student in the loop: the teachers\' {combiner} target, refitted {refits} times '
+                                'from {start:g} of the steps with the student as a voter (weight {weight:g}), '
+                                'cutout {cutout:g}, T={temperature:g}'),
     'supervised': Labelled('cross-entropy on the true training labels'),
     'dawid_skene': OneStage('multi-teacher KD, Dawid-Skene posterior of the teachers, T={temperature:g}',
                             combine='dawid_skene'),

@@ -88,13 +88,13 @@ class OneStage:
         groups = run.groups()
         frozen = Frozen.live({t.name: run.frozen[t.name] for _, ts in groups for t in ts})
         if self.combine:
-            method, job = self._combined(run, name, main, cfg, target, groups, frozen)
+            method, job = self.combined_job(run, name, main, cfg, target, groups, frozen)
             return _train(run, name, main, method, cfg, job)
         method, loss, bridges, data = self._selected(run, cfg, target, groups)
         return _train(run, name, main, method, cfg,
                       one_stage_job(run, name, main, cfg, target, loss, bridges, data, frozen))
 
-    def _combined(self, run: Run, name: str, main: bool, cfg: Any, target: Net, groups, frozen: Frozen):
+    def combined_job(self, run: Run, name: str, main: bool, cfg: Any, target: Net, groups, frozen: Frozen):
         """(method, job) from the teachers' combined soft target (`combine`): a fitted combiner's
         target computed once; the others' from the teachers live or from their cached logits
         (`baseline_stage.logits_cache`, `caches.logits_cache_decision`)."""

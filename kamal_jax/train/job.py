@@ -44,7 +44,8 @@ class Settings:
     schedule, checkpoint_every, checkpoint_min_interval_s; `state.make_optimizer` reads it);
     `seed` fixes the initialisation, the batch order and the step's randomness; `views` > 1: the data
     holds that many pre-drawn views of each sample (`train.views`, then no crop or flip in the step);
-    `stop_after` ends early at that step (tests of resuming)."""
+    `cutout` > 0 cuts a square of that share of the side out of every view (`augment.cutout`);
+    `stop_after` ends early at that step (tests of resuming, a recipe that trains in segments)."""
     optimiser: Any
     seed: int
     log_every: int = 50
@@ -53,6 +54,7 @@ class Settings:
     crop_padding: int = 0
     flip: bool = False
     views: int = 1
+    cutout: float = 0.0
     stop_after: int | None = None
 
 

@@ -8,15 +8,19 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from kamal_jax.train.augment import augment
+from kamal_jax.train.augment import augment, cutout as cut_out
 from kamal_jax.train.state import TrainState
 
 
 # ----------------------------------------------------------------------------- the step
 
 def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, crop_padding: int = 0,
-                    flip: bool = False) -> Callable:
+                    flip: bool = False, cutout: float = 0.0, fill=(0.5, 0.5, 0.5)) -> Callable:
     """`step(state, frozen, batch, rng) -> (state, metrics)`; pure, ready for `jax.jit`.
+
+    `cutout` > 0: after the crop and flip, a square of that share of the image's side is set to
+    `fill` in every view (`augment.cutout`; its randomness is drawn apart, so the crops and flips
+    are those of a run without it).
 
     Randomness per step is `fold_in(rng, state.step)`, so a resumed run draws the same views.
     `metrics['finite']` (1.0 or 0.0) says whether the loss and the updates were finite: the loop
@@ -26,6 +30,8 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation, *, crop
         rng = jax.random.fold_in(rng, state.step)
         view_rng, loss_rng = jax.random.split(rng)
         images = augment(view_rng, batch['image'], crop_padding=crop_padding, flip=flip)
+        if cutout:
+            images = cut_out(jax.random.fold_in(view_rng, 1), images, fraction=cutout, fill=fill)
         grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
         (_, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, frozen, images,
                                                      batch, loss_rng)

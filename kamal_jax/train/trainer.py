@@ -69,7 +69,8 @@ def _fit(job: Job, state, tx, batches: EpochBatches, num_steps: int, rng: jax.Ar
          checkpointer: Checkpointer | None, hooks: TrainingMetrics | None):
     """The jitted step (and k-step call), the frozen variables on the devices, then the loop."""
     s, mesh, monitoring = job.settings, job.mesh, job.monitoring
-    one_step = make_train_step(job.loss, tx, crop_padding=s.crop_padding, flip=s.flip)
+    one_step = make_train_step(job.loss, tx, crop_padding=s.crop_padding, flip=s.flip, cutout=s.cutout,
+                               fill=job.student.mean)
     step = sharding.jit_train_step(one_step, mesh)
     multi_step = (sharding.jit_train_step(make_multi_step(one_step), mesh, stacked=True)
                   if s.steps_per_call > 1 else None)
