@@ -250,8 +250,10 @@ STUDENT_LOOP = Section({
     'start': _leaf('float', 0.5, "share of the steps trained on the combiner's target, as that recipe does, "
                    'before the first refit (between 0 and 1)', above=0),
     'refits': _leaf('int', 4, 'refits of the per-sample target, evenly spaced from the start to the end', low=1),
-    'student_weight': _leaf('float', 1.0, "exponent of the student's softened prediction in the refitted "
-                            "target (teachers' target x student^weight, normalised; 0: the teachers' alone)", low=0),
+    'student_weight': _leaf('float', 1.0, "the student's vote in a refitted target, in teachers: the target is the "
+                            "normalised geometric mean of the teachers' target (weighed as their number) and the "
+                            "student's softmax(logits / T) (weighed this much; 0: the teachers' alone, 1: one more "
+                            "teacher)", low=0),
     'cutout': _leaf('float', 0.5, 'after the first refit, the square cut out of every training view, as a share '
                     "of the image's side, on top of data.crop_padding and data.flip (0: none)", low=0),
 }, "the recipe student_loop: the target re-estimated from the teachers and the student (kamal_jax.recipes."

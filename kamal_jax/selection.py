@@ -226,15 +226,20 @@ def product(context: Context, temperature: float = 1.0, params=None) -> jax.Arra
     return losses.average_logits(context.teacher_logits, temperature)
 
 
-def with_student_vote(target: jax.Array, student_logits: jax.Array, temperature: float,
-                      weight: float) -> jax.Array:
-    """The student as one more voter (the recipe `student_loop`): a combiner's target [batch, classes]
-    times the student's softmax(logits / T) raised to `weight`, normalised. A class the teachers rule
-    out stays out; among the ones they allow, the student's own view tips the balance. Weight 0 gives
-    the teachers' target back."""
+def with_student_vote(target: jax.Array, student_logits: jax.Array, temperature: float, weight: float,
+                      voters: int) -> jax.Array:
+    """The student as one more voter (the recipe `student_loop`): the normalised geometric mean of a
+    combiner's target [batch, classes], counted as its `voters` teachers, and the student's
+    softmax(logits / T), counted as `weight` voters. For `product` (softmax of the teachers' mean
+    logits / T) it is the product of `voters` + 1 experts with the student's logits weighed `weight`.
+    A class the teachers rule out stays out; weight 0 gives the teachers' target back, weight 1 counts
+    the student as one more teacher. Why a mean, not target x student^weight: a student that learnt
+    the target votes for it, so a plain product would square it at every refit and the target would
+    collapse onto the student's own guesses; the mean keeps the target where the student agrees."""
     student = jax.nn.log_softmax(ambiguity.as_categorical(jnp.asarray(student_logits, jnp.float32)) / temperature,
                                  axis=-1)
-    return jax.nn.softmax(jnp.log(jnp.clip(jnp.asarray(target, jnp.float32), 1e-30)) + weight * student, axis=-1)
+    teachers = jnp.log(jnp.clip(jnp.asarray(target, jnp.float32), 1e-30))
+    return jax.nn.softmax((voters * teachers + weight * student) / (voters + weight), axis=-1)
 
 
 def _voters(context: Context, with_partial: bool, votes: str) -> tuple[list[np.ndarray], list[np.ndarray]]:

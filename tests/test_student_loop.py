@@ -149,7 +149,7 @@ def _toy_run(tmp_path, **loop):
 
 
 @pytest.mark.parametrize('weight', [0.0, 1.0, 0.5])
-def test_a_refit_is_the_teachers_product_times_the_students_vote(tmp_path, weight):
+def test_a_refit_is_the_product_of_the_teachers_and_the_student_as_one_more_voter(tmp_path, weight):
     run, student, variables = _toy_run(tmp_path, student_weight=weight)
     cfg = recipes.one_stage_config(run.config)
     dirs = run.layout.recipe('student_loop', True).one_stage()
@@ -161,7 +161,7 @@ def test_a_refit_is_the_teachers_product_times_the_students_vote(tmp_path, weigh
     product /= product.sum(-1, keepdims=True)
     s = eval_lib.predict(student, variables, run.train.images, 8)['a'] / 2.0
     log_student = s - s.max(-1, keepdims=True) - np.log(np.exp(s - s.max(-1, keepdims=True)).sum(-1, keepdims=True))
-    want = product * np.exp(weight * log_student)
+    want = np.exp((2 * np.log(product) + weight * log_student) / (2 + weight))  # two teachers, one student
     want /= want.sum(-1, keepdims=True)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     if weight == 0.0:
@@ -170,6 +170,19 @@ def test_a_refit_is_the_teachers_product_times_the_students_vote(tmp_path, weigh
         assert np.abs(got - product).max() > 1e-3
     assert dirs.refit_steps() == [5]
     np.testing.assert_array_equal(refits.load(5)['a'], got)  # stored as computed
+
+
+def test_a_student_that_learnt_the_target_leaves_it_where_it_is():
+    """The refit's fixed point: a student whose softened prediction is the teachers' target votes for
+    it, and the target stays (a plain product would square it at every refit); where the student
+    disagrees, the target moves towards it, the more the heavier its vote."""
+    target = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], np.float32)
+    agreeing = 4.0 * np.log(target)  # softmax(logits / 4) is the target
+    for weight in (0.5, 1.0, 3.0):
+        np.testing.assert_allclose(selection.with_student_vote(target, agreeing, 4.0, weight, 2), target, rtol=1e-5)
+    disagreeing = 4.0 * np.log(target[:, ::-1])
+    moved = [np.asarray(selection.with_student_vote(target, disagreeing, 4.0, w, 2))[0, 2] for w in (0.0, 1.0, 3.0)]
+    assert moved[0] == pytest.approx(0.1, rel=1e-5) and moved[0] < moved[1] < moved[2] < 0.7
 
 
 def test_cutout_sets_one_square_per_image_to_the_fill():

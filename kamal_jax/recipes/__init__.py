@@ -19,7 +19,8 @@ on the same held-out images and entered in the summary as `baseline_<name>`:
   student_loop the student in the loop: as `product` (`baseline_stage.student_loop.combiner`) for the
                first `student_loop.start` share of the steps, then at `student_loop.refits` steps every
                training image's target is refitted on its clean view from the teachers and the student as
-               one more voter (their target x the student's softened prediction ^ `student_weight`),
+               one more voter (the geometric mean of their target and the student's softened prediction,
+               the student weighed as `student_weight` teachers),
                learnt between refits under the run's crop and flip plus a cutout square
                (`student_loop.cutout`); `kamal_jax.recipes.student_loop`.
   supervised   the target on the true training labels (the upper reference; it sees labels).

@@ -5,8 +5,9 @@ combined target (`student_loop.combiner`, default 'product') exactly as that rec
 `student_loop.refits` steps, the first at the start and the others evenly spaced to the end, the
 per-sample target of every training row is re-estimated on the clean view (the rows as they are: no
 crop, flip or cutout; with `data.views` each pre-drawn view is a row), the student in eval mode: the
-teachers' combined target times the student's softmax(logits / T) raised to
-`student_loop.student_weight`, normalised (`selection.with_student_vote`). Between refits the
+normalised geometric mean of the teachers' combined target, counted as the task's teachers, and the
+student's softmax(logits / T), counted as `student_loop.student_weight` more (`selection.with_student_vote`;
+for `product`, one more expert in the product). Between refits the
 student learns that stored target under stronger noise, the run's crop and flip plus a cutout
 square of `student_loop.cutout` x the side, as Noisy Student (Xie et al., CVPR 2020) trains a
 student with noise on targets computed from clean views. Same budget as the other one-stage recipes.
@@ -89,8 +90,9 @@ class Refits:
         loop, run = self.cfg.student_loop, self.run
         student = eval_lib.predict(self.target, variables, run.train.images, run.config.eval_batch_size)
         teachers = self.teachers()
+        voters = {task: len(ts) for task, ts in run.groups()}
         targets = {task: np.asarray(selection.with_student_vote(teachers[task], student[task], self.cfg.temperature,
-                                                                loop.student_weight), np.float32)
+                                                                loop.student_weight, voters[task]), np.float32)
                    for task in teachers}
         moved = ', '.join(f'{task} {np.mean(t.argmax(-1) != teachers[task].argmax(-1)):.1%}'
                           for task, t in targets.items())
