@@ -113,8 +113,9 @@ class Refits:
         want = {task: len(self.run.train.images) for task, _ in self.run.groups()}
         got = {task: len(t) for task, t in targets.items()}
         if got != want:
-            raise ConfigError(f'{path} holds the targets of {got} rows by task, not of this run\'s {want}; move the folder '
-                              f'{self.dirs.refits} and the checkpoints beside it aside to train the recipe afresh.')
+            raise ConfigError(f'{path} holds the targets of {got} rows by task, not of this run\'s {want}; move '
+                              f'the folder {self.dirs.refits} and the checkpoints beside it aside to train the recipe '
+                              'afresh.')
         log.info('%s: the targets of the refit at step %d, from %s', self.target.name, step, path)
         return targets
 
