@@ -13,6 +13,11 @@ def as_categorical(logits: jax.Array) -> jax.Array:
     return logits
 
 
+def probabilities(logits: jax.Array) -> jax.Array:
+    """softmax(logits) over the last axis, in float32 (a single sigmoid logit as its two classes)."""
+    return jax.nn.softmax(as_categorical(jnp.asarray(logits, jnp.float32)), axis=-1)
+
+
 def entropy(logits: jax.Array) -> jax.Array:
     """Per-sample Shannon entropy (nats) of softmax(logits) over the last axis, computed in float32.
 

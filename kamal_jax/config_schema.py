@@ -85,7 +85,7 @@ class Leaf:
         elif kind == 'dict':
             if not isinstance(value, Mapping) and not hasattr(value, 'to_dict'):
                 raise ConfigError(f'{field} must be a dict, got {value!r}.')
-            return _plain(value)
+            return plain(value)
         if self.choices and value not in self.choices:
             raise ConfigError(f'{field} must be one of {", ".join(map(repr, self.choices))}, got {value!r}.')
         if self.low is not None and value < self.low:
@@ -371,7 +371,7 @@ class Resolved(Mapping):
         return f'Resolved({self.to_dict()!r})'
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, Mapping) and _plain(self) == _plain(other)
+        return isinstance(other, Mapping) and plain(self) == plain(other)
 
     __hash__ = None
 
@@ -379,7 +379,7 @@ class Resolved(Mapping):
         return f'{self._path}.{key}' if self._path else key
 
     def to_dict(self) -> dict:
-        return _plain(self)
+        return plain(self)
 
     @property
     def defaulted(self) -> frozenset:
@@ -391,15 +391,19 @@ class Resolved(Mapping):
         AttributeError('a resolved config has no .get: every field is present; read it as an attribute')))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A config (resolved, a ConfigDict, nested mappings and sequences) as JSON's values: dicts with
+    string keys, lists, and Python scalars for numpy's."""
     if isinstance(value, Resolved):
-        return {k: _plain(v) for k, v in value._values.items()}
+        return {k: plain(v) for k, v in value._values.items()}
     if hasattr(value, 'to_dict'):
-        return _plain(value.to_dict())
+        return plain(value.to_dict())
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
     return value
 
 
@@ -468,7 +472,7 @@ def _as_dict(config: Any) -> dict:
     if hasattr(config, 'to_dict'):
         return config.to_dict()
     if isinstance(config, Mapping):
-        return _plain(config)
+        return plain(config)
     raise ConfigError(f'a config must be an ml_collections.ConfigDict or a dict, got {type(config).__name__}.')
 
 
@@ -568,7 +572,7 @@ def replace(config: Resolved, **sections: Mapping[str, Any]) -> Resolved:
     tree = config.to_dict()
     for section, fields in sections.items():
         for key, value in dict(fields).items():
-            tree[section][key] = _plain(value)
+            tree[section][key] = plain(value)
     out = resolve(tree)
     return Resolved(out._values, '', config.defaulted - {f'{s}.{k}' for s, f in sections.items() for k in f})
 
@@ -601,7 +605,7 @@ def adopt_stored(config: Resolved, stored: Mapping[str, Any] | None) -> Resolved
         if not isinstance(rule, Added) or field not in config.defaulted:
             continue
         present, value = _lookup(stored, field)
-        if present and value != _plain(rule.behaved_as):  # stored before the field, or as it behaved
+        if present and value != plain(rule.behaved_as):  # stored before the field, or as it behaved
             continue
         if '.' in field and not _lookup(stored, field.split('.')[0])[0]:
             continue  # the stored config has no such section at all
@@ -646,7 +650,7 @@ def _fill(section: Section, given: Any, path: str) -> dict:
         elif present:
             out[key] = given[key]
         elif spec.default is not REQUIRED:
-            out[key] = _plain(spec.default)
+            out[key] = plain(spec.default)
     return json.loads(json.dumps(out))
 
 
@@ -735,7 +739,7 @@ def describe(config: Resolved) -> str:
                 walk(value, f'{path}.{key}' if path else key)
             return
         mark = '  # default' if path in config.defaulted else ''
-        lines.append(f'{path} = {_plain(node)!r}{mark}')
+        lines.append(f'{path} = {plain(node)!r}{mark}')
 
     walk(config, '')
     return '\n'.join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import Callable
 
 
 def sha256(path: str) -> str:
@@ -18,9 +19,16 @@ def sha256(path: str) -> str:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Writes via a temporary file and a rename, so a killed run never leaves half a file."""
+    def write(tmp: str) -> None:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+    write_atomic_with(path, write)
+
+
+def write_atomic_with(path: str, writer: Callable[[str], None]) -> None:
+    """`writer(tmp)` writes the file (torch.save, ...), then a rename puts it at `path` whole."""
     tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'wb') as f:
-        f.write(data)
+    writer(tmp)
     os.replace(tmp, path)
 
 

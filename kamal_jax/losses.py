@@ -65,7 +65,7 @@ def average_probabilities(teacher_logits, temperature: float = 1.0) -> jax.Array
     return jnp.mean(jnp.stack(probs), axis=0)
 
 
-def average_logits(teacher_logits, temperature: float = 1.0) -> jax.Array:
+def normalised_product(teacher_logits, temperature: float = 1.0) -> jax.Array:
     """softmax(mean of the teachers' logits / T): the normalised product (geometric mean) of their
     softmax(logits / T), i.e. a product of experts, where a class must be likely under every teacher."""
     mean = jnp.mean(jnp.stack([as_categorical(l).astype(jnp.float32) for l in teacher_logits]), axis=0)
@@ -94,7 +94,7 @@ def pooled_target(teacher_logits, partial_logits=(), partial_classes=(), *, part
     over full teachers (S_j = all classes) and partial ones; `partial_weights[j]` ([batch]; default
     1) scales partial teacher j's term per sample, e.g. by its own probability that the image is
     one of the classes it covers at all. With no partial teacher the minimiser
-    is `average_logits` / `average_probabilities`, returned as they are; otherwise it is found by
+    is `normalised_product` / `average_probabilities`, returned as they are; otherwise it is found by
     `steps` steps of gradient descent on q's logits, started there (on cifar10_parts' teachers the
     argmax no longer changed after 100 steps; probabilities settle to about 1e-3 by 1000). Meant
     for scoring held-out sets (`kamal_jax.benchmarks.combiners`); a training step would want a
@@ -102,7 +102,7 @@ def pooled_target(teacher_logits, partial_logits=(), partial_classes=(), *, part
     """
     if kind not in ('product', 'average'):
         raise ValueError(f"pooled_target's kind must be 'product' or 'average', got {kind!r}.")
-    closed_form = average_logits if kind == 'product' else average_probabilities
+    closed_form = normalised_product if kind == 'product' else average_probabilities
     start = closed_form(teacher_logits, temperature)
     if not partial_logits:
         return start

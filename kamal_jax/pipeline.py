@@ -363,13 +363,13 @@ def run_recipes(run: Run, names, *, main: str | None = None,
     return entries, wall
 
 
-def _write_report(workdir: str) -> None:
-    """The run's plots (`kamal_jax.report`); a failure to draw them never fails the run."""
+def _write_plots(workdir: str) -> None:
+    """The run's plots (`kamal_jax.plots`); a failure to draw them never fails the run."""
     try:
-        from kamal_jax import report
-        log.info('plots: %s', report.write_report(workdir))
+        from kamal_jax import plots
+        log.info('plots: %s', plots.write_plots(workdir))
     except Exception as e:  # noqa: BLE001 (no matplotlib, an unreadable metrics file, ...)
-        log.warning('the plots were not written (%s: %s); run python -m kamal_jax.report %s',
+        log.warning('the plots were not written (%s: %s); run python -m kamal_jax.plots %s',
                     type(e).__name__, e, workdir)
 
 
@@ -431,6 +431,6 @@ def _run(config: Any, workdir: str, overwrite: bool) -> dict:
     if distributed.is_primary():
         _write_diagnostics_scalars(workdir, entries)
         log.info('summary (also in %s):\n%s', Layout(workdir).summary_md, table)
-        _write_report(workdir)
+        _write_plots(workdir)
     distributed.barrier('kamal_jax_run_done')
     return result

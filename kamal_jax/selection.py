@@ -117,14 +117,6 @@ def uniform(context: Context, rng=None, params=None) -> jax.Array:
     return jnp.full((context.teacher_logits[0].shape[0], k), 1.0 / k)
 
 
-def _probabilities(logits: jax.Array) -> jax.Array:
-    return jax.nn.softmax(ambiguity.as_categorical(jnp.asarray(logits, jnp.float32)), axis=-1)
-
-
-def _entropy_of(p: jax.Array) -> jax.Array:
-    return -jnp.sum(p * jnp.log(jnp.clip(p, 1e-12)), axis=-1)
-
-
 STUDENT_AGREEMENT_TEMPERATURE = 0.1
 
 
@@ -141,10 +133,11 @@ def student_agreement(context: Context, rng=None, params=None) -> jax.Array:
     k = len(context.teacher_logits)
     if context.student_logits is None:
         return uniform(context)
-    p_s = jax.lax.stop_gradient(_probabilities(context.student_logits))
-    confidence = 1.0 - _entropy_of(p_s) / jnp.log(p_s.shape[-1])
+    student = jax.lax.stop_gradient(context.student_logits)
+    p_s = ambiguity.probabilities(student)
+    confidence = 1.0 - ambiguity.entropy(student) / jnp.log(p_s.shape[-1])
     picked = jnp.argmax(p_s, axis=-1)
-    agree = jnp.stack([jnp.take_along_axis(_probabilities(l), picked[:, None], axis=-1)[:, 0]
+    agree = jnp.stack([jnp.take_along_axis(ambiguity.probabilities(l), picked[:, None], axis=-1)[:, 0]
                        for l in context.teacher_logits], axis=-1)
     return jax.nn.softmax(confidence[:, None] * agree / STUDENT_AGREEMENT_TEMPERATURE, axis=-1).reshape(-1, k)
 
@@ -223,7 +216,7 @@ def average(context: Context, temperature: float = 1.0, params=None) -> jax.Arra
 @combiner('product')
 def product(context: Context, temperature: float = 1.0, params=None) -> jax.Array:
     """The product of experts: softmax of the mean logits (the geometric mean of the probabilities)."""
-    return losses.average_logits(context.teacher_logits, temperature)
+    return losses.normalised_product(context.teacher_logits, temperature)
 
 
 def with_student_vote(target: jax.Array, student_logits: jax.Array, temperature: float, weight: float,
@@ -269,7 +262,7 @@ def _fit_dawid_skene(prior: str):
         kind = votes
         votes, answers = _voters(context, partial, kind)
         init = {'product': lambda p: p, 'vote': lambda p: label_models.majority_vote(votes, answers, p)}[init](
-            np.asarray(losses.average_logits(context.teacher_logits, 1.0), np.float64))
+            np.asarray(losses.normalised_product(context.teacher_logits, 1.0), np.float64))
         return LabelModel(label_models.fit_dawid_skene(votes, answers, init, strength=strength, prior=prior,
                                                        accuracy=accuracy, learn_class_prior=class_prior),
                           partial, kind)

@@ -102,7 +102,7 @@ def softmaxes(teacher: TeacherSpec, tasks: Mapping[str, Task]) -> tuple[Member, 
     return tuple(out)
 
 
-def _plain(mapping: Any) -> dict:
+def _as_dict(mapping: Any) -> dict:
     return mapping.to_dict() if hasattr(mapping, 'to_dict') else dict(mapping)
 
 
@@ -161,7 +161,7 @@ def parse_teachers(config_teachers: Mapping[str, Any], workdir: str = '') -> tup
             heads=heads, widths=tuple(int(w) for w in tc.widths),
             input_size=tuple(int(s) for s in tc.input_size),
             mean=tuple(float(m) for m in tc.mean), std=tuple(float(s) for s in tc.std), ema=bool(tc.ema),
-            kwargs=_plain(tc.kwargs), classes=classes_of_logits,
+            kwargs=_as_dict(tc.kwargs), classes=classes_of_logits,
             class_map=_class_map(tc.class_map, classes_of_logits, heads, tasks, prefix)))
     return tuple(specs), tasks
 
@@ -178,7 +178,7 @@ def _class_names(value: Any, field: str, *, allow_empty: bool = False) -> tuple[
 def _class_map(value: Any, classes: tuple[str, ...], heads: Mapping[str, tuple[int, int]],
                tasks: Mapping[str, Task], prefix: str) -> dict[str, str]:
     """`class_map` checked: it renames classes the teacher has, to non-empty names."""
-    mapping = {str(k): v for k, v in _plain(value).items()}
+    mapping = {str(k): v for k, v in _as_dict(value).items()}
     own = set(classes) | {c for t in heads for c in tasks[t].classes}
     for name, new in mapping.items():
         if name not in own:

@@ -86,7 +86,7 @@ def test_pooled_target_without_partial_teachers_is_the_plain_average_or_product(
     rng = np.random.default_rng(0)
     logits = [jnp.asarray(rng.normal(size=(6, 5)) * s, jnp.float32) for s in (1.0, 3.0)]
     np.testing.assert_array_equal(losses.pooled_target(logits, kind='product', temperature=4.0),
-                                  losses.average_logits(logits, 4.0))
+                                  losses.normalised_product(logits, 4.0))
     np.testing.assert_array_equal(losses.pooled_target(logits, kind='average', temperature=4.0),
                                   losses.average_probabilities(logits, 4.0))
 

@@ -97,7 +97,7 @@ def test_product_distils_towards_the_normalised_product_of_teacher_probabilities
     expected = np.mean(np.sum(p * (np.log(p) - log_q), -1)) * temperature ** 2
     np.testing.assert_allclose(got['product'], expected, rtol=1e-4)
     assert abs(got['product'] - got['average']) > 1e-2 * abs(expected)
-    np.testing.assert_allclose(losses.average_logits([jnp.asarray(l) for l in t_logits], temperature), p,
+    np.testing.assert_allclose(losses.normalised_product([jnp.asarray(l) for l in t_logits], temperature), p,
                                rtol=1e-5)
 
 

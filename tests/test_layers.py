@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'kamal_jax'
 # data and small utilities. The run's layers above it (what it needs of them arrives as arguments):
 LOWER = {'ambiguity', 'losses', 'selection', 'label_models', 'files', 'progress', 'locks', 'models', 'data'}
 UPPER = {'workdir', 'tasks', 'recipes', 'pipeline', 'summary', 'layout', 'config_schema', 'config_checks',
-         'config_files', 'cli', 'teachers', 'own_images', 'report', 'export', 'diagnostics', 'budgets', 'porting',
+         'config_files', 'cli', 'teachers', 'own_images', 'plots', 'export', 'diagnostics', 'budgets', 'porting',
          'zoo', 'benchmarks', 'predict', 'xla'}
 
 
@@ -72,9 +72,9 @@ def test_train_imports_nothing_of_the_layers_above_it():
 
 
 def test_recipes_import_nothing_of_the_run_above_them():
-    # The run (pipeline, cli) writes the summary, the report and the workdir's identity; recipes hand
+    # The run (pipeline, cli) writes the summary, the plots and the workdir's identity; recipes hand
     # it their trained nets.
-    above = {'pipeline', 'cli', 'summary', 'report', 'workdir', 'export'}
+    above = {'pipeline', 'cli', 'summary', 'plots', 'workdir', 'export'}
     for path in sorted((PACKAGE / 'recipes').glob('*.py')):
         reached = {_top(m) for m in _imports(path)} & above
         assert not reached, f'{_dotted(path)} imports {sorted(reached)}'

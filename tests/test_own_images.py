@@ -219,7 +219,7 @@ def cifar(tmp_path_factory):
 
 def test_an_unpacked_archive_gives_the_tfds_path_rows_in_its_order_and_so_its_batches(cifar):
     from kamal_jax.data import datasets as kd
-    from kamal_jax.train.input import EpochBatches
+    from kamal_jax.train.batches import EpochBatches
     base, order = cifar
     images = {}
     for split, labelled in (('test', True), ('train', False)):

@@ -250,11 +250,11 @@ def test_empty_split_and_foreign_workdir_are_refused(tmp_path):
     assert (foreign / 'notes.txt').read_text() == 'keep me'
 
 
-def test_benchmark_report_records_the_run(tiny_run, tmp_path, capsys):
-    from kamal_jax.benchmarks import report
+def test_benchmark_record_records_the_run(tiny_run, tmp_path, capsys):
+    from kamal_jax.benchmarks import record
     config, workdir, summary = tiny_run
     out = tmp_path / 'results.json'
-    assert report.main(['--workdir', workdir, '--out', str(out)]) == 0
+    assert record.main(['--workdir', workdir, '--out', str(out)]) == 0
     result = json.load(open(out))
     # (an earlier test may have resumed the run, which rewrites the summary's wall times)
     assert result['summary'] == json.load(open(os.path.join(workdir, 'summary.json')))
@@ -263,7 +263,7 @@ def test_benchmark_report_records_the_run(tiny_run, tmp_path, capsys):
     assert set(result['teacher_cards']) == {'low_resnet8', 'low_resnet14', 'high_resnet8', 'high_resnet14'}
     assert '| target | target |' in capsys.readouterr().out
     with pytest.raises(SystemExit, match='config.json is missing'):
-        report.main(['--workdir', str(tmp_path)])
+        record.main(['--workdir', str(tmp_path)])
 
 
 def _tensorboard_scalars(logdir):
@@ -305,13 +305,13 @@ def test_tensorboard_holds_losses_selection_learning_rate_and_eval(tiny_run):
     assert hparams['stage2.lr'] == config.stage2.lr and hparams['eval_every'] == config.eval_every
 
 
-def test_report_draws_every_plot(tiny_run):
+def test_plots_draws_every_plot(tiny_run):
     import matplotlib.image
-    from kamal_jax import report
+    from kamal_jax import plots
     config, workdir, summary = tiny_run
     out = os.path.join(workdir, 'report')
     assert os.path.isfile(os.path.join(out, 'index.html'))  # the run wrote it at its end
-    assert report.main([workdir]) == 0
+    assert plots.main([workdir]) == 0
     expected = {'curves_stage1_digits_0to4.png', 'curves_stage1_digits_5to9.png', 'curves_stage2.png',
                 'selection_stage1_digits_0to4.png', 'selection_stage1_digits_5to9.png',
                 'teachers_digits_0to4.png', 'teachers_digits_5to9.png'}

@@ -119,8 +119,8 @@ def test_a_second_run_on_a_held_workdir_is_refused_naming_the_first(checkpoints,
     config = tiny_config(checkpoints)
     workdir = str(tmp_path / 'run')
     config_file = write_config(config, tmp_path / 'config.py')
-    from kamal_jax.train import input as input_lib
-    seen, real_next = {}, input_lib.BatchStream.next
+    from kamal_jax.train import batches as batches_lib
+    seen, real_next = {}, batches_lib.BatchStream.next
 
     def next_batch(self, step):
         if step == 3 and not seen:  # mid-stage, the lock held: launch two more runs on the workdir
@@ -129,7 +129,7 @@ def test_a_second_run_on_a_held_workdir_is_refused_naming_the_first(checkpoints,
             seen['overwrite'] = _launch(['--config', str(config_file), '--workdir', workdir, '--overwrite'])
             seen['unchanged'] = (before, _listing(workdir))
         return real_next(self, step)
-    monkeypatch.setattr(input_lib.BatchStream, 'next', next_batch)
+    monkeypatch.setattr(batches_lib.BatchStream, 'next', next_batch)
     pipeline.run(config, workdir)
     for kind in ('plain', 'overwrite'):
         line = _one_error_line(seen[kind], f'workdir {workdir!r} is in use by another run', f'process {os.getpid()}',
@@ -191,8 +191,8 @@ import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever the parent left
 sys.argv = {argv!r}
 from kamal_jax import cli
-from kamal_jax.train import input as input_lib, stopping
-real_next = input_lib.BatchStream.next
+from kamal_jax.train import batches as batches_lib, stopping
+real_next = batches_lib.BatchStream.next
 
 def next_batch(self, step):  # step {at} waits for the signal, as a slow step would
     if step == {at}:
@@ -201,7 +201,7 @@ def next_batch(self, step):  # step {at} waits for the signal, as a slow step wo
         while not stopping.requested() and time.time() < deadline:
             time.sleep(0.02)
     return real_next(self, step)
-input_lib.BatchStream.next = next_batch
+batches_lib.BatchStream.next = next_batch
 cli.main()
 '''
 
@@ -230,16 +230,16 @@ def test_sigint_is_one_line_and_exit_130_and_the_relaunch_is_exact(checkpoints, 
 
 def test_sigterm_mid_stage_saves_that_step_and_the_relaunch_resumes_from_it(checkpoints, reference, tmp_path,
                                                                            monkeypatch, caplog):
-    from kamal_jax.train import input as input_lib, stopping
+    from kamal_jax.train import batches as batches_lib, stopping
     workdir = str(tmp_path / 'run')
     config = tiny_config(checkpoints)
-    real_next = input_lib.BatchStream.next
+    real_next = batches_lib.BatchStream.next
 
     def next_batch(self, step):
         if step == 3:  # while step 4 trains, as a scheduler would
             os.kill(os.getpid(), signal.SIGTERM)
         return real_next(self, step)
-    monkeypatch.setattr(input_lib.BatchStream, 'next', next_batch)
+    monkeypatch.setattr(batches_lib.BatchStream, 'next', next_batch)
     before = signal.getsignal(signal.SIGTERM)
     with stopping.handling_signals(), pytest.raises(stopping.Stopped) as err:
         pipeline.run(config, workdir)

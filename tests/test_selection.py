@@ -101,8 +101,8 @@ def _register_view_selector(monkeypatch):
 
     @selection.selector('stable_teacher', online=False, views=4)
     def stable_teacher(context, rng=None, params=None):
-        entropies = [selection._entropy_of(jnp.concatenate([selection._probabilities(p)[None],
-                                                            selection._probabilities(v)]).mean(0))
+        entropies = [ambiguity.entropy(jnp.log(jnp.concatenate([ambiguity.probabilities(p)[None],
+                                                                ambiguity.probabilities(v)]).mean(0)))
                      for p, v in zip(context.teacher_logits, context.view_logits)]
         return selection.one_hot(jnp.argmin(jnp.stack(entropies), axis=0), len(context.teacher_logits))
     return selection.get('stable_teacher')

@@ -14,7 +14,7 @@ from kamal_jax.data import datasets, records
 from kamal_jax.tasks import ConfigError
 from kamal_jax.train import sharding, teacher_cache
 from kamal_jax.train.checkpoint import Checkpointer
-from kamal_jax.train.input import BatchStream, EpochBatches
+from kamal_jax.train.batches import BatchStream, EpochBatches
 from kamal_jax.train.loop import fit
 from kamal_jax.train.state import create_state, make_optimizer
 from kamal_jax.train.steps import make_train_step
@@ -180,7 +180,7 @@ def test_a_streamed_split_refuses_what_needs_it_in_memory(digits, monkeypatch):
 
 
 def test_auto_prefetch_threads_only_where_they_pay(digits):
-    from kamal_jax.train.input import AUTO, PREFETCH, resolve_prefetch
+    from kamal_jax.train.batches import AUTO, PREFETCH, resolve_prefetch
     memory, streamed = digits
     assert resolve_prefetch(AUTO, {'image': streamed.images}) == PREFETCH  # reads from disk overlap the step
     on_cpu = jax.default_backend() == 'cpu'

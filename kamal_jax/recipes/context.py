@@ -12,7 +12,7 @@ from kamal_jax import config_schema, models, selection
 from kamal_jax.data import records
 from kamal_jax.layout import Layout
 from kamal_jax.tasks import Plan
-from kamal_jax.train import evaluate as eval_lib, input as input_lib, views as views_lib
+from kamal_jax.train import batches as batches_lib, evaluate as eval_lib, views as views_lib
 from kamal_jax.train.job import Settings
 from kamal_jax.train.metrics import Monitoring
 from kamal_jax.train.nets import Net
@@ -118,7 +118,7 @@ def job_settings(config: Any, cfg: Any, seed: int) -> Settings:
     """A job's settings (`train.job.Settings`): the stage's section `cfg` (optimiser, budget, saves)
     and the run's loop and augmentation fields."""
     return Settings(cfg, seed, log_every=config.log_every, steps_per_call=config.steps_per_call,
-                    prefetch=input_lib.prefetch_of(config), **views_lib.step_augmentation(config.data))
+                    prefetch=batches_lib.prefetch_of(config), **views_lib.step_augmentation(config.data))
 
 
 def loss_weights(cfg: Any) -> LossWeights:

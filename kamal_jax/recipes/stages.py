@@ -14,7 +14,7 @@ from kamal_jax.recipes.caches import stage1_cache, stage2_cache
 from kamal_jax.recipes.context import compute_dtype, job_settings, loss_weights, selector_of, student_net
 # The teachers' passes, also read from here by earlier callers.
 from kamal_jax.recipes.teacher_passes import (fit_selector, fitted_target, offline_selection,  # noqa: F401
-                                              selection_arrays, selection_context, selection_report)
+                                              selection_arrays, selection_context, selection_on_held_out)
 from kamal_jax.train import teacher_cache
 from kamal_jax.train.job import Frozen, Job
 from kamal_jax.train.nets import Net

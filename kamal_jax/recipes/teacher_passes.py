@@ -66,7 +66,7 @@ def selection_arrays(weights: np.ndarray, selector: selection.Selector) -> dict:
     return {'teacher_weights': weights}
 
 
-def selection_report(task: str, teachers, frozen, split, plan: Plan, batch_size: int,
+def selection_on_held_out(task: str, teachers, frozen, split, plan: Plan, batch_size: int,
                      selector: selection.Selector = selection.SELECTORS['least_entropy'], params: Any = None,
                      data: Any = None, seed: int = 0, student: tuple | None = None) -> dict:
     """On labelled held-out data: each teacher's share of the selector's weight, and how often the

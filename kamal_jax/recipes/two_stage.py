@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from kamal_jax.recipes.context import Outcome, Run, fmt, floats, selector_of, with_changes
 from kamal_jax.recipes.stages import run_stage1, run_stage2
-from kamal_jax.recipes.teacher_passes import fit_selector, selection_report
+from kamal_jax.recipes.teacher_passes import fit_selector, selection_on_held_out
 
 log = logging.getLogger('kamal_jax')
 
@@ -44,7 +44,7 @@ class TwoStage:
                 selector = selector_of(config.stage1)
                 params = fit_selector(task, teachers, run.frozen, run.train.images, config.eval_batch_size,
                                       selector, config.data, config.seed)
-                report = selection_report(task, teachers, run.frozen, run.held_out, run.plan,
+                report = selection_on_held_out(task, teachers, run.frozen, run.held_out, run.plan,
                                           config.eval_batch_size, selector, params, config.data, config.seed,
                                           (student, variables))
                 entries[student.name] = run.entry('component', student, variables, [task], accuracy=acc,

@@ -21,13 +21,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from kamal_jax.files import WriteError, write_failure
-from kamal_jax.train import waits
+from kamal_jax.train import distributed, waits
 
 log = logging.getLogger('kamal_jax')
-
-
-def distributed_primary() -> bool:
-    return jax.process_index() == 0
 
 
 class Checkpointer:
@@ -85,7 +81,7 @@ class Checkpointer:
         """Renames a damaged step's folder to a name orbax does not read as a step."""
         src = os.path.join(self.directory, str(step))
         dst = os.path.join(self.directory, f'corrupt_step_{step}_{time.strftime("%Y%m%d-%H%M%S")}')
-        if distributed_primary():
+        if distributed.is_primary():
             os.replace(src, dst)
         self.manager.reload()
         return dst

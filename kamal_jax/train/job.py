@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
-from kamal_jax.train.input import AUTO
+from kamal_jax.train.batches import AUTO
 from kamal_jax.train.metrics import Monitoring
 from kamal_jax.train.nets import Net
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from kamal_jax.train import stopping, waits
 from kamal_jax.train.checkpoint import Checkpointer
-from kamal_jax.train.input import AUTO, BatchStream, EpochBatches, resolve_prefetch
+from kamal_jax.train.batches import AUTO, BatchStream, EpochBatches, resolve_prefetch
 from kamal_jax.train.sharding import process_rows, put_batch, to_host
 
 log = logging.getLogger('kamal_jax')

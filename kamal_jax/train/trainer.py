@@ -11,7 +11,7 @@ import numpy as np
 from kamal_jax.train import sharding
 from kamal_jax.train.checkpoint import Checkpointer
 from kamal_jax.train.distributed import is_primary
-from kamal_jax.train.input import AUTO, EpochBatches
+from kamal_jax.train.batches import AUTO, EpochBatches
 from kamal_jax.train.job import Frozen, Job, Settings
 from kamal_jax.train.loop import NonFiniteLoss, fit
 from kamal_jax.train.metrics import Monitoring, TrainingMetrics

@@ -47,7 +47,8 @@ import torch  # Before anything that might import TensorFlow (the reverse order 
 import torch.nn.functional as F
 import numpy as np
 
-from kamal_jax.files import sha256
+from kamal_jax.config_schema import plain
+from kamal_jax.files import sha256, write_atomic_with
 from kamal_jax.progress import eta_text
 from kamal_jax.zoo import torch_models
 
@@ -102,19 +103,6 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return default if value is None and default is not None else value
 
 
-def _plain(value: Any) -> Any:
-    """ConfigDict / tuples / numpy scalars -> JSON-friendly values."""
-    if hasattr(value, 'to_dict'):
-        value = value.to_dict()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def zoo_section(config: Any) -> Any:
     """`config.zoo` if the config has one, else the config itself."""
     zoo = _get(config, 'zoo')
@@ -166,7 +154,7 @@ def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
         if s[k] is None and not (k == 'classes' and heads):
             raise ZooConfigError(f'{prefix}.{k} is missing.')
     _check_arch(s['arch'], prefix)
-    s['kwargs'] = _plain(_get(tc, 'kwargs') or {})
+    s['kwargs'] = plain(_get(tc, 'kwargs') or {})
     if heads and _get(tc, 'classes') is not None:
         raise ZooConfigError(f'{prefix} gives both classes and heads; an attribute teacher lists its '
                              f'classes per head in heads.')
@@ -425,12 +413,6 @@ def _print(message: str) -> None:
     print(message, flush=True)  # Progress shows up promptly when stdout is a pipe.
 
 
-def _write_atomic(path: str, writer: Callable[[str], None]) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    writer(tmp)
-    os.replace(tmp, path)
-
-
 def _counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return [int(c) for c in np.bincount(labels[labels >= 0], minlength=num_classes)]
 
@@ -548,7 +530,7 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
     os.makedirs(out_dir, exist_ok=True)
     pth = os.path.join(out_dir, f'{name}.pth')
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_atomic(pth, lambda p: torch.save(state, p))
+    write_atomic_with(pth, lambda p: torch.save(state, p))
     card = {
         'card_version': CARD_VERSION,
         'name': name,
@@ -605,11 +587,11 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
         'wall_seconds': round(time.time() - start, 2),
         'torch_version': torch.__version__,
     }
-    card = _plain(card)
+    card = plain(card)
     def write_card(path):
         with open(path, 'w') as f:
             json.dump(card, f, indent=2)
-    _write_atomic(os.path.join(out_dir, f'{name}.json'), write_card)
+    write_atomic_with(os.path.join(out_dir, f'{name}.json'), write_card)
     acc_text = 'n/a' if accuracy is None else f'{accuracy:.4f}'
     log(f'[{name}] done in {card["wall_seconds"]:.1f}s: eval accuracy {acc_text} -> {pth}')
     return card

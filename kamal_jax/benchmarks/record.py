@@ -1,12 +1,12 @@
 """A finished benchmark run -> one results JSON (what, how, on what) and its Markdown tables.
 
-    python -m kamal_jax.benchmarks.report --workdir runs/bench_cifar10_parts \
+    python -m kamal_jax.benchmarks.record --workdir runs/bench_cifar10_parts \
         --out docs/results/bench_cifar10_parts.json
 
 The JSON holds the run's config, summary (accuracy per task, parameters, FLOPs, teacher
 selection, wall seconds per stage), the zoo's teacher cards and the machine and library versions,
 so a table in docs/BENCHMARKS.md can be traced back to the run that made it. It draws nothing:
-the plots of a run (curves, selection, teachers) are `python -m kamal_jax.report WORKDIR`.
+the plots of a run (curves, selection, teachers) are `python -m kamal_jax.plots WORKDIR`.
 """
 
 from __future__ import annotations

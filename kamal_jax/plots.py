@@ -1,4 +1,4 @@
-"""Plots of one run, to look at: `python -m kamal_jax.report WORKDIR` (also run at the end of a run).
+"""Plots of one run, to look at: `python -m kamal_jax.plots WORKDIR` (also run at the end of a run).
 
 Writes WORKDIR/report/index.html and its PNGs: learning curves and held-out accuracy per stage,
 each teacher's selection share over training, per task each teacher's held-out accuracy beside how
@@ -6,7 +6,7 @@ often it was selected (and how often the selected teacher, and the best of them,
 right), and the accuracy table. It reads the run's JSONL metrics (`kamal_jax.train.metrics`, so no
 TensorFlow is needed) and `summary.json`.
 
-`kamal_jax.benchmarks.report` is another thing: it records a finished benchmark run as one JSON
+`kamal_jax.benchmarks.record` is another thing: it records a finished benchmark run as one JSON
 (config, summary, teacher cards, machine, versions) for docs/results; it draws nothing.
 """
 
@@ -147,7 +147,7 @@ def _teacher_plots(summary: Mapping, out: str) -> list[tuple[str, str]]:
     return plots
 
 
-def write_report(workdir: str) -> str:
+def write_plots(workdir: str) -> str:
     """Writes WORKDIR/report/index.html and its PNGs; returns the HTML's path."""
     layout = Layout(workdir)
     out = layout.report
@@ -183,12 +183,12 @@ def write_report(workdir: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1 or argv[0].startswith('-'):
-        print('usage: python -m kamal_jax.report WORKDIR', file=sys.stderr)
+        print('usage: python -m kamal_jax.plots WORKDIR', file=sys.stderr)
         return 2
     if not os.path.isdir(argv[0]):
         print(f'WORKDIR {argv[0]!r} is not a directory.', file=sys.stderr)
         return 2
-    print(write_report(argv[0]))
+    print(write_plots(argv[0]))
     return 0
 
 
