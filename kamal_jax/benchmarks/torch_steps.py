@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from kamal_jax.zoo import torch_models  # noqa: E402
+from kamal_jax.porting import torch_models  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/bench_steps.py', 'Benchmark config.')
 _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kamal_jax.models.taps import Tap
+from kamal_jax.resnet_depths import RESNET_DEPTHS, cifar_blocks_per_stage
 
 _BN_MOMENTUM = 0.9  # PyTorch momentum 0.1
 _BN_EPS = 1e-5
@@ -159,14 +160,10 @@ def check_shortcut(shortcut: str, block: str, stem_width: int, stage_widths: Seq
                          f'got {block} blocks with widths {list(widths)}.')
 
 
-DEPTHS = {18: ((2, 2, 2, 2), 'basic'), 34: ((3, 4, 6, 3), 'basic'),
-          50: ((3, 4, 6, 3), 'bottleneck'), 101: ((3, 4, 23, 3), 'bottleneck')}
-
-
 def resnet(depth: int, *, widths: Sequence[int] | None = None, stem: str = 'imagenet',
            shortcut: str = 'projection') -> ResNet:
     """torchvision ResNet-18/34/50/101; `widths` = (stem, stage1, ..., stage4)."""
-    sizes, block = DEPTHS[depth]
+    sizes, block = RESNET_DEPTHS[depth]
     widths = tuple(widths or (64, 64, 128, 256, 512))
     check_shortcut(shortcut, block, widths[0], widths[1:])
     return ResNet(sizes, widths[1:], widths[0], block, stem, shortcut=shortcut)
@@ -178,10 +175,7 @@ def cifar_resnet(depth: int, *, widths: Sequence[int] | None = None,
 
     Any depth 6n+2 and any widths (stem, stage1, ...; one stage per width after the stem).
     """
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), '
-                         f'got {depth}.')
-    n = (depth - 2) // 6
+    n = cifar_blocks_per_stage(depth)
     widths = tuple(widths or (16, 16, 32, 64))
     check_shortcut(shortcut, 'basic', widths[0], widths[1:])
     return ResNet((n,) * (len(widths) - 1), widths[1:], widths[0], 'basic', 'cifar',

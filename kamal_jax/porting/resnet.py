@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from kamal_jax.models import resnet as resnet_models
 from kamal_jax.porting.architecture import Architecture
 from kamal_jax.porting.rules import rename
+from kamal_jax.resnet_depths import RESNET_DEPTHS
 
 ALIASES = (
     (r'/shortcut/(\d)$', r'/downsample/\1'),
@@ -86,7 +86,7 @@ def detect(state_dict: Mapping, hint: str | None = None) -> list[Architecture]:
     options = (('shortcut', shortcut),) if shortcut != 'projection' else ()
     num_classes = int(fc.shape[0])
     found = []
-    for depth, (table_sizes, table_block) in resnet_models.DEPTHS.items():
+    for depth, (table_sizes, table_block) in RESNET_DEPTHS.items():
         if (tuple(table_sizes), table_block) == (sizes, block):
             name = f'resnet{depth}' if stem == 'imagenet' else f'resnet{depth}_small'
             found.append(Architecture(name, num_classes, widths, options, 'resnet', 'resnet', depth))

@@ -13,7 +13,7 @@ A zoo config (`config.zoo`, or the whole config when it has no `zoo` field) has
                (4; 0 = no random crop), flip (True), input_size (optional (h, w) to resize to),
                warmup_epochs (0), label_smoothing (0.0), kwargs (a timm:/torch:/torchvision: arch's)
 
-`arch` is a twin of `kamal_jax.zoo.torch_models.ARCHS` (`cifar_resnet20_a`: option-A shortcuts),
+`arch` is a twin of `kamal_jax.porting.torch_models.ARCHS` (`cifar_resnet20_a`: option-A shortcuts),
 `timm:NAME` (timm.create_model, random init), or a factory `torch:package.module:function` /
 `torchvision:NAME` (the generic teacher path exports it afterwards); the last three are built with
 `num_classes` and `kwargs`.
@@ -50,7 +50,7 @@ import numpy as np
 from kamal_jax.config_schema import plain
 from kamal_jax.files import sha256, write_atomic_with
 from kamal_jax.progress import eta_text
-from kamal_jax.zoo import torch_models
+from kamal_jax.porting import torch_models
 
 CARD_VERSION = 1
 

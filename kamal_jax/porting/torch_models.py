@@ -1,8 +1,10 @@
-"""PyTorch twins of the Flax ResNets in `kamal_jax.models.resnet` (teacher zoo and porting tests).
+"""PyTorch twins of the Flax ResNets in `kamal_jax.models.resnet`: what a ported checkpoint is checked
+against (`python -m kamal_jax.porting` prints the parity), and what the teacher zoo trains.
 
-PyTorch only: the JAX core never imports this module. Parameter names are torchvision's
-(`conv1`, `bn1`, `layer{i}.{j}.conv1`, ..., `layer{i}.{j}.downsample.{0,1}`, `fc`), so a
-`state_dict()` of these models ports with the rule table in `kamal_jax.porting.resnet`.
+PyTorch only: imported in a PyTorch process (the porting command, the zoo), never by a JAX run.
+Parameter names are torchvision's (`conv1`, `bn1`, `layer{i}.{j}.conv1`, ...,
+`layer{i}.{j}.downsample.{0,1}`, `fc`), so a `state_dict()` of these models ports with the rule
+table in `kamal_jax.porting.resnet`.
 
 Taps match the Flax model: `stem` is the stem's BN output before the ReLU (and before the
 max-pool), `stage{i}` is the last block's residual sum of stage i before its final ReLU.
@@ -16,6 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 import torch.nn.functional as F
+
+from kamal_jax.resnet_depths import RESNET_DEPTHS, cifar_blocks_per_stage
 
 _BN_EPS = 1e-5
 _BN_MOMENTUM = 0.1  # Flax momentum 0.9.
@@ -141,14 +145,10 @@ class ResNet(nn.Module):
         return self.forward_features(x)[0]
 
 
-_DEPTHS = {18: ((2, 2, 2, 2), 'basic'), 34: ((3, 4, 6, 3), 'basic'),
-           50: ((3, 4, 6, 3), 'bottleneck'), 101: ((3, 4, 23, 3), 'bottleneck')}
-
-
 def resnet(depth: int, num_classes: int, widths: Sequence[int] | None = None,
            stem: str = 'imagenet', in_channels: int = 3) -> ResNet:
     """torchvision ResNet-18/34/50/101; `widths` = (stem, stage1, ..., stage4)."""
-    sizes, block = _DEPTHS[depth]
+    sizes, block = RESNET_DEPTHS[depth]
     widths = tuple(widths or (64, 64, 128, 256, 512))
     if len(widths) != len(sizes) + 1:
         raise ValueError(f'ResNet-{depth} widths must be (stem, stage1, ..., stage{len(sizes)}), '
@@ -160,9 +160,7 @@ def cifar_resnet(depth: int, num_classes: int, widths: Sequence[int] | None = No
                  in_channels: int = 3, shortcut: str = 'projection') -> ResNet:
     """He et al.'s CIFAR ResNet-(6n+2): stages of n basic blocks, 16/32/64 wide by default;
     `shortcut='zero_pad'` is their option A (as akamaster/pytorch_resnet_cifar10 trains it)."""
-    if (depth - 2) % 6:
-        raise ValueError(f'CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, ...), got {depth}.')
-    n = (depth - 2) // 6
+    n = cifar_blocks_per_stage(depth)
     widths = tuple(widths or (16, 16, 32, 64))
     return ResNet((n,) * (len(widths) - 1), widths[1:], widths[0], 'basic', 'cifar', num_classes,
                   in_channels, shortcut)
