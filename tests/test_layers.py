@@ -1,5 +1,5 @@
-"""The package's shape, read from its source (ast; nothing is imported): dependencies point down,
-and only the layout joins paths under a workdir."""
+"""The package's shape, read from its source (ast; nothing is imported): dependencies point down, the
+core imports no tool and the tools only its API, and only the layout joins paths under a workdir."""
 
 import ast
 import pathlib
@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / 'kamal_jax'
 LOWER = {'ambiguity', 'losses', 'selection', 'label_models', 'files', 'progress', 'locks', 'models', 'data'}
 UPPER = {'workdir', 'tasks', 'recipes', 'pipeline', 'summary', 'layout', 'config_schema', 'config_checks',
          'config_files', 'cli', 'teachers', 'own_images', 'plots', 'export', 'diagnostics', 'budgets', 'porting',
-         'zoo', 'benchmarks', 'predict', 'xla'}
+         'zoo', 'benchmarks', 'predict', 'xla', 'api'}
 
 
 def _modules():
@@ -180,3 +180,133 @@ def test_no_function_over_a_screen_in_train_recipes_and_the_pipeline():
              PACKAGE / 'pipeline.py']
     found = {str(p.relative_to(PACKAGE.parent)): long for p in paths for long in [_long_functions(p)] if long}
     assert not found, f'functions over {MAX_LINES} lines: {found}'
+
+
+# ----------------------------------------------------------------------------- the core and its tools
+
+TOOLS = ('benchmarks', 'zoo')  # programs on top of the core: `kamal_jax.<tool>` and below
+API = 'api'  # the core's one module the tools import from
+
+
+def _import_edges(root: pathlib.Path) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(importing module, imported module, names taken from it) for every import of the package at
+    `root` of itself, at module or function level. `from P import X` counts as importing P.X when X
+    is a module or folder of P, else as taking the name X from P."""
+    out = []
+    for path in sorted(root.rglob('*.py')):
+        parts = path.relative_to(root.parent).with_suffix('').parts
+        module = '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                out += [(module, a.name, ()) for a in node.names if a.name.split('.')[0] == root.name]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.split('.')[0] == root.name:
+                where = root.parent / node.module.replace('.', '/')
+                names = tuple(a.name for a in node.names)
+                modules = [n for n in names if (where / n).is_dir() or (where / f'{n}.py').exists()]
+                out += [(module, f'{node.module}.{n}', ()) for n in modules]
+                if len(modules) < len(names):
+                    out.append((module, node.module, tuple(n for n in names if n not in modules)))
+    return out
+
+
+def _api_names(root: pathlib.Path) -> set[str]:
+    """The names the API module offers: the keys of its `WHERE` table."""
+    for node in ast.parse((root / f'{API}.py').read_text()).body:
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets if isinstance(t, ast.Name)] == ['WHERE']:
+            return set(ast.literal_eval(node.value))
+    raise AssertionError(f'{root.name}/{API}.py has no WHERE table')
+
+
+def _layer_faults(root: pathlib.Path) -> list[str]:
+    """Every breach of the layering of the package at `root`, one sentence each.
+
+    How it decides: a module is a tool's when it lies under `root/<tool>` for a tool of TOOLS, else it
+    is the core's. (1) The core imports nothing of a tool. (2) A tool imports of the package only
+    itself, another tool, and names that `root/api.py`'s WHERE table lists, taken from that module.
+    (3) Packages are each folder below `root` and each module directly in it; no two of them import
+    each other, directly or through others (a circle in the graph of their imports).
+    """
+    pkg = root.name
+    tools = {f'{pkg}.{t}' for t in TOOLS}
+    api, offered = f'{pkg}.{API}', _api_names(root)
+
+    def tool_of(module: str) -> str | None:
+        return next((t for t in tools if module == t or module.startswith(t + '.')), None)
+
+    faults, graph = [], {}
+    for module, imported, names in _import_edges(root):
+        if tool_of(module) is None and tool_of(imported) is not None:
+            faults.append(f'core module {module} imports the tool {imported}')
+        if tool_of(module) is not None and tool_of(imported) is None:
+            if imported != api and not (imported == pkg and set(names) <= {API}):
+                faults.append(f'tool module {module} imports {imported}, not through {api}')
+            elif imported == api and set(names) - offered:
+                faults.append(f'tool module {module} takes {sorted(set(names) - offered)} from {api}, '
+                              f'which does not offer them')
+        a, b = ('.'.join(m.split('.')[:2]) for m in (module, imported))
+        if a != b:
+            graph.setdefault(a, set()).add(b)
+
+    def reached(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for b in graph.get(todo.pop(), ()):
+                if b not in seen:
+                    seen.add(b)
+                    todo.append(b)
+        return seen
+
+    circles = {tuple(sorted((a, b))) for a in graph for b in reached(a) if a != b and a in reached(b)}
+    faults += [f'{a} and {b} import each other' for a, b in sorted(circles)]
+    return faults
+
+
+def _tree(root: pathlib.Path, files: dict[str, str]) -> None:
+    for name, source in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(source)
+
+
+def test_the_layer_check_reports_each_breach_of_a_hand_made_package(tmp_path):
+    pkg = tmp_path / 'pkg'
+    good = {'pkg/__init__.py': '', 'pkg/api.py': "WHERE = {'run': ('pkg.core', 'run')}\n",
+            'pkg/core.py': 'import subprocess\ndef run():\n    subprocess.run(["python", "-m", "pkg.zoo"])\n',
+            'pkg/low/__init__.py': '', 'pkg/low/a.py': 'X = 1\n', 'pkg/high/__init__.py': '',
+            'pkg/high/b.py': 'from pkg.low import a\n', 'pkg/zoo/__init__.py': '',
+            'pkg/zoo/__main__.py': 'from pkg.api import run\nfrom pkg.zoo import helpers\n', 'pkg/zoo/helpers.py': '',
+            'pkg/benchmarks/__init__.py': '', 'pkg/benchmarks/b.py': 'from pkg.zoo import helpers\n'}
+    _tree(tmp_path, good)
+    assert _layer_faults(pkg) == []
+    _tree(tmp_path, {'pkg/core.py': 'def run():\n    from pkg.zoo import helpers\n',
+                     'pkg/benchmarks/b.py': 'import pkg.low.a\nfrom pkg.api import run, secret\n',
+                     'pkg/low/a.py': 'def f():\n    from pkg.high import b\n'})
+    assert sorted(_layer_faults(pkg)) == [
+        'core module pkg.core imports the tool pkg.zoo.helpers',
+        'pkg.high and pkg.low import each other',
+        'tool module pkg.benchmarks.b imports pkg.low.a, not through pkg.api',
+        "tool module pkg.benchmarks.b takes ['secret'] from pkg.api, which does not offer them"]
+
+
+def test_the_core_imports_no_tool_and_the_tools_only_its_api():
+    assert _layer_faults(PACKAGE) == []
+
+
+def test_every_name_of_the_api_is_where_it_says():
+    """Each WHERE entry names a module of the package and an attribute defined at its top level."""
+    from kamal_jax import api
+    for name, (module, attribute) in api.WHERE.items():
+        path = PACKAGE.parent / module.replace('.', '/')
+        path = path / '__init__.py' if path.is_dir() else path.with_suffix('.py')
+        assert path.exists(), f'api.{name}: no module {module}'
+        if attribute is None:
+            continue
+        tree = ast.parse(path.read_text())
+        top = set()
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                top.add(node.name)
+            elif isinstance(node, ast.Assign):
+                top |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                top |= {(a.asname or a.name).split('.')[0] for a in node.names}
+        assert attribute in top, f'api.{name}: {module} defines no {attribute}'

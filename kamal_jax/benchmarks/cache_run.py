@@ -23,20 +23,18 @@ import shutil
 import threading
 import time
 
-from kamal_jax import xla
+from kamal_jax.api import apply_cpu_defaults
 
-xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from kamal_jax import config_schema  # noqa: E402
+from kamal_jax.api import (Amalgamate, Distill, LossWeights, load_or_build_teacher_cache,  # noqa: E402
+                           make_mesh, make_pairs, selected_slots, stage_config, train_student)
 from kamal_jax.benchmarks import steps  # noqa: E402
-from kamal_jax.train import sharding, teacher_cache  # noqa: E402
-from kamal_jax.train.objectives import Amalgamate, Distill, LossWeights, make_pairs  # noqa: E402
-from kamal_jax.train.trainer import train_student  # noqa: E402
 
 
 def _stage(c, stage_no: str, rng):
@@ -99,21 +97,21 @@ def run(c, *, images: int, epochs: int, stage_no: str, workdir: str) -> dict:
 def _run(c, *, images: int, epochs: int, stage_no: str, scratch: str) -> dict:
     """`scratch`: the folder the cache is built in (`--workdir`, emptied first; not a run's workdir)."""
     rng = jax.random.key(c.seed)
-    mesh = sharding.make_mesh()
+    mesh = make_mesh()
     data = np.random.default_rng(c.seed).integers(0, 256, (images, c.image_size, c.image_size, 3), np.uint8)
     stage, frozen, student = _stage(c, stage_no, rng)
     if stage_no == '1':  # only the selected teacher's features, selection made by the build
-        stage = dataclasses.replace(stage, selected_slots=teacher_cache.selected_slots(stage.cache_spec(), frozen,
+        stage = dataclasses.replace(stage, selected_slots=selected_slots(stage.cache_spec(), frozen,
                                                                                        data.shape[1:]))
     shutil.rmtree(scratch, ignore_errors=True)
     t0 = time.perf_counter()
-    cache = teacher_cache.load_or_build(os.path.join(scratch, 'cache'), spec=stage.cache_spec(), frozen=frozen, images=data,
+    cache = load_or_build_teacher_cache(os.path.join(scratch, 'cache'), spec=stage.cache_spec(), frozen=frozen, images=data,
                                         key={'benchmark': 'cache_run'}, batch_size=c.batch_size, limit_gb=64.0)
     build_s = time.perf_counter() - t0
     cache_bytes = sum(a.nbytes for a in cache.values())
     print(f'cache: {cache_bytes / 2 ** 30:.2f} GiB for {images} images, built in {build_s:.1f}s '
           f'({images / build_s:.1f} img/s)', flush=True)
-    cfg = config_schema.stage_config('stage1', epochs=epochs, batch_size=c.batch_size, lr=5e-4, bridge_lr=1e-3,
+    cfg = stage_config('stage1', epochs=epochs, batch_size=c.batch_size, lr=5e-4, bridge_lr=1e-3,
                                      schedule='cosine', warmup_steps=0, weight_decay=0.0)
     bridges = stage.init_bridges(rng)
     _, metrics = train_student(name=f'stage{stage_no}/cached', student=student, loss_fn=stage.loss, bridges=bridges,

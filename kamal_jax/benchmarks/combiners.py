@@ -48,20 +48,18 @@ import itertools
 import json
 import os
 
-from kamal_jax import xla
+from kamal_jax.api import apply_cpu_defaults
 
-xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from kamal_jax import config_schema, losses, pipeline, selection  # noqa: E402
-from kamal_jax.layout import Layout  # noqa: E402
-from kamal_jax.recipes import one_stage_config  # noqa: E402
-from kamal_jax.recipes.teacher_passes import selection_context  # noqa: E402
-from kamal_jax.train import evaluate as eval_lib, sharding  # noqa: E402
+from kamal_jax.api import (Layout, load_split, load_teachers, losses, make_mesh, one_stage_config,  # noqa: E402
+                           predict, resolve_config, selection, selection_context, stored_as_resolved,
+                           task_targets, validate_config)
 
 
 def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -164,7 +162,7 @@ def partial_teachers(config, plan, task: str) -> list[tuple[str, list[int], list
 def _all_logits(net, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
     """The net's whole classifier output (not only its declared task slices)."""
     whole = dataclasses.replace(net, heads={'all': (0, int(net.module.num_classes))})
-    return eval_lib.predict(whole, variables, images, batch_size)['all']
+    return predict(whole, variables, images, batch_size)['all']
 
 
 # ----------------------------------------------------------------------------- the screen's inputs
@@ -174,12 +172,11 @@ def gather(workdir: str, views: int) -> dict:
     logits on the training images and on the evaluation images (and on `views` augmented views of
     them), each partial teacher's whole output on both, and the task's class index per image (-1
     outside the task; the screen reads the training labels only on its validation share)."""
-    config = config_schema.resolve(config_schema.stored_as_resolved(json.load(open(Layout(workdir).config))))
-    plan = pipeline.validate(config, workdir)
-    train = pipeline.load_split(config, config.data.train_split)
-    held_out = pipeline.load_split(config, config.data.eval_split)
-    teachers, frozen = pipeline.load_teachers(config, plan, workdir, tuple(train.images.shape[1:3]),
-                                              sharding.make_mesh(-1))
+    config = resolve_config(stored_as_resolved(json.load(open(Layout(workdir).config))))
+    plan = validate_config(config, workdir)
+    train = load_split(config, config.data.train_split)
+    held_out = load_split(config, config.data.eval_split)
+    teachers, frozen = load_teachers(config, plan, workdir, tuple(train.images.shape[1:3]), make_mesh(-1))
     viewing = dataclasses.replace(selection.get('least_entropy'), views=views)
     tasks = {}
     for task in plan.target_tasks:
@@ -197,7 +194,7 @@ def gather(workdir: str, views: int) -> dict:
                 entry[f'{part}_views'] = dict(zip(entry['teachers'], context.view_logits))
             entry[f'{part}_partial'] = {n: _all_logits(teachers[n], frozen[n], images, config.eval_batch_size)
                                         for n, _, _ in partial}
-            entry[f'{part}_labels'] = eval_lib.task_targets(plan.tasks[task], split.labels, split.label_names)
+            entry[f'{part}_labels'] = task_targets(plan.tasks[task], split.labels, split.label_names)
         tasks[task] = entry
     return {'temperature': one_stage_config(config).temperature, 'views': views, 'tasks': tasks}
 

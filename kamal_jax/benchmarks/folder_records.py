@@ -29,16 +29,16 @@ def main(argv=None) -> None:
     import logging
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     import numpy as np
-    from kamal_jax.data import folder, pixels
+    from kamal_jax.api import load_folder, resize_array
     shutil.rmtree(args.data_dir, ignore_errors=True)
     size = (args.size, args.size)
-    pixels.resize_array(np.zeros((8, 8, 3), np.uint8), size)  # TensorFlow imported and traced before timing
+    resize_array(np.zeros((8, 8, 3), np.uint8), size)  # TensorFlow imported and traced before timing
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    found = folder.load(args.folder, image_size=size, data_dir=args.data_dir, workers=args.workers)
+    found = load_folder(args.folder, image_size=size, data_dir=args.data_dir, workers=args.workers)
     took = time.perf_counter() - t0
     t1 = time.perf_counter()
-    again = folder.load(args.folder, image_size=size, data_dir=args.data_dir, workers=args.workers)
+    again = load_folder(args.folder, image_size=size, data_dir=args.data_dir, workers=args.workers)
     reuse = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = len(found.paths)

@@ -15,22 +15,18 @@ import os
 import platform
 import tempfile
 
-from kamal_jax import xla
+from kamal_jax.api import apply_cpu_defaults
 
-xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kamal_jax import models, porting  # noqa: E402
+from kamal_jax.api import (Distill, LossWeights, Net, create_state, export_generic_teacher,  # noqa: E402
+                           jit_train_step, load_graph_teacher, make_mesh, make_optimizer, make_pairs,
+                           make_train_step, multihead, port, put_batch, put_replicated, replicated)
 from kamal_jax.benchmarks.steps import MEAN, OPT, STD, _time_step  # noqa: E402
-from kamal_jax.porting import generic, graph  # noqa: E402
-from kamal_jax.train import sharding  # noqa: E402
-from kamal_jax.train.nets import Net  # noqa: E402
-from kamal_jax.train.objectives import Distill, LossWeights, make_pairs  # noqa: E402
-from kamal_jax.train.state import create_state, make_optimizer  # noqa: E402
-from kamal_jax.train.steps import make_train_step  # noqa: E402
 
 HEADS = {'task0': (0, 5)}
 
@@ -39,10 +35,10 @@ def teachers(size: int, scratch: str):
     """(generic Net, its variables, native Net, its variables): the same resnet18 weights (the
     exported graph written in folder `scratch`)."""
     path = os.path.join(scratch, 'resnet18.graph.safetensors')
-    generic.export('torchvision:resnet18', path, None, (size, size), {'num_classes': 7})
-    module, variables, probe = graph.load(path)
+    export_generic_teacher('torchvision:resnet18', path, None, (size, size), {'num_classes': 7})
+    module, variables, probe = load_graph_teacher(path)
     state_dict = {k: np.asarray(v) for c in variables.values() for k, v in c.items()}
-    native_module, native_vars = porting.port('resnet18', state_dict, input_shape=(1, size, size, 3))
+    native_module, native_vars = port('resnet18', state_dict, input_shape=(1, size, size, 3))
     native = Net('t', 'resnet18', native_module, MEAN, STD, heads=HEADS)
     gen = Net('t', 'torchvision:resnet18', module, MEAN, STD, (size, size), HEADS)
     x = jnp.asarray(probe['input'])
@@ -53,7 +49,7 @@ def teachers(size: int, scratch: str):
 
 def stage1_step(net: Net, variables, size: int, batch: int, mesh):
     """(jitted step, state maker, frozen, batch) of stage 1 with two copies of `net` as teachers."""
-    component = Net('component', 'resnet18', models.multihead('resnet18', [('task0', 5)]), MEAN, STD)
+    component = Net('component', 'resnet18', multihead('resnet18', [('task0', 5)]), MEAN, STD)
     nets = [Net(f'teacher{k}', net.arch, net.module, net.mean, net.std, net.input_size, HEADS) for k in range(2)]
     stage = Distill.component('task0', component, nets, {t.name: make_pairs(t, component, None) for t in nets},
                               LossWeights())
@@ -61,11 +57,11 @@ def stage1_step(net: Net, variables, size: int, batch: int, mesh):
     tx = make_optimizer(OPT, 1000)
     x = jnp.zeros((1, size, size, 3))
     init = jax.jit(lambda r: create_state(r, component.module, x, stage.init_bridges(rng), tx),
-                   out_shardings=sharding.replicated(mesh))  # called per round: the step donates the state
-    step = sharding.jit_train_step(make_train_step(stage.loss, tx, crop_padding=0), mesh)
+                   out_shardings=replicated(mesh))  # called per round: the step donates the state
+    step = jit_train_step(make_train_step(stage.loss, tx, crop_padding=0), mesh)
     images = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
-    frozen = sharding.put_replicated({t.name: variables for t in nets}, mesh)
-    return step, lambda: init(rng), frozen, sharding.put_batch({'image': images}, mesh)
+    frozen = put_replicated({t.name: variables for t in nets}, mesh)
+    return step, lambda: init(rng), frozen, put_batch({'image': images}, mesh)
 
 
 def main(argv=None) -> int:
@@ -75,7 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--rounds', type=int, default=2)
     args = parser.parse_args(argv)
-    mesh = sharding.make_mesh()
+    mesh = make_mesh()
     with tempfile.TemporaryDirectory() as tmp:
         gen, gen_vars, native, native_vars = teachers(args.size, tmp)
     runs = {'native': stage1_step(native, native_vars, args.size, args.batch, mesh),

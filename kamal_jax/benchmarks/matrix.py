@@ -20,11 +20,7 @@ import json
 import os
 from typing import Any
 
-from kamal_jax import config_schema
-from kamal_jax.layout import Layout
-from kamal_jax.recipes import RECIPES
-from kamal_jax.recipes.one_stage import OneStage
-from kamal_jax.recipes.two_stage import TwoStage
+from kamal_jax.api import RECIPES, Layout, OneStage, TwoStage, stored_as_resolved
 
 
 def recipe_selector(recipe: str, config: dict) -> str:
@@ -32,7 +28,7 @@ def recipe_selector(recipe: str, config: dict) -> str:
     r = RECIPES[recipe]
     if not (isinstance(r, TwoStage) or (isinstance(r, OneStage) and not r.combine)):
         return '-'
-    stage1 = {**config_schema.stored_as_resolved(config)['stage1'], **(r.stage1 if isinstance(r, TwoStage) else {})}
+    stage1 = {**stored_as_resolved(config)['stage1'], **(r.stage1 if isinstance(r, TwoStage) else {})}
     return f"{stage1['selector']} ({stage1['selection']})"
 
 
@@ -53,7 +49,7 @@ def _name(workdir: str) -> str:
 def rows(workdir: str, config: dict | None = None, summary: dict | None = None) -> list[dict[str, Any]]:
     """The matrix rows of one run: every finished net of a recipe, scored per task (`config` and
     `summary`: the run's files, when the caller has read them)."""
-    config = config_schema.stored_as_resolved(config if config is not None else _read(workdir, 'config'))
+    config = stored_as_resolved(config if config is not None else _read(workdir, 'config'))
     summary = summary if summary is not None else _read(workdir, 'summary')
     models = summary['models']
     tasks = list(config['target_tasks'])

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import json
 
-from kamal_jax import xla
+from kamal_jax.api import apply_cpu_defaults
 
-xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -26,10 +26,9 @@ import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
 
 from configs import bench_steps  # noqa: E402
+from kamal_jax.api import (Amalgamate, Distill, LossWeights, Supervised, create_state,  # noqa: E402
+                           make_optimizer, make_pairs, make_train_step)
 from kamal_jax.benchmarks.steps import OPT, random_nets  # noqa: E402
-from kamal_jax.train.objectives import Amalgamate, Distill, LossWeights, Supervised, make_pairs  # noqa: E402
-from kamal_jax.train.state import create_state, make_optimizer  # noqa: E402
-from kamal_jax.train.steps import make_train_step  # noqa: E402
 
 # Images/s measured on one NVIDIA H200, float32, at configs/bench_steps.py (128 px, batch 32;
 # docs/results/perf/gpu_h200_steps_128px.json).

@@ -18,8 +18,7 @@ import platform
 import sys
 from importlib import metadata
 
-from kamal_jax import summary as summary_lib
-from kamal_jax.layout import Layout
+from kamal_jax.api import Layout, summary_markdown
 
 PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'torch', 'tensorflow-datasets')
 
@@ -78,7 +77,7 @@ def main(argv=None) -> int:
         with open(args.out, 'w') as f:
             json.dump(result, f, indent=1, sort_keys=True)
             f.write('\n')
-    sys.stdout.write(summary_lib.markdown(result['summary']))
+    sys.stdout.write(summary_markdown(result['summary']))
     return 0
 
 

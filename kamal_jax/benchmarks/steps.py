@@ -28,9 +28,9 @@ import os
 import platform
 import time
 
-from kamal_jax import xla
+from kamal_jax.api import apply_cpu_defaults
 
-xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -38,16 +38,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from kamal_jax import config_schema, models, selection
-from kamal_jax.train import sharding, teacher_cache
-from kamal_jax.train.augment import to_unit
-from kamal_jax.train.nets import Net
-from kamal_jax.train.state import create_state, make_optimizer
-from kamal_jax.train.objectives import Amalgamate, Distill, LossWeights, Supervised, make_pairs
-from kamal_jax.train.steps import make_train_step
+from kamal_jax.api import (Amalgamate, Distill, LossWeights, Net, Supervised, classifier, create_state,
+                           jit_train_step, make_mesh, make_optimizer, make_pairs, make_train_step, multihead,
+                           put_batch, put_replicated, replicated, selected_slots, selection, stage_config,
+                           teacher_logits_key, teacher_outputs_fn, to_unit)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-OPT = config_schema.stage_config('stage1', lr=5e-4, bridge_lr=1e-3, schedule='constant')
+OPT = stage_config('stage1', lr=5e-4, bridge_lr=1e-3, schedule='constant')
 
 
 def _time_step(step, state, frozen, batch, rng, warmup: int, timed: int, batch_size: int) -> dict:
@@ -70,8 +67,8 @@ def _time_step(step, state, frozen, batch, rng, warmup: int, timed: int, batch_s
 def _cache_rows(stage, frozen, inputs, fn=None) -> dict:
     """What a stage's cache holds for these images, as the cache stores it (float16 features).
 
-    `fn`: the stage's jitted `teacher_cache.outputs_fn`, when the caller already has one."""
-    fn = fn or jax.jit(teacher_cache.outputs_fn(stage.cache_spec(), 'float16'))
+    `fn`: the stage's jitted `teacher_outputs_fn`, when the caller already has one."""
+    fn = fn or jax.jit(teacher_outputs_fn(stage.cache_spec(), 'float16'))
     return jax.device_get(fn(frozen, {k: jnp.asarray(v) for k, v in inputs.items()}))
 
 
@@ -87,17 +84,17 @@ def random_nets(c, rng) -> tuple:
     tasks = [f'task{i}' for i in range(c.num_tasks)]
     teachers, teacher_vars = [], {}
     for k in range(c.num_teachers):
-        net = Net(f'teacher{k}', c.teacher_arch, models.classifier(c.teacher_arch, c.teacher_classes), MEAN,
+        net = Net(f'teacher{k}', c.teacher_arch, classifier(c.teacher_arch, c.teacher_classes), MEAN,
                   STD, heads={tasks[0]: (0, c.task_classes)})
         teachers.append(net)
         teacher_vars[net.name] = net.module.init(jax.random.fold_in(rng, k), x)
     component = Net('component', c.component_arch,
-                    models.multihead(c.component_arch, [(tasks[0], c.task_classes)]), MEAN, STD)
+                    multihead(c.component_arch, [(tasks[0], c.task_classes)]), MEAN, STD)
     target = Net('target', c.target_arch,
-                 models.multihead(c.target_arch, [(t, c.task_classes) for t in tasks], c.target_widths),
+                 multihead(c.target_arch, [(t, c.task_classes) for t in tasks], c.target_widths),
                  MEAN, STD)
     comps = tuple((t, Net(f'component_{t}', c.component_arch,
-                          models.multihead(c.component_arch, [(t, c.task_classes)]), MEAN, STD)) for t in tasks)
+                          multihead(c.component_arch, [(t, c.task_classes)]), MEAN, STD)) for t in tasks)
     comp_vars = {n.name: n.module.init(jax.random.fold_in(rng, 10 + i), x) for i, (_, n) in enumerate(comps)}
     dtype = c.compute_dtype  # params were made in float32 above and stay so
     teachers = [t.with_compute_dtype(dtype) for t in teachers]
@@ -122,11 +119,11 @@ def _cases(c, rng, images):
     # every component's outputs (stage 2); the batch carries what the cache would hold for it.
     offline = dataclasses.replace(stage1, offline=True, cached=True)
     selected = np.random.default_rng(2).integers(0, len(teachers), bs).astype(np.int32)
-    offline = dataclasses.replace(offline, selected_slots=teacher_cache.selected_slots(
+    offline = dataclasses.replace(offline, selected_slots=selected_slots(
         offline.cache_spec(), teacher_vars, images.shape[1:]))
     stage2_cached = dataclasses.replace(stage2, cached=True)
     cache_inputs = {'image': images, 'selected': selected}
-    build_fns = {stage: jax.jit(teacher_cache.outputs_fn(stage.cache_spec(), 'float16'))
+    build_fns = {stage: jax.jit(teacher_outputs_fn(stage.cache_spec(), 'float16'))
                  for stage in (offline, stage2_cached)}
     stage1_cache = _cache_rows(offline, teacher_vars, cache_inputs, build_fns[offline])
     stage2_cache = _cache_rows(stage2_cached, comp_vars, {'image': images}, build_fns[stage2_cached])
@@ -135,7 +132,7 @@ def _cases(c, rng, images):
     one_stage = Distill(target, ((tasks[0], tuple(teachers)),), {}, LossWeights(temperature=4.0),
                         combine=selection.get_combiner('product'))
     one_stage_cached = dataclasses.replace(one_stage, cached=True)
-    logits = jax.jit(lambda v, x: {teacher_cache.logits_key(t.name): t.apply_eval(v[t.name], x)[0][tasks[0]]
+    logits = jax.jit(lambda v, x: {teacher_logits_key(t.name): t.apply_eval(v[t.name], x)[0][tasks[0]]
                                    for t in teachers})
     one_stage_cache = jax.device_get(logits(teacher_vars, to_unit(jnp.asarray(images))))
     cases = {
@@ -161,12 +158,12 @@ def _cases(c, rng, images):
 
 
 def run(c) -> dict:
-    mesh = sharding.make_mesh()
+    mesh = make_mesh()
     size, bs = c.image_size, c.batch_size
     rng = jax.random.key(c.seed)
     x = jnp.zeros((1, size, size, 3))
     images = np.random.default_rng(c.seed).integers(0, 256, (bs, size, size, 3), dtype=np.uint8)
-    batch = sharding.put_batch({'image': images}, mesh)
+    batch = put_batch({'image': images}, mesh)
     cases, builds, extra = _cases(c, rng, images)
     wanted = [n.strip() for n in str(c.cases).split(',') if n.strip()]
     valid = [*cases, *(b[0] for b in builds), *extra]
@@ -180,10 +177,10 @@ def run(c) -> dict:
     for name, (loss_fn, student, bridges, frozen, extra) in cases.items():
         tx = make_optimizer(OPT, 1000)
         state = jax.jit(lambda r: create_state(r, student.module, x, bridges, tx),
-                        out_shardings=sharding.replicated(mesh))(rng)
-        step = sharding.jit_train_step(make_train_step(loss_fn, tx, crop_padding=0), mesh)
-        b = dict(batch, **sharding.put_batch(extra, mesh)) if extra else batch
-        results[name] = _time_step(step, state, sharding.put_replicated(frozen, mesh), b, rng,
+                        out_shardings=replicated(mesh))(rng)
+        step = jit_train_step(make_train_step(loss_fn, tx, crop_padding=0), mesh)
+        b = dict(batch, **put_batch(extra, mesh)) if extra else batch
+        results[name] = _time_step(step, state, put_replicated(frozen, mesh), b, rng,
                                    c.warmup_steps, c.timed_steps, bs)
         _print(name, results[name])
     for name, fn, frozen, inputs in builds:  # compiled above, when the cached batches were made

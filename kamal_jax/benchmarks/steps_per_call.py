@@ -20,21 +20,17 @@ import argparse
 import platform
 import time
 
-from kamal_jax import xla
+from kamal_jax.api import apply_cpu_defaults
 
-xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kamal_jax import config_schema, models, selection  # noqa: E402
-from kamal_jax.train import sharding  # noqa: E402
-from kamal_jax.train.state import create_state, make_optimizer  # noqa: E402
-from kamal_jax.train.steps import make_train_step  # noqa: E402
-from kamal_jax.train.nets import Net  # noqa: E402
-from kamal_jax.train.objectives import Distill, LossWeights, make_pairs  # noqa: E402
-from kamal_jax.train.trainer import train_student  # noqa: E402
+from kamal_jax.api import (Distill, LossWeights, Net, classifier, create_state, jit_train_step,  # noqa: E402
+                           make_mesh, make_optimizer, make_pairs, make_train_step, multihead, put_batch,
+                           put_replicated, replicated, selection, stage_config, train_student)
 
 MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
@@ -43,10 +39,10 @@ def stage(size: int):
     """(component Net, Distill loss, frozen teacher variables) for task 'a' with two teachers."""
     teachers, frozen = [], {}
     for i, (name, logits) in enumerate((('t1', (0, 5)), ('t2', (2, 7)))):
-        net = Net(name, 'cifar_resnet8', models.classifier('cifar_resnet8', 7), MEAN, STD, heads={'a': logits})
+        net = Net(name, 'cifar_resnet8', classifier('cifar_resnet8', 7), MEAN, STD, heads={'a': logits})
         teachers.append(net)
         frozen[name] = net.module.init(jax.random.key(i), jnp.zeros((1, size, size, 3)))
-    student = Net('component_a', 'cifar_resnet8', models.multihead('cifar_resnet8', [('a', 5)]), MEAN, STD)
+    student = Net('component_a', 'cifar_resnet8', multihead('cifar_resnet8', [('a', 5)]), MEAN, STD)
     pairs = {t.name: make_pairs(t, student, None) for t in teachers}
     loss = Distill.component('a', student, teachers, pairs, LossWeights(),
                              selector=selection.get('least_entropy'))
@@ -55,15 +51,15 @@ def stage(size: int):
 
 def bare_step_rate(student, loss, frozen, cfg, images, steps: int) -> float:
     """Images/s of the loop's own jitted step on one device-resident batch, back to back."""
-    mesh = sharding.make_mesh(1)
+    mesh = make_mesh(1)
     tx = make_optimizer(cfg, steps)
     size = images.shape[1]
     state = jax.jit(lambda r: create_state(r, student.module, jnp.zeros((1, size, size, 3)),
                                            loss.init_bridges(jax.random.key(0)), tx),
-                    out_shardings=sharding.replicated(mesh))(jax.random.key(1))  # as train_student
-    step = sharding.jit_train_step(make_train_step(loss.loss, tx), mesh)
-    batch = sharding.put_batch({'image': images[:cfg.batch_size]}, mesh)
-    frozen = sharding.put_replicated(frozen, mesh)
+                    out_shardings=replicated(mesh))(jax.random.key(1))  # as train_student
+    step = jit_train_step(make_train_step(loss.loss, tx), mesh)
+    batch = put_batch({'image': images[:cfg.batch_size]}, mesh)
+    frozen = put_replicated(frozen, mesh)
     rng = jax.random.key(2)
     for _ in range(3):  # compiles (once: the state keeps its sharding), then warm
         state, metrics = step(state, frozen, batch, rng)
@@ -78,7 +74,7 @@ def bare_step_rate(student, loss, frozen, cfg, images, steps: int) -> float:
 def run(size: int, batch: int, steps: int, ks, rounds: int) -> dict:
     student, loss, frozen = stage(size)
     images = np.random.default_rng(0).integers(0, 256, (steps * batch, size, size, 3), dtype=np.uint8)
-    cfg = config_schema.stage_config('stage1', arch='cifar_resnet8', epochs=1, batch_size=batch)
+    cfg = stage_config('stage1', arch='cifar_resnet8', epochs=1, batch_size=batch)
     best = {k: (0.0, 0.0) for k in ks}
     best['bare'] = (0.0, 0.0)
     for _ in range(rounds):
@@ -86,7 +82,7 @@ def run(size: int, batch: int, steps: int, ks, rounds: int) -> dict:
         for k in ks:
             _, m = train_student(name=f'k{k}', student=student, loss_fn=loss.loss,
                                  bridges=loss.init_bridges(jax.random.key(0)), cfg=cfg,
-                                 arrays={'image': images}, frozen=frozen, mesh=sharding.make_mesh(1), seed=0,
+                                 arrays={'image': images}, frozen=frozen, mesh=make_mesh(1), seed=0,
                                  log_every=steps, steps_per_call=k)
             rate = (steps - 1) * batch / (m['train_seconds'] - m['compile_seconds'])
             best[k] = max(best[k], (rate, m['compile_seconds']))

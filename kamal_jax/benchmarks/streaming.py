@@ -32,20 +32,16 @@ import tempfile
 import threading
 import time
 
-from kamal_jax import xla
+from kamal_jax.api import apply_cpu_defaults
 
-xla.apply_cpu_defaults()  # Before JAX initialises its backend.
+apply_cpu_defaults()  # Before JAX initialises its backend.
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kamal_jax import config_schema, models, selection  # noqa: E402
-from kamal_jax.data import records  # noqa: E402
-from kamal_jax.train import sharding  # noqa: E402
-from kamal_jax.train.nets import Net  # noqa: E402
-from kamal_jax.train.objectives import Distill, LossWeights, make_pairs  # noqa: E402
-from kamal_jax.train.trainer import train_student  # noqa: E402
+from kamal_jax.api import (Distill, LossWeights, Net, classifier, make_mesh, make_pairs,  # noqa: E402
+                           multihead, open_record_split, selection, stage_config, train_student)
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 TEACHERS = (('a_resnet20', 'cifar_resnet20', None, (0, 5)), ('a_resnet18', 'resnet18_small', (16, 16, 32, 64, 128), (3, 8)))
@@ -56,14 +52,14 @@ def cifar10_parts_stage1():
     """(component Net, Distill loss, frozen teacher variables, stage config) of cifar10_parts' part_a."""
     teachers, frozen = [], {}
     for i, (name, arch, widths, logits) in enumerate(TEACHERS):
-        net = Net(name, arch, models.classifier(arch, 8, widths), MEAN, STD, heads={'part_a': logits})
+        net = Net(name, arch, classifier(arch, 8, widths), MEAN, STD, heads={'part_a': logits})
         teachers.append(net)
         frozen[name] = net.module.init(jax.random.key(i), jnp.zeros((1, 32, 32, 3)))
-    student = Net('component_part_a', 'cifar_resnet20', models.multihead('cifar_resnet20', [('part_a', 5)]), MEAN, STD)
+    student = Net('component_part_a', 'cifar_resnet20', multihead('cifar_resnet20', [('part_a', 5)]), MEAN, STD)
     pairs = {t.name: make_pairs(t, student, None) for t in teachers}
     loss = Distill.component('part_a', student, teachers, pairs, LossWeights(logit_loss='kl', temperature=4.0),
                              selector=selection.get('least_entropy'))
-    cfg = config_schema.stage_config('stage1', arch='cifar_resnet20', epochs=1, batch_size=BATCH, lr=2e-3,
+    cfg = stage_config('stage1', arch='cifar_resnet20', epochs=1, batch_size=BATCH, lr=2e-3,
                                      bridge_lr=2e-3, logit_loss='kl', temperature=4.0)
     return student, loss, frozen, cfg
 
@@ -72,7 +68,7 @@ def train(images, steps: int, prefetch: int) -> dict:
     student, loss, frozen, cfg = cifar10_parts_stage1()
     cfg.epochs = max(1, -(-steps * BATCH // len(images)))
     _, m = train_student(name='stage1', student=student, loss_fn=loss.loss, bridges=loss.init_bridges(jax.random.key(0)),
-                         cfg=cfg, arrays={'image': images}, frozen=frozen, mesh=sharding.make_mesh(1), seed=0,
+                         cfg=cfg, arrays={'image': images}, frozen=frozen, mesh=make_mesh(1), seed=0,
                          crop_padding=4, flip=True, log_every=steps, stop_after=steps, prefetch=prefetch)
     return {'img_per_s': (steps - 1) * BATCH / (m['train_seconds'] - m['compile_seconds']),
             'compile_s': m['compile_seconds']}
@@ -96,7 +92,7 @@ def measure_memory(directory: str, path: str, steps: int) -> dict:
             time.sleep(0.02)
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    images = records.open_split(directory).images
+    images = open_record_split(directory).images
     if path == 'memory':
         images = images[:]  # the whole split decoded in host memory, as the in-memory loader holds it
     result = train(images, steps, prefetch=4)
@@ -140,7 +136,7 @@ def memory(dirs, steps: int, repeats: int, cold: bool = False) -> list[dict]:
 
 
 def speed(directory: str, steps: int, rounds: int) -> dict:
-    streamed = records.open_split(directory).images
+    streamed = open_record_split(directory).images
     in_memory = streamed[:]
     runs = {'memory, prefetch 0': (in_memory, 0), 'memory, prefetch 4': (in_memory, 4),
             'stream, prefetch 4': (streamed, 4), 'stream, prefetch 0': (streamed, 0)}

@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from kamal_jax.porting import torch_models  # noqa: E402
+from kamal_jax.api import build_torch_twin  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/bench_steps.py', 'Benchmark config.')
 _JSON = flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
@@ -80,7 +80,7 @@ def build_cases(c, device, layout, bf16: bool, dtype=torch.float32) -> dict:
     torch.manual_seed(c.seed)
 
     def build(*args):
-        return torch_models.build(*args).to(device, dtype, memory_format=layout)
+        return build_torch_twin(*args).to(device, dtype, memory_format=layout)
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)

@@ -29,12 +29,9 @@ import sys
 
 import numpy as np
 
-from kamal_jax import config_files, config_schema, pipeline, tasks as tasks_lib, unified
-from kamal_jax.layout import Layout
-from kamal_jax.recipes import one_stage_config
-from kamal_jax.recipes.context import Run
-from kamal_jax.recipes.unified import whole_logits
-from kamal_jax.train import sharding
+from kamal_jax.api import (Layout, Run, load_config_file, load_split, load_teachers, make_mesh,
+                           one_stage_config, plan_from_config, resolve_config, stored_as_resolved, unified,
+                           validate_config, whole_logits)
 
 
 def member_accuracy(member, logits: np.ndarray, label_names: np.ndarray) -> tuple[float, int]:
@@ -76,18 +73,18 @@ def score_task(union: unified.Union, logits, label_names: np.ndarray, temperatur
 
 def score_run(workdir: str, config_name: str = '') -> dict:
     if config_name:
-        config = config_schema.resolve(config_files.load_file(config_name))
+        config = resolve_config(load_config_file(config_name))
     else:
         stored = json.load(open(Layout(workdir).config))
-        config = config_schema.resolve(config_schema.stored_as_resolved(stored))
-    plan = pipeline.validate(config, workdir)
+        config = resolve_config(stored_as_resolved(stored))
+    plan = validate_config(config, workdir)
     missing = [t.checkpoint for t in plan.used_teachers if not os.path.isfile(t.checkpoint)]
     if missing:
         raise SystemExit(f'error: teacher checkpoint {missing[0]} does not exist; launch the config on {workdir} '
                          'first (it trains its zoo there).')
-    held_out = pipeline.load_split(config, config.data.eval_split)
+    held_out = load_split(config, config.data.eval_split)
     size = tuple(held_out.images.shape[1:3])
-    teachers, frozen = pipeline.load_teachers(config, plan, workdir, size, sharding.make_mesh(-1))
+    teachers, frozen = load_teachers(config, plan, workdir, size, make_mesh(-1))
     run = Run(config, plan, teachers, frozen, None, held_out, None, workdir)
     names = np.asarray(held_out.label_names['label'])[np.asarray(held_out.labels['label'])]
     logits = {t.name: whole_logits(run, t.name, held_out.images) for t in plan.used_teachers}
@@ -104,7 +101,7 @@ def score_inputs(path: str, config_name: str, tasks: dict[str, list[str]], itera
     """`tasks` (name -> class names) across the zoo teachers of screen inputs `path`."""
     from kamal_jax.benchmarks import combiners
     inputs = combiners.load_inputs(path)
-    config = config_schema.resolve(config_files.load_file(config_name))
+    config = resolve_config(load_config_file(config_name))
     zoo = config.zoo.teachers
     logits, label_names = {}, None
     for entry in inputs['tasks'].values():
@@ -114,7 +111,7 @@ def score_inputs(path: str, config_name: str, tasks: dict[str, list[str]], itera
     missing = [n for n in zoo if n not in logits]
     if missing:
         raise SystemExit(f'error: {path} holds no whole output of teacher {missing[0]!r}.')
-    plan = tasks_lib.plan_from_config(config_schema.resolve({
+    plan = plan_from_config(resolve_config({
         'data': config.data.to_dict(), 'target_tasks': tuple(tasks),
         'tasks': {n: {'classes': list(c)} for n, c in tasks.items()},
         'teachers': {n: {'checkpoint': 'unused', 'mean': (0.0,), 'std': (1.0,), 'classes': list(zoo[n]['classes'])}

@@ -14,7 +14,7 @@ def benchmark_zoo(path: str, arg: str = '') -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(arg) if arg else module.get_config()
-    from kamal_jax import config_schema  # the benchmark's data and seed as its run reads them
-    resolved = config_schema.resolve(config)
+    from kamal_jax.api import resolve_config  # the benchmark's data and seed as its run reads them
+    resolved = resolve_config(config)
     return ml_collections.ConfigDict({'data': resolved.data.to_dict(), 'seed': resolved.seed,
                                       'teachers': config.zoo.teachers.to_dict()})

@@ -13,7 +13,7 @@ A zoo config (`config.zoo`, or the whole config when it has no `zoo` field) has
                (4; 0 = no random crop), flip (True), input_size (optional (h, w) to resize to),
                warmup_epochs (0), label_smoothing (0.0), kwargs (a timm:/torch:/torchvision: arch's)
 
-`arch` is a twin of `kamal_jax.porting.torch_models.ARCHS` (`cifar_resnet20_a`: option-A shortcuts),
+`arch` is a twin of `kamal_jax.api.TORCH_TWINS` (`cifar_resnet20_a`: option-A shortcuts),
 `timm:NAME` (timm.create_model, random init), or a factory `torch:package.module:function` /
 `torchvision:NAME` (the generic teacher path exports it afterwards); the last three are built with
 `num_classes` and `kwargs`.
@@ -47,10 +47,7 @@ import torch  # Before anything that might import TensorFlow (the reverse order 
 import torch.nn.functional as F
 import numpy as np
 
-from kamal_jax.config_schema import plain
-from kamal_jax.files import sha256, write_atomic_with
-from kamal_jax.progress import eta_text
-from kamal_jax.porting import torch_models
+from kamal_jax.api import TORCH_TWINS, build_torch_twin, eta_text, plain, sha256, write_atomic_with
 
 CARD_VERSION = 1
 
@@ -127,9 +124,9 @@ def _class_list(classes: Any, field: str) -> list[str]:
 
 
 def _check_arch(arch: str, prefix: str) -> None:
-    if arch not in torch_models.ARCHS and not str(arch).startswith(BUILT_BY_NAME):
+    if arch not in TORCH_TWINS and not str(arch).startswith(BUILT_BY_NAME):
         raise ZooConfigError(f'{prefix}.arch = {arch!r} is unknown; supported: '
-                             f'{", ".join(sorted(torch_models.ARCHS))}, \'timm:NAME\', or a factory '
+                             f'{", ".join(sorted(TORCH_TWINS))}, \'timm:NAME\', or a factory '
                              f"'torch:package.module:function' / 'torchvision:NAME'.")
 
 
@@ -212,15 +209,15 @@ def build_model(s: dict, num_classes: int, channels: int) -> torch.nn.Module:
         return timm.create_model(s['arch'].split(':', 1)[1], pretrained=False, num_classes=num_classes,
                                  in_chans=channels, **s.get('kwargs', {}))
     if str(s['arch']).startswith(GENERIC):
-        from kamal_jax.porting import torch_export
+        from kamal_jax.api import build_torch_factory
         factory = s['arch'] if s['arch'].startswith('torchvision:') else s['arch'].split(':', 1)[1]
-        return torch_export.build(factory, None, {'num_classes': num_classes, **s.get('kwargs', {})}).train()
-    return torch_models.build(s['arch'], num_classes, s['widths'], in_channels=channels)
+        return build_torch_factory(factory, None, {'num_classes': num_classes, **s.get('kwargs', {})}).train()
+    return build_torch_twin(s['arch'], num_classes, s['widths'], in_channels=channels)
 
 
 def load_data(data_cfg: Any) -> dict:
-    """{'train': split, 'eval': split} via `kamal_jax.data.datasets.load`."""
-    from kamal_jax.data import datasets  # TensorFlow is imported there lazily, after torch.
+    """{'train': split, 'eval': split} via `kamal_jax.api.load_dataset`."""
+    from kamal_jax.api import load_dataset  # TensorFlow is imported there lazily, after torch.
     name = _get(data_cfg, 'name')
     if not name:
         raise ZooConfigError('data.name is missing.')
@@ -230,7 +227,7 @@ def load_data(data_cfg: Any) -> dict:
         kwargs['image_size'] = (int(size), int(size)) if isinstance(size, int) else tuple(size)
     train = _get(data_cfg, 'train_split', DATA_DEFAULTS['train_split'])
     evals = _get(data_cfg, 'eval_split', DATA_DEFAULTS['eval_split'])
-    return {'train': datasets.load(name, train, **kwargs), 'eval': datasets.load(name, evals, **kwargs)}
+    return {'train': load_dataset(name, train, **kwargs), 'eval': load_dataset(name, evals, **kwargs)}
 
 
 def _resolve_data(data: Any, data_cfg: Any) -> dict:
@@ -601,7 +598,7 @@ def train_zoo(zoo_config: Any, out_dir: str, data: Any = None, *, only=None,
               log: Callable[[str], None] = _print) -> dict:
     """Trains every teacher of `zoo_config` (or of its `zoo` field) not yet in `out_dir`.
 
-    `data`: None (load `zoo.data` with `kamal_jax.data.datasets.load`), a mapping
+    `data`: None (load `zoo.data` with `kamal_jax.api.load_dataset`), a mapping
     {'train': split, 'eval': split}, or a callable split_name -> split. Splits have `.images`
     (uint8 NHWC), `.labels` (key -> int array) and `.label_names` (key -> class names).
     Returns {teacher name: card}, skipped teachers included (their card read from disk).
