@@ -37,7 +37,7 @@ def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp('teachers')
     code = f'''
 import torch
-from kamal_jax.zoo import torch_models
+from kamal_jax.porting import torch_models
 for seed in (0, 1):
     torch.manual_seed(seed)
     torch.save(torch_models.build('cifar_resnet8', 7).state_dict(), {str(out)!r} + f'/t{{seed}}.pth')
@@ -202,9 +202,9 @@ def test_cutout_sets_one_square_per_image_to_the_fill():
 
 def test_a_run_killed_inside_a_refit_and_between_two_resumes_to_the_same_parameters(checkpoints, reference,
                                                                                      tmp_path, monkeypatch):
-    from kamal_jax.train import input as input_lib
+    from kamal_jax.train import batches as batches_lib
     workdir, config = str(tmp_path / 'run'), tiny_config(checkpoints)
-    real_refit, real_next = student_loop.Refits.refit, input_lib.BatchStream.next
+    real_refit, real_next = student_loop.Refits.refit, batches_lib.BatchStream.next
 
     def refit(self, step, variables, which):
         if step == 10:  # step 10's checkpoint is saved, its targets not yet
@@ -220,7 +220,7 @@ def test_a_run_killed_inside_a_refit_and_between_two_resumes_to_the_same_paramet
         if step == 12:  # steps 1..12 trained (12 saved: checkpoint_every = 3), between the refits at 10 and 13
             raise RuntimeError('killed between two refits')
         return real_next(self, step)
-    monkeypatch.setattr(input_lib.BatchStream, 'next', next_batch)
+    monkeypatch.setattr(batches_lib.BatchStream, 'next', next_batch)
     with pytest.raises(RuntimeError, match='killed between two refits'):
         pipeline.run(config, workdir)
     assert _dirs(workdir).refit_steps() == [8, 10]

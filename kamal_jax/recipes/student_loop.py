@@ -47,7 +47,7 @@ FIELD = 'baseline_stage.student_loop'
 
 def total_steps(samples: int, cfg: Any) -> int:
     """The one-stage budget in steps (`cfg.epochs` passes of `samples // cfg.batch_size` steps, as
-    `train.input.EpochBatches` counts them)."""
+    `train.batches.EpochBatches` counts them)."""
     return int(cfg.epochs) * (samples // int(cfg.batch_size))
 
 
