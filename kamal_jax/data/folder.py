@@ -164,6 +164,19 @@ def _class_of(rel: str) -> str | None:
     return parts[0] if len(parts) > 1 else None
 
 
+def _stored(out: str, source: dict) -> Found | None:
+    """The records at `out` when they were written from this `source`; None when they are missing,
+    incomplete or of another listing (to be written again)."""
+    from kamal_jax.data import records
+    try:
+        kept = dict(records.read_info(out).get('source') or {})
+        if {k: kept.get(k) for k in source} == source:
+            return Found(records.open_split(out), [tuple(s) for s in kept['skipped']], list(kept['paths']), True)
+    except ValueError:
+        pass
+    return None
+
+
 def load(root: str, *, image_size: Sequence[int], data_dir: str, crop_to_aspect: bool = True,
          labelled: bool = False, workers: int = 0, field: str = 'folder') -> Found:
     """The folder's images as a split read from records, written first when the folder changed.
@@ -178,13 +191,9 @@ def load(root: str, *, image_size: Sequence[int], data_dir: str, crop_to_aspect:
     source = {'folder': root, 'listing': listing_digest(root, files), 'image_size': [int(s) for s in image_size],
               'crop_to_aspect': bool(crop_to_aspect), 'labelled': bool(labelled), 'order': ORDER}
     files = tfds_order(root, files)
-    try:
-        info = records.read_info(out)
-        kept = dict(info.get('source') or {})
-        if {k: kept.get(k) for k in source} == source:
-            return Found(records.open_split(out), [tuple(s) for s in kept['skipped']], list(kept['paths']), True)
-    except ValueError:
-        pass  # missing, incomplete or of another listing: (re)write it
+    stored = _stored(out, source)
+    if stored is not None:
+        return stored
     skipped, candidates = [], []
     for rel in files:
         if labelled and _class_of(rel) is None:

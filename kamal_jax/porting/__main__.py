@@ -165,10 +165,7 @@ def generic_main(args) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ['inspect']:
-        return inspect_main(argv[1:])
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='python -m kamal_jax.porting', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--arch', required=True,
@@ -187,7 +184,63 @@ def main(argv=None) -> int:
     parser.add_argument('--no-parity', action='store_true', help='skip the PyTorch comparison')
     parser.add_argument('--kwargs', default='{}',
                         help='JSON keyword arguments of a torch:/torchvision: factory')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _print_parity(result, resolution: int) -> None:
+    if result is None:
+        print('parity: skipped (PyTorch or a PyTorch twin of this architecture is unavailable)')
+        return
+    worst = max(result['tap_max_rel_error'].items(), key=lambda kv: kv[1])
+    print(f'parity at {resolution}px: logits max |diff| '
+          f'{result["logits_max_abs_diff"]:.3g}; worst tap {worst[0]} relative error '
+          f'{worst[1]:.3g}')
+    for name, err in result['tap_max_rel_error'].items():
+        print(f'  {name}: {err:.3g}')
+
+
+def _ported_card(args, architecture, num_classes: int, resolution: int, variables, result, cfg, card) -> dict:
+    """What `OUT/teacher.json` says of a ported checkpoint (see the module's docstring)."""
+    import jax
+    meta = {
+        'arch': architecture.arch,
+        'requested_arch': args.arch,
+        'num_classes': num_classes,
+        'widths': list(architecture.widths) if architecture.widths else None,
+        'architecture': architecture.to_json(),
+        'resolution': resolution,
+        'checkpoint': os.path.basename(args.checkpoint),
+        'checkpoint_sha256': sha256(args.checkpoint),
+        'ema': bool(args.ema),
+        'num_params': int(sum(np.size(x) for x in jax.tree.leaves(variables.get('params', {})))),
+        'parity': result,
+    }
+    if cfg is not None:
+        meta['pretrained_cfg'] = {'source': os.path.basename(cfg.source),
+                                  'architecture': cfg.architecture, 'mean': cfg.mean,
+                                  'std': cfg.std, 'input_size': cfg.input_size}
+    if card is not None:
+        meta['card'] = card
+    return meta
+
+
+def _port(args, widths):
+    """(pretrained cfg, state_dict, architecture, resolution, module, variables) of the checkpoint;
+    a PortingError, CheckpointFormatError or missing file raises, naming what is wrong."""
+    from kamal_jax import porting
+    cfg = _pretrained_cfg(args)
+    state_dict = porting.load_state_dict(args.checkpoint, args.ema)
+    architecture = porting.resolve(args.arch, state_dict, widths, cfg.architecture if cfg else None)
+    resolution = args.resolution or architecture.input_size
+    module, variables = porting.port_architecture(architecture, state_dict, (1, resolution, resolution, 3))
+    return cfg, state_dict, architecture, resolution, module, variables
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ['inspect']:
+        return inspect_main(argv[1:])
+    args = _parser().parse_args(argv)
     if args.arch.startswith(('torch:', 'torchvision:')):
         return generic_main(args)
 
@@ -201,13 +254,7 @@ def main(argv=None) -> int:
     if widths is None and card and card.get('widths'):
         widths = tuple(int(w) for w in card['widths'])
     try:
-        cfg = _pretrained_cfg(args)
-        state_dict = porting.load_state_dict(args.checkpoint, args.ema)
-        architecture = porting.resolve(args.arch, state_dict, widths,
-                                       cfg.architecture if cfg else None)
-        resolution = args.resolution or architecture.input_size
-        module, variables = porting.port_architecture(architecture, state_dict,
-                                                      (1, resolution, resolution, 3))
+        cfg, state_dict, architecture, resolution, module, variables = _port(args, widths)
     except porting.PortingError as e:
         print(f'error: {args.checkpoint}: {e}', file=sys.stderr)
         return 1
@@ -229,41 +276,13 @@ def main(argv=None) -> int:
     result = None
     if not args.no_parity:
         result = parity(architecture, state_dict, module, variables, resolution)
-        if result is None:
-            print('parity: skipped (PyTorch or a PyTorch twin of this architecture is unavailable)')
-        else:
-            worst = max(result['tap_max_rel_error'].items(), key=lambda kv: kv[1])
-            print(f'parity at {resolution}px: logits max |diff| '
-                  f'{result["logits_max_abs_diff"]:.3g}; worst tap {worst[0]} relative error '
-                  f'{worst[1]:.3g}')
-            for name, err in result['tap_max_rel_error'].items():
-                print(f'  {name}: {err:.3g}')
-
-    meta = {
-        'arch': architecture.arch,
-        'requested_arch': args.arch,
-        'num_classes': num_classes,
-        'widths': list(architecture.widths) if architecture.widths else None,
-        'architecture': architecture.to_json(),
-        'resolution': resolution,
-        'checkpoint': os.path.basename(args.checkpoint),
-        'checkpoint_sha256': sha256(args.checkpoint),
-        'ema': bool(args.ema),
-        'num_params': int(sum(np.size(x) for x in jax.tree.leaves(variables.get('params', {})))),
-        'parity': result,
-    }
-    if cfg is not None:
-        meta['pretrained_cfg'] = {'source': os.path.basename(cfg.source),
-                                  'architecture': cfg.architecture, 'mean': cfg.mean,
-                                  'std': cfg.std, 'input_size': cfg.input_size}
-    if card is not None:
-        meta['card'] = card
+        _print_parity(result, resolution)
+    meta = _ported_card(args, architecture, num_classes, resolution, variables, result, cfg, card)
     with open(os.path.join(args.out, 'teacher.json'), 'w') as f:
         json.dump(meta, f, indent=2)
     print(f'wrote {os.path.join(args.out, "variables.msgpack")} and '
           f'{os.path.join(args.out, "teacher.json")} ({architecture.arch}, {num_classes} classes)')
     return 0
-
 
 if __name__ == '__main__':
     sys.exit(main())

@@ -156,22 +156,7 @@ def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
         raise ZooConfigError(f'{prefix} gives both classes and heads; an attribute teacher lists its '
                              f'classes per head in heads.')
     if heads:  # attribute teacher: (label key, classes) pairs, side by side in one fc
-        if isinstance(heads, Mapping) or hasattr(heads, 'items'):
-            raise ZooConfigError(f'{prefix}.heads must be a list of [label_key, classes] pairs (the '
-                                 f'order of the logits), not a mapping (ConfigDict sorts its keys).')
-        try:
-            heads = [(str(key), classes) for key, classes in heads]
-        except (TypeError, ValueError):
-            raise ZooConfigError(f'{prefix}.heads must be a list of [label_key, classes] pairs, got '
-                                 f'{heads!r}.') from None
-        if len({key for key, _ in heads}) != len(heads):
-            raise ZooConfigError(f'{prefix}.heads names a label key twice: {[k for k, _ in heads]}.')
-        s['heads'], start = [], 0
-        for key, classes in heads:
-            classes = _class_list(classes, f'{prefix}.heads.{key}')
-            s['heads'].append({'label_key': str(key), 'classes': classes,
-                               'logits': [start, start + len(classes)]})
-            start += len(classes)
+        s['heads'] = _attribute_heads(prefix, heads)
         s['label_key'] = None
         s['classes'] = [f'{h["label_key"]}:{c}' for h in s['heads'] for c in h['classes']]
     else:
@@ -179,6 +164,31 @@ def teacher_settings(name: str, tc: Any, zoo: Any = None) -> dict:
         s['heads'] = [{'label_key': s['label_key'], 'classes': s['classes'],
                        'logits': [0, len(s['classes'])]}]
     s['widths'] = [int(w) for w in s['widths']] if s['widths'] else None
+    return _checked_numbers(prefix, s)
+
+
+def _attribute_heads(prefix: str, heads: Any) -> list[dict]:
+    """An attribute teacher's heads: label key, classes and the slice of the logits, in order."""
+    if isinstance(heads, Mapping) or hasattr(heads, 'items'):
+        raise ZooConfigError(f'{prefix}.heads must be a list of [label_key, classes] pairs (the '
+                             f'order of the logits), not a mapping (ConfigDict sorts its keys).')
+    try:
+        heads = [(str(key), classes) for key, classes in heads]
+    except (TypeError, ValueError):
+        raise ZooConfigError(f'{prefix}.heads must be a list of [label_key, classes] pairs, got '
+                             f'{heads!r}.') from None
+    if len({key for key, _ in heads}) != len(heads):
+        raise ZooConfigError(f'{prefix}.heads names a label key twice: {[k for k, _ in heads]}.')
+    out, start = [], 0
+    for key, classes in heads:
+        classes = _class_list(classes, f'{prefix}.heads.{key}')
+        out.append({'label_key': str(key), 'classes': classes, 'logits': [start, start + len(classes)]})
+        start += len(classes)
+    return out
+
+
+def _checked_numbers(prefix: str, s: dict) -> dict:
+    """The settings' numbers as their types, checked: the data part, epochs and batch size."""
     frac, shard = float(s['train_fraction']), int(s['shard'])
     if not 0 < frac <= 1:
         raise ZooConfigError(f'{prefix}.train_fraction must be in (0, 1], got {frac}.')
@@ -414,49 +424,53 @@ def _counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return [int(c) for c in np.bincount(labels[labels >= 0], minlength=num_classes)]
 
 
-def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
-                  log: Callable[[str], None] = _print) -> dict:
-    """Trains one teacher and writes `{out_dir}/{name}.pth` and `.json`; returns the card."""
-    start = time.time()
-    split_seed = s['split_seed']
-    train, evals = data['train'], data['eval']
-    heads = s['heads']
-    multi = s['label_key'] is None  # attribute teacher: labels are (samples, heads)
-    tr_idx, tr_labels = select_heads(train, s, name, fraction=s['train_fraction'], shard=s['shard'],
-                                     split_seed=split_seed)
-    ev_idx, ev_labels = select_heads(evals, s, name)
-    if not multi:
-        tr_labels, ev_labels = tr_labels[:, 0], ev_labels[:, 0]
-    if len(tr_idx) == 0:
-        raise ZooConfigError(f'teachers.{name} has no training samples (classes {s["classes"]}, '
-                             f'shard {s["shard"]} of fraction {s["train_fraction"]}).')
-    tr_images = _resize(np.asarray(train.images)[tr_idx], s['input_size'])
-    ev_images = _resize(np.asarray(evals.images)[ev_idx], s['input_size'])
-    if tr_images.dtype != np.uint8:
-        raise TypeError(f'training images must be uint8 NHWC, got {tr_images.dtype}.')
-    channels = tr_images.shape[-1]
+class _Samples:
+    """One teacher's training and held-out images (uint8 NHWC, resized) and labels in its class order
+    ((samples, heads) for an attribute teacher, -1 = no label)."""
+
+    def __init__(self, name: str, s: dict, data: dict):
+        train, evals = data['train'], data['eval']
+        self.multi = s['label_key'] is None  # attribute teacher: labels are (samples, heads)
+        tr_idx, self.train_labels = select_heads(train, s, name, fraction=s['train_fraction'], shard=s['shard'],
+                                                 split_seed=s['split_seed'])
+        ev_idx, self.eval_labels = select_heads(evals, s, name)
+        if not self.multi:
+            self.train_labels, self.eval_labels = self.train_labels[:, 0], self.eval_labels[:, 0]
+        if len(tr_idx) == 0:
+            raise ZooConfigError(f'teachers.{name} has no training samples (classes {s["classes"]}, '
+                                 f'shard {s["shard"]} of fraction {s["train_fraction"]}).')
+        self.train_images = _resize(np.asarray(train.images)[tr_idx], s['input_size'])
+        self.eval_images = _resize(np.asarray(evals.images)[ev_idx], s['input_size'])
+        if self.train_images.dtype != np.uint8:
+            raise TypeError(f'training images must be uint8 NHWC, got {self.train_images.dtype}.')
+
+
+def _mean_std(name: str, s: dict, images: np.ndarray) -> tuple[list[float], list[float]]:
+    """The teacher's `mean` and `std`, each defaulting to its training images' per-channel statistics."""
+    channels = images.shape[-1]
     mean, std = s['mean'], s['std']
     if mean is None or std is None:
-        stats = _channel_stats(tr_images)
+        stats = _channel_stats(images)
         mean = stats[0] if mean is None else mean
         std = stats[1] if std is None else std
     mean, std = [float(m) for m in mean], [float(v) for v in std]
     if len(mean) != channels or len(std) != channels:
         raise ZooConfigError(f'teachers.{name}.mean/std need {channels} values, got {mean}, {std}.')
-    norm = _Normalise(mean, std)
+    return mean, std
 
-    num_classes = len(s['classes'])
-    torch.manual_seed(s['seed'])
-    model = build_model(s, num_classes, channels)
+
+def _optimizer(model: torch.nn.Module, s: dict) -> torch.optim.Optimizer:
+    """SGD with weight decay on the weights, none on biases and norms."""
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD([{'params': decay, 'weight_decay': s['weight_decay']},
-                           {'params': no_decay, 'weight_decay': 0.0}],
-                          lr=s['lr'], momentum=s['momentum'], nesterov=s['nesterov'])
-    n = len(tr_labels)
-    bs = min(s['batch_size'], n)
-    steps_per_epoch = max(1, n // bs)
+    return torch.optim.SGD([{'params': decay, 'weight_decay': s['weight_decay']},
+                            {'params': no_decay, 'weight_decay': 0.0}],
+                           lr=s['lr'], momentum=s['momentum'], nesterov=s['nesterov'])
+
+
+def _schedule(s: dict, steps_per_epoch: int) -> Callable[[int], float]:
+    """Step -> learning rate: linear warmup over `warmup_epochs`, then a cosine to 0."""
     total = steps_per_epoch * s['epochs']
     warmup = steps_per_epoch * s['warmup_epochs']
 
@@ -465,36 +479,42 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
             return s['lr'] * (step + 1) / warmup
         t = (step - warmup) / max(1, total - warmup)
         return 0.5 * s['lr'] * (1.0 + math.cos(math.pi * t))
+    return lr_at
 
-    rng = np.random.default_rng(s['seed'])
-    labels_t = torch.from_numpy(tr_labels)
-    what = (' + '.join(f'{h["label_key"]} {len(h["classes"])}' for h in heads) + ' logits'
-            if multi else f'{num_classes} classes')
-    log(f'[{name}] {s["arch"]} on {n} images of {what} '
-        f'({tr_images.shape[1]}x{tr_images.shape[2]}), {s["epochs"]} epochs x {steps_per_epoch} '
-        f'steps of {bs}; eval on {len(ev_labels)} images')
-    step, loss_value, t_train = 0, float('nan'), time.time()
-    for epoch in range(s['epochs']):
-        t0 = time.time()
-        model.train()
-        perm = rng.permutation(n)
+
+class _Epochs:
+    """The training loop's state: the model, its optimiser, the schedule and the step count."""
+
+    def __init__(self, model, s: dict, samples: _Samples, norm: _Normalise, bs: int, steps_per_epoch: int):
+        self.model, self.s, self.samples, self.norm = model, s, samples, norm
+        self.bs, self.steps_per_epoch = bs, steps_per_epoch
+        self.opt, self.lr_at = _optimizer(model, s), _schedule(s, steps_per_epoch)
+        self.rng = np.random.default_rng(s['seed'])
+        self.labels = torch.from_numpy(samples.train_labels)
+        self.step = 0
+
+    def run(self) -> tuple[float, float]:
+        """One epoch: (mean training loss, training accuracy; an attribute teacher's is its heads' mean)."""
+        s, heads, multi = self.s, self.s['heads'], self.samples.multi
+        self.model.train()
+        perm = self.rng.permutation(len(self.samples.train_labels))
         loss_sum, correct, seen = 0.0, 0, 0
         head_correct, head_seen = np.zeros(len(heads)), np.zeros(len(heads))
-        for k in range(steps_per_epoch):
-            batch = perm[k * bs:(k + 1) * bs]
-            x = norm(_augment(tr_images[batch], rng, s['crop_padding'], s['flip']))
-            y = labels_t[batch]
-            for group in opt.param_groups:
-                group['lr'] = lr_at(step)
-            logits = model(x)
+        for k in range(self.steps_per_epoch):
+            batch = perm[k * self.bs:(k + 1) * self.bs]
+            x = self.norm(_augment(self.samples.train_images[batch], self.rng, s['crop_padding'], s['flip']))
+            y = self.labels[batch]
+            for group in self.opt.param_groups:
+                group['lr'] = self.lr_at(self.step)
+            logits = self.model(x)
             if multi:
                 loss = _heads_loss(logits, y, heads, s['label_smoothing'])
             else:
                 loss = F.cross_entropy(logits, y, label_smoothing=s['label_smoothing'])
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            step += 1
+            self.opt.step()
+            self.step += 1
             loss_sum += loss.item() * len(batch)
             if multi:
                 for h, head in enumerate(heads):
@@ -505,90 +525,150 @@ def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
             else:
                 correct += int((logits.detach().argmax(1) == y).sum())
             seen += len(batch)
-        loss_value = loss_sum / seen
         if multi:  # mean over heads of each head's accuracy
             correct = seen * _mean_accuracy([c / k if k else None for c, k in zip(head_correct, head_seen)])
-        msg = (f'[{name}] epoch {epoch + 1}/{s["epochs"]}: loss {loss_value:.4f}, '
-               f'train acc {correct / seen:.4f}, lr {lr_at(step - 1):.4g}, {time.time() - t0:.1f}s, '
-               f'{eta_text(epoch + 1, s["epochs"], time.time() - t_train)}')
-        if epoch == s['epochs'] - 1 or (epoch + 1) % max(1, s['epochs'] // 5) == 0:
-            acc = (_mean_accuracy(evaluate_heads(model, ev_images, ev_labels, norm, heads)) if multi
-                   else evaluate(model, ev_images, ev_labels, norm))
-            if acc is not None:
-                msg += f', eval acc {acc:.4f}'
-        log(msg)
-    if multi:
-        per_head = evaluate_heads(model, ev_images, ev_labels, norm, heads)
-        accuracy = _mean_accuracy(per_head)
-    else:
-        accuracy = evaluate(model, ev_images, ev_labels, norm)
-        per_head = [accuracy]
+        return loss_sum / seen, correct / seen
 
-    os.makedirs(out_dir, exist_ok=True)
-    pth = os.path.join(out_dir, f'{name}.pth')
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    write_atomic_with(pth, lambda p: torch.save(state, p))
-    card = {
+
+def _held_out(model, s: dict, samples: _Samples, norm: _Normalise) -> list:
+    """Held-out accuracy per head (one head for a single-label teacher)."""
+    if samples.multi:
+        return evaluate_heads(model, samples.eval_images, samples.eval_labels, norm, s['heads'])
+    return [evaluate(model, samples.eval_images, samples.eval_labels, norm)]
+
+
+def _training_data_card(s: dict, samples: _Samples, train: Any, data_cfg: Any) -> dict:
+    heads, n, num_classes = s['heads'], len(samples.train_labels), len(s['classes'])
+    labels = samples.train_labels
+    return {
+        'dataset': _get(data_cfg, 'name', getattr(train, 'name', None)),
+        'split': _get(data_cfg, 'train_split', getattr(train, 'split', 'train')),
+        'train_fraction': s['train_fraction'],
+        'shard': s['shard'],
+        'split_seed': s['split_seed'],
+        'num_samples': int(n),
+        'class_counts': ({h['label_key']: _counts(labels[:, i], len(h['classes']))
+                          for i, h in enumerate(heads)} if samples.multi
+                         else _counts(labels, num_classes)),
+        'description': (f'{n} images of {num_classes} classes {s["classes"]} '
+                        + (f'(heads {[h["label_key"] for h in heads]}) ' if samples.multi
+                           else f'(label {s["label_key"]!r}) ')
+                        + f'from shard {s["shard"]} '
+                        f'(fraction {s["train_fraction"]}, split_seed {s["split_seed"]}) of '
+                        f'{_get(data_cfg, "name", getattr(train, "name", "?"))}:'
+                        f'{_get(data_cfg, "train_split", getattr(train, "split", "train"))}'),
+    }
+
+
+def _training_card(s: dict, bs: int, total: int, loss_value: float) -> dict:
+    return {
+        'epochs': s['epochs'], 'batch_size': bs, 'steps': total, 'lr': s['lr'],
+        'schedule': 'cosine' + (f' with {s["warmup_epochs"]} warmup epochs'
+                                if s['warmup_epochs'] else ''),
+        'momentum': s['momentum'], 'nesterov': s['nesterov'],
+        'weight_decay': s['weight_decay'], 'label_smoothing': s['label_smoothing'],
+        'seed': s['seed'],
+        'augment': {'crop_padding': s['crop_padding'], 'crop_pad_mode': 'reflect',
+                    'flip': s['flip']},
+        'final_train_loss': round(loss_value, 6),
+    }
+
+
+def _card(name: str, s: dict, mean, std, samples: _Samples, pth: str, sections: dict) -> dict:
+    """The teacher card; `sections` holds its training_data, training and eval parts."""
+    heads = s['heads']
+    return {
         'card_version': CARD_VERSION,
         'name': name,
         'arch': s['arch'],
         'kwargs': s.get('kwargs', {}),  # a factory's (torch:/torchvision: archs)
         'widths': s['widths'],
-        'num_classes': num_classes,
+        'num_classes': len(s['classes']),
         'classes': s['classes'],
         'label_key': s['label_key'],  # None for an attribute teacher: see heads
         'heads': {h['label_key']: dict(h) for h in heads},
         'mean': mean,
         'std': std,
-        'input_size': [int(tr_images.shape[1]), int(tr_images.shape[2])],
+        'input_size': [int(samples.train_images.shape[1]), int(samples.train_images.shape[2])],
         'input': 'RGB uint8 / 255 in [0, 1], then (x - mean) / std; PyTorch NCHW',
         'checkpoint': f'{name}.pth',
         'checkpoint_sha256': sha256(pth),
-        'training_data': {
-            'dataset': _get(data_cfg, 'name', getattr(train, 'name', None)),
-            'split': _get(data_cfg, 'train_split', getattr(train, 'split', 'train')),
-            'train_fraction': s['train_fraction'],
-            'shard': s['shard'],
-            'split_seed': split_seed,
-            'num_samples': int(n),
-            'class_counts': ({h['label_key']: _counts(tr_labels[:, i], len(h['classes']))
-                              for i, h in enumerate(heads)} if multi
-                             else _counts(tr_labels, num_classes)),
-            'description': (f'{n} images of {num_classes} classes {s["classes"]} '
-                            + (f'(heads {[h["label_key"] for h in heads]}) ' if multi
-                               else f'(label {s["label_key"]!r}) ')
-                            + f'from shard {s["shard"]} '
-                            f'(fraction {s["train_fraction"]}, split_seed {split_seed}) of '
-                            f'{_get(data_cfg, "name", getattr(train, "name", "?"))}:'
-                            f'{_get(data_cfg, "train_split", getattr(train, "split", "train"))}'),
-        },
-        'training': {
-            'epochs': s['epochs'], 'batch_size': bs, 'steps': total, 'lr': s['lr'],
-            'schedule': 'cosine' + (f' with {s["warmup_epochs"]} warmup epochs'
-                                    if s['warmup_epochs'] else ''),
-            'momentum': s['momentum'], 'nesterov': s['nesterov'],
-            'weight_decay': s['weight_decay'], 'label_smoothing': s['label_smoothing'],
-            'seed': s['seed'],
-            'augment': {'crop_padding': s['crop_padding'], 'crop_pad_mode': 'reflect',
-                        'flip': s['flip']},
-            'final_train_loss': round(loss_value, 6),
-        },
+        **sections,
+        'eval_accuracy': sections['eval']['accuracy'],
+    }
+
+
+def _write_card(path: str, card: dict) -> None:
+    def write(tmp):
+        with open(tmp, 'w') as f:
+            json.dump(card, f, indent=2)
+    write_atomic_with(path, write)
+
+
+def _log_start(log, name: str, s: dict, samples: _Samples, bs: int, steps_per_epoch: int) -> None:
+    heads, n = s['heads'], len(samples.train_labels)
+    what = (' + '.join(f'{h["label_key"]} {len(h["classes"])}' for h in heads) + ' logits'
+            if samples.multi else f'{len(s["classes"])} classes')
+    log(f'[{name}] {s["arch"]} on {n} images of {what} '
+        f'({samples.train_images.shape[1]}x{samples.train_images.shape[2]}), {s["epochs"]} epochs x '
+        f'{steps_per_epoch} steps of {bs}; eval on {len(samples.eval_labels)} images')
+
+
+def _train_epochs(log, name: str, s: dict, epochs: _Epochs) -> float:
+    """Runs every epoch, logging each and the held-out accuracy five times; returns the last loss."""
+    loss_value, t_train = float('nan'), time.time()
+    for epoch in range(s['epochs']):
+        t0 = time.time()
+        loss_value, train_accuracy = epochs.run()
+        msg = (f'[{name}] epoch {epoch + 1}/{s["epochs"]}: loss {loss_value:.4f}, '
+               f'train acc {train_accuracy:.4f}, lr {epochs.lr_at(epochs.step - 1):.4g}, {time.time() - t0:.1f}s, '
+               f'{eta_text(epoch + 1, s["epochs"], time.time() - t_train)}')
+        if epoch == s['epochs'] - 1 or (epoch + 1) % max(1, s['epochs'] // 5) == 0:
+            acc = _mean_accuracy(_held_out(epochs.model, s, epochs.samples, epochs.norm))
+            if acc is not None:
+                msg += f', eval acc {acc:.4f}'
+        log(msg)
+    return loss_value
+
+
+def train_teacher(name: str, s: dict, data: dict, data_cfg: Any, out_dir: str,
+                  log: Callable[[str], None] = _print) -> dict:
+    """Trains one teacher and writes `{out_dir}/{name}.pth` and `.json`; returns the card."""
+    start = time.time()
+    samples = _Samples(name, s, data)
+    mean, std = _mean_std(name, s, samples.train_images)
+    norm = _Normalise(mean, std)
+    torch.manual_seed(s['seed'])
+    model = build_model(s, len(s['classes']), samples.train_images.shape[-1])
+    n = len(samples.train_labels)
+    bs = min(s['batch_size'], n)
+    steps_per_epoch = max(1, n // bs)
+    epochs = _Epochs(model, s, samples, norm, bs, steps_per_epoch)
+    _log_start(log, name, s, samples, bs, steps_per_epoch)
+    loss_value = _train_epochs(log, name, s, epochs)
+    per_head = _held_out(model, s, samples, norm)
+    accuracy = _mean_accuracy(per_head) if samples.multi else per_head[0]
+
+    os.makedirs(out_dir, exist_ok=True)
+    pth = os.path.join(out_dir, f'{name}.pth')
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_atomic_with(pth, lambda p: torch.save(state, p))
+    evals = data['eval']
+    sections = {
+        'training_data': _training_data_card(s, samples, data['train'], data_cfg),
+        'training': _training_card(s, bs, steps_per_epoch * s['epochs'], loss_value),
         'eval': {
             'dataset': _get(data_cfg, 'name', getattr(evals, 'name', None)),
             'split': _get(data_cfg, 'eval_split', getattr(evals, 'split', 'test')),
-            'num_samples': int(len(ev_labels)),
+            'num_samples': int(len(samples.eval_labels)),
             'accuracy': accuracy,
-            'accuracy_per_head': {h['label_key']: a for h, a in zip(heads, per_head)},
+            'accuracy_per_head': {h['label_key']: a for h, a in zip(s['heads'], per_head)},
         },
-        'eval_accuracy': accuracy,
-        'wall_seconds': round(time.time() - start, 2),
-        'torch_version': torch.__version__,
     }
+    card = _card(name, s, mean, std, samples, pth, sections)
+    card.update(wall_seconds=round(time.time() - start, 2), torch_version=torch.__version__)
     card = plain(card)
-    def write_card(path):
-        with open(path, 'w') as f:
-            json.dump(card, f, indent=2)
-    write_atomic_with(os.path.join(out_dir, f'{name}.json'), write_card)
+    _write_card(os.path.join(out_dir, f'{name}.json'), card)
     acc_text = 'n/a' if accuracy is None else f'{accuracy:.4f}'
     log(f'[{name}] done in {card["wall_seconds"]:.1f}s: eval accuracy {acc_text} -> {pth}')
     return card
