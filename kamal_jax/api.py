@@ -51,8 +51,8 @@ WHERE = {
     'export_generic_teacher': ('kamal_jax.porting.generic', 'export'),
     'load_graph_teacher': ('kamal_jax.porting.graph', 'load'),
     'build_torch_factory': ('kamal_jax.porting.torch_export', 'build'),
-    'TORCH_TWINS': ('kamal_jax.porting.torch_models', 'ARCHS'),
-    'build_torch_twin': ('kamal_jax.porting.torch_models', 'build'),
+    'TORCH_TWINS': ('kamal_jax.torch_models', 'ARCHS'),
+    'build_torch_twin': ('kamal_jax.torch_models', 'build'),
     # data
     'load_dataset': ('kamal_jax.data.datasets', 'load'),
     'load_folder': ('kamal_jax.data.folder', 'load'),
@@ -95,7 +95,8 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f'kamal_jax.api offers no {name!r}; it offers {", ".join(sorted(WHERE))}.')
     module, attribute = WHERE[name]
     found = importlib.import_module(module)
-    return found if attribute is None else getattr(found, attribute)
+    value = globals()[name] = found if attribute is None else getattr(found, attribute)
+    return value
 
 
 def __dir__() -> list[str]:

@@ -1,5 +1,5 @@
 """How deep ResNets are built: the one table the Flax models (`models.resnet`) and their PyTorch
-twins (`porting.torch_models`) both read, so it imports neither Flax nor torch."""
+twins (`torch_models`) both read, so it imports neither Flax nor torch."""
 
 from __future__ import annotations
 

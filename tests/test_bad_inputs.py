@@ -26,7 +26,7 @@ def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp('ckpt')
     code = f'''
 import torch
-from kamal_jax.porting import torch_models
+from kamal_jax import torch_models
 torch.manual_seed(0)
 sd = torch_models.build('cifar_resnet8', 7).state_dict()
 torch.save(sd, {str(out / 'good.pth')!r})

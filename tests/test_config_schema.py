@@ -38,7 +38,7 @@ def user_files(tmp_path_factory):
     out = tmp_path_factory.mktemp('mine')
     code = f'''
 import torch
-from kamal_jax.porting import torch_models
+from kamal_jax import torch_models
 for seed, name in enumerate(('low', 'high')):
     torch.manual_seed(seed)
     torch.save(torch_models.build('cifar_resnet8', 7).state_dict(), {str(out)!r} + f'/{{name}}.pth')

@@ -18,7 +18,7 @@ def _save(model, path):
 
 
 def test_resnet_and_mobilenet_teach_one_component(tmp_path):
-    from kamal_jax.porting import torch_models
+    from kamal_jax import torch_models
     torch.manual_seed(0)
     resnet_ckpt = _save(torch_models.build('cifar_resnet8', 7), tmp_path / 'resnet.pth')
     mobilenet_ckpt = _save(torchvision.models.mobilenet_v2(num_classes=6), tmp_path / 'mobilenet.pth')

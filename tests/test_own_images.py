@@ -29,7 +29,7 @@ def files(tmp_path_factory):
     photos.write_mixed(str(base / 'labelled'), count=40, seed=1, classes=photos.CLASSES + ('unused',))
     code = f'''
 import torch
-from kamal_jax.porting import torch_models
+from kamal_jax import torch_models
 torch.manual_seed(0)
 torch.save(torch_models.build('cifar_resnet8', 7).state_dict(), {str(base / 'teacher.pth')!r})
 '''

@@ -12,7 +12,7 @@ torch = pytest.importorskip('torch')
 
 from kamal_jax import porting  # noqa: E402
 from kamal_jax.porting import CheckpointFormatError, PortingError  # noqa: E402
-from kamal_jax.porting import torch_models  # noqa: E402
+from kamal_jax import torch_models  # noqa: E402
 
 NUM_CLASSES = 7
 

@@ -29,7 +29,7 @@ def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp('teachers')
     code = f'''
 import torch, torchvision
-from kamal_jax.porting import torch_models
+from kamal_jax import torch_models
 for seed in (0, 1):
     torch.manual_seed(seed)
     torch.save(torch_models.build('cifar_resnet8', 7).state_dict(), {str(out)!r} + f'/t{{seed}}.pth')

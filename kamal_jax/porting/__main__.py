@@ -12,7 +12,7 @@ Writes `OUT/variables.msgpack` (`flax.serialization.msgpack_serialize` of the nu
 and `OUT/teacher.json` (arch, num_classes, widths, the resolved `architecture` record that
 `kamal_jax.porting.Architecture.from_json` reads back, checkpoint sha256, parity, and a timm
 pretrained_cfg's mean/std/input size when there is one). `--arch auto` ports as the registered
-architecture the weights match. When PyTorch is installed and `kamal_jax.porting.torch_models` can
+architecture the weights match. When PyTorch is installed and `kamal_jax.torch_models` can
 build the architecture, the ported model is run next to the PyTorch one on random inputs and the
 largest differences are printed. A teacher card next to the checkpoint (`teacher.json` for
 `teacher.pth`, as the zoo writes them) is copied in, and its widths are used when `--widths` is
@@ -63,7 +63,7 @@ def parity(architecture, state_dict, module, variables, resolution, seed=0):
     if torch is None:
         return None
     from kamal_jax.porting import resnet as resnet_rules
-    from kamal_jax.porting import torch_models
+    from kamal_jax import torch_models
     if architecture.arch not in torch_models.ARCHS or architecture.options:
         return None  # no twin (e.g. option-A shortcuts): the tests check those against PyTorch
     model = torch_models.build(architecture.arch, architecture.num_classes, architecture.widths)

@@ -1,7 +1,8 @@
 """PyTorch twins of the Flax ResNets in `kamal_jax.models.resnet`: what a ported checkpoint is checked
 against (`python -m kamal_jax.porting` prints the parity), and what the teacher zoo trains.
 
-PyTorch only: imported in a PyTorch process (the porting command, the zoo), never by a JAX run.
+PyTorch only: imported in a PyTorch process (the porting command, the zoo), never by a JAX run; it
+stands outside `porting/` so that the zoo's process, importing it, loads no JAX.
 Parameter names are torchvision's (`conv1`, `bn1`, `layer{i}.{j}.conv1`, ...,
 `layer{i}.{j}.downsample.{0,1}`, `fc`), so a `state_dict()` of these models ports with the rule
 table in `kamal_jax.porting.resnet`.
