@@ -27,33 +27,13 @@ STEPS = 8  # 2 epochs of 128 images at batch 32
 def checkpoints(tmp_path_factory):
     """Two cifar_resnet8 teachers (7 classes, random weights) and a torchvision resnet18 of 3 classes."""
     out = tmp_path_factory.mktemp('teachers')
-    code = f'''
-import torch, torchvision
-from kamal_jax import torch_models
-for seed in (0, 1):
-    torch.manual_seed(seed)
-    torch.save(torch_models.build('cifar_resnet8', 7).state_dict(), {str(out)!r} + f'/t{{seed}}.pth')
-torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), {str(out / 'short.pth')!r})
-'''
-    subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+    toy.write_random_teachers(
+        out, f'torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), {str(out / "short.pth")!r})')
     return out
 
 
 def tiny_config(checkpoints):
-    c = toy.quickstart_config(recipe='product')
-    c.target_tasks = ('digits_0to4',)
-    for name in ('high_resnet8', 'high_resnet14'):
-        del c.teachers[name]
-    for name in list(c.zoo.teachers):
-        del c.zoo.teachers[name]
-    for i, name in enumerate(('low_resnet8', 'low_resnet14')):
-        c.teachers[name].arch = 'cifar_resnet8'
-        c.teachers[name].checkpoint = str(checkpoints / f't{i}.pth')
-    c.data.train_limit, c.data.eval_limit = 128, 64
-    for stage in (c.stage1, c.stage2):
-        stage.epochs, stage.batch_size, stage.checkpoint_every, stage.checkpoint_min_interval_s = 1, 32, 3, 0.0
-    c.log_every, c.eval_every = 4, 0
-    return c
+    return toy.one_task_config(checkpoints, 'product')
 
 
 def write_config(config, path):

@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -28,39 +26,19 @@ from kamal_jax.train import evaluate as eval_lib, sharding
 from kamal_jax.train.augment import cutout
 from kamal_jax.train.nets import Net
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS, REFITS = 16, [8, 10, 13]  # 4 epochs of 128 images at batch 32; start 0.5, 3 refits
 
 
 @pytest.fixture(scope='module')
 def checkpoints(tmp_path_factory):
     out = tmp_path_factory.mktemp('teachers')
-    code = f'''
-import torch
-from kamal_jax import torch_models
-for seed in (0, 1):
-    torch.manual_seed(seed)
-    torch.save(torch_models.build('cifar_resnet8', 7).state_dict(), {str(out)!r} + f'/t{{seed}}.pth')
-'''
-    subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+    toy.write_random_teachers(out)
     return out
 
 
 def tiny_config(checkpoints, **loop):
-    c = toy.quickstart_config(recipe='student_loop')
-    c.target_tasks = ('digits_0to4',)
-    for name in ('high_resnet8', 'high_resnet14'):
-        del c.teachers[name]
-    for name in list(c.zoo.teachers):
-        del c.zoo.teachers[name]
-    for i, name in enumerate(('low_resnet8', 'low_resnet14')):
-        c.teachers[name].arch = 'cifar_resnet8'
-        c.teachers[name].checkpoint = str(checkpoints / f't{i}.pth')
-    c.data.train_limit, c.data.eval_limit = 128, 64
-    for stage in (c.stage1, c.stage2):
-        stage.epochs, stage.batch_size, stage.checkpoint_every, stage.checkpoint_min_interval_s = 1, 32, 3, 0.0
+    c = toy.one_task_config(checkpoints, 'student_loop')
     c.baseline_stage = dict(epochs=4, student_loop=dict(refits=3, **loop))
-    c.log_every, c.eval_every = 4, 0
     return c
 
 

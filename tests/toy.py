@@ -1,6 +1,8 @@
 """Small nets and stages shared by the tests (random weights, tiny images)."""
 import importlib.util
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -80,3 +82,39 @@ def quickstart_config(arg='tiny', recipe='paper'):
     config = quickstart.get_config(arg)
     config.recipe = recipe
     return config
+
+
+def write_random_teachers(out, extra: str = '') -> None:
+    """Two cifar_resnet8 PyTorch checkpoints of 7 classes (random weights, seeds 0 and 1) as
+    `out/t0.pth` and `out/t1.pth`, written in a separate process (the tests' process keeps torch out);
+    `extra` is more code for that process (torch imported)."""
+    code = f'''
+import torch, torchvision
+from kamal_jax import torch_models
+for seed in (0, 1):
+    torch.manual_seed(seed)
+    torch.save(torch_models.build('cifar_resnet8', 7).state_dict(), {str(out)!r} + f'/t{{seed}}.pth')
+{extra}
+'''
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+def one_task_config(checkpoints, recipe: str, steps_per_checkpoint: int = 3):
+    """The quickstart cut to one task, two random-weight teachers of `write_random_teachers` (no zoo),
+    128 training images, one epoch of batch 32 per stage, a checkpoint every `steps_per_checkpoint`
+    steps: a whole run in seconds, for the tests of faults and resumes."""
+    c = quickstart_config(recipe=recipe)
+    c.target_tasks = ('digits_0to4',)
+    for name in ('high_resnet8', 'high_resnet14'):
+        del c.teachers[name]
+    for name in list(c.zoo.teachers):
+        del c.zoo.teachers[name]
+    for i, name in enumerate(('low_resnet8', 'low_resnet14')):
+        c.teachers[name].arch = 'cifar_resnet8'
+        c.teachers[name].checkpoint = str(checkpoints / f't{i}.pth')
+    c.data.train_limit, c.data.eval_limit = 128, 64
+    for stage in (c.stage1, c.stage2):
+        stage.epochs, stage.batch_size, stage.checkpoint_every, stage.checkpoint_min_interval_s = \
+            1, 32, steps_per_checkpoint, 0.0
+    c.log_every, c.eval_every = 4, 0
+    return c
