@@ -306,7 +306,7 @@ def test_unknown_baseline_is_refused_before_work(tmp_path):
     config.recipe = 'paper'
     config.baselines = ('average', 'oracle')
     with pytest.raises(ConfigError, match=r"baselines names \['oracle'\].*paper, random, logits_only, "
-                                          r"one_stage, average, product, supervised"):
+                                          r"one_stage, average, product, student_loop, supervised"):
         pipeline.run(config, str(tmp_path / 'run'))
     assert not (tmp_path / 'run').exists()
     config.baselines = ('average',)
