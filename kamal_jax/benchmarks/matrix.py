@@ -21,6 +21,8 @@ import os
 from typing import Any
 
 from kamal_jax.api import RECIPES, Layout, OneStage, TwoStage, stored_as_resolved
+from kamal_jax.benchmarks import tables
+from kamal_jax.benchmarks.tables import summarise
 
 
 def recipe_selector(recipe: str, config: dict) -> str:
@@ -94,45 +96,9 @@ def table(all_rows: list[dict]) -> str:
 
 
 def included(path: str) -> list[dict[str, Any]]:
-    """Rows of an earlier results file: this tool's JSON ('rows'), or a list of runs ('runs') whose
-    tasks give `target`/`result` and `target_minus_best_teacher`/`minus_best_teacher`."""
+    """Rows of an earlier results file (`tables.included`, which the docs' tables read too)."""
     with open(path) as f:
-        results = json.load(f)
-    out = []
-    for r in results.get('rows', results.get('runs', [])):
-        tasks = {}
-        for t, e in r['tasks'].items():
-            result = e.get('result', e.get('target'))
-            tasks[t] = {'teachers': e['teachers'], 'best_teacher': e['best_teacher'], 'result': result,
-                        'minus_best_teacher': e.get('minus_best_teacher', e.get('target_minus_best_teacher')),
-                        **({'selection': e['selection']} if e.get('selection') else {})}
-        out.append({'workdir': r.get('workdir', os.path.basename(path)), 'net': r.get('net', 'target'),
-                    'recipe': r['recipe'], 'selector': r.get('selector', '-'), 'seed': r.get('seed', 0),
-                    'epochs': r.get('epochs'), 'tasks': tasks})
-    return out
-
-
-def summarise(all_rows: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per recipe and selector, over its rows (seeds): per task the mean, min and max of the points
-    against the best teacher, and the worst task of all. A seed counts once per recipe and selector:
-    of two rows with the same seed (a run entered in two results files), the first is kept."""
-    groups: dict[str, list[dict]] = {}
-    for r in all_rows:
-        group = groups.setdefault(f"{r['recipe']} | {r['selector']}", [])
-        if all(g['seed'] != r['seed'] for g in group):
-            group.append(r)
-    out = {}
-    for key, rs in groups.items():
-        tasks = list(dict.fromkeys(t for r in rs for t in r['tasks']))
-        per_task = {}
-        for t in tasks:
-            v = [r['tasks'][t]['minus_best_teacher'] for r in rs if r['tasks'].get(t, {}).get('minus_best_teacher') is not None]
-            per_task[t] = {'mean': sum(v) / len(v), 'min': min(v), 'max': max(v), 'n': len(v)}
-        worst = min((r['tasks'][t]['minus_best_teacher'], r['seed'], t) for r in rs for t in r['tasks']
-                    if r['tasks'][t]['minus_best_teacher'] is not None)
-        out[key] = {'seeds': sorted({r['seed'] for r in rs}), 'tasks': per_task,
-                    'worst': {'minus_best_teacher': worst[0], 'seed': worst[1], 'task': worst[2]}}
-    return out
+        return tables.included(json.load(f), os.path.basename(path))
 
 
 def summary_table(summary: dict[str, dict[str, Any]]) -> str:
