@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMMAND = 'python -m kamal_jax.benchmarks.tables'
-DOCS = ('docs/BENCHMARKS.md',)
+DOCS = ('docs/BENCHMARKS.md', 'docs/PERFORMANCE.md')
 START = re.compile(r'^<!-- table: ' + re.escape(COMMAND) + r' (?P<args>.+?) -->$')
 END = '<!-- end table -->'
 OPT_OUT = re.compile(r'^<!-- (not results|no results file|not generated yet): \S.* -->$')
@@ -540,6 +540,236 @@ def accuracy_percent(files) -> str:
              *([f"{wall[name.removeprefix('baseline_')]:g}" if name.removeprefix('baseline_') in wall else '']
                if wall else [])] for name, a in acc.items()]
     return md(['model', *tasks, *(['wall s'] if wall else [])], 'l' + 'r' * (len(tasks) + bool(wall)), rows)
+
+
+# ----------------------------------------------------------------------------- speed (steps.py, cache_run.py, ...)
+
+STEP_CASES = ('supervised', 'supervised_target', 'stage1', 'stage2', 'stage1_cached', 'stage2_cached',
+              'stage1_cache_build', 'stage2_cache_build')
+
+
+def own_supervised(case: str) -> str | None:
+    """The plain supervised step a case is compared with: the component's for stage 1, the target's
+    for stage 2 (`steps.yardstick`); none for a cache build."""
+    if case.endswith('_cache_build'):
+        return None
+    return 'supervised_target' if case.startswith(('stage2', 'supervised_target')) else 'supervised'
+
+
+def _rate(r) -> float:
+    return r if isinstance(r, (int, float)) else r['images_per_s']
+
+
+def rate_text(images_per_s: float) -> str:
+    """images/s as the docs print them: one decimal under 1000, whole images above."""
+    return f'{images_per_s:.0f}' if images_per_s >= 1000 else f'{images_per_s:.1f}'
+
+
+def _scale(result: dict) -> str:
+    c = result['config']
+    return f"{c['image_size']} px, batch {c['batch_size']}"
+
+
+@renderer('steps')
+def steps(files) -> str:
+    """Step throughput (images/s) per case from steps.py's results, side by side for several files:
+    kamal_jax, against the same student's supervised step, and against the PyTorch recipe's same stage
+    (per memory layout where the file has both, the ratio against the faster)."""
+    cases = [c for c in STEP_CASES if c in files[0]['results']]
+    head, align, cols = ['step'], 'l', []
+    for f in files:
+        ref = f.get('torch_reference') or {}
+        settings = list(ref.get('by_setting', {}))
+        label = _scale(f) if len(files) > 1 else 'kamal_jax'
+        head += [f'{label}: kamal_jax img/s' if len(files) > 1 else 'kamal_jax img/s', '/ own supervised']
+        head += [f'PyTorch {s} img/s' for s in settings] if settings else (['PyTorch img/s'] if ref else [])
+        head += ['kamal_jax / fastest PyTorch' if settings else 'kamal_jax / PyTorch'] if ref else []
+        cols.append((f, ref, settings))
+    align += 'r' * (len(head) - 1)
+    rows = []
+    for case in cases:
+        row = [case]
+        for f, ref, settings in cols:
+            res = f['results']
+            rate = _rate(res[case])
+            base = own_supervised(case)
+            row += [rate_text(rate), f'{rate / _rate(res[base]):.2f}x' if base in res else '']
+            if not ref:
+                continue
+            stage = case.replace('_cached', '')
+            known = stage in ref['results'] and not case.startswith('supervised_target') and base is not None
+            if settings:
+                row += [rate_text(_rate(ref['by_setting'][s][stage])) if known and stage in ref['by_setting'][s] else ''
+                        for s in settings]
+            else:
+                row += [rate_text(_rate(ref['results'][stage])) if known else '']
+            row += [f"{rate / _rate(ref['results'][stage]):.2f}x" if known else '']
+        rows.append(row)
+    return md(head, align, rows)
+
+
+@renderer('xla_flag')
+def xla_flag(files, on: str = 'default', off: str = 'plain') -> str:
+    """images/s with XLA:CPU's YNN fusion flag on against off, per step and scale (the flag trials)."""
+    (result,) = files
+    scales = list(result['flags'])
+    cases = [c for c in ('supervised', 'stage1', 'stage2', 'stage1_cached', 'stage2_cached')
+             if c in result['flags'][scales[0]][on]['images_per_s']]
+    rows = []
+    for case in cases:
+        row = [case]
+        for sc in scales:
+            a, b = result['flags'][sc][on]['images_per_s'][case], result['flags'][sc][off]['images_per_s'][case]
+            row += [f'{a:.1f}', f'{b:.1f}', f'{a / b:.2f}x']
+        rows.append(row)
+    head = ['step'] + [h for sc in scales for h in (f'{sc}: flag on', 'flag off', 'on / off')]
+    return md(head, 'l' + 'r' * (len(head) - 1), rows)
+
+
+@renderer('xla_flags')
+def xla_flags(files) -> str:
+    """images/s per set of XLA:CPU flags tried, per scale and step."""
+    (result,) = files
+    scales = list(result['flags'])
+    cases = ('supervised', 'stage1', 'stage1_cached', 'stage2', 'stage2_cached')
+    rows = []
+    for name in result['flags'][scales[0]]:
+        row = [f"`{name}`: {result['flags'][scales[0]][name]['xla_flags']}"]
+        for sc in scales:
+            got = result['flags'][sc][name]['images_per_s']
+            row += [f'{got[c]:.1f}' if c in got else '' for c in cases]
+        rows.append(row)
+    head = ['flags'] + [f'{sc} {c}' for sc in scales for c in cases]
+    return md(head, 'l' + 'r' * (len(head) - 1), rows)
+
+
+@renderer('convolutions')
+def convolutions(files) -> str:
+    """One 3x3 convolution's forward and backward (ms) in XLA:CPU and in PyTorch's two layouts."""
+    (result,) = files
+    timings = result['convolution_fwd_bwd_ms']
+    jax_name, torch_name = list(timings)
+    rows = []
+    for shape, ms in timings[jax_name].items():
+        nchw, last = timings[torch_name][f'{shape}/nchw'], timings[torch_name][f'{shape}/channels_last']
+        rows.append([shape.replace('x', ' x '), f'{ms:.1f} ms', f'{nchw:.1f} ms', f'{last:.1f} ms', f'{ms / last:.2f}x'])
+    return md(['shape', jax_name, f'{torch_name}: NCHW', 'channels-last', 'XLA / channels-last time'], 'lrrrr', rows)
+
+
+@renderer('layout_check')
+def layout_check(files) -> str:
+    """The PyTorch rival's channels-last check against a float64 reference, per setting and step."""
+    rows = []
+    for f in files:
+        for case, c in f['torch_reference']['layout_check'].items():
+            rows.append([_scale(f), case, 'yes' if c['ok'] else 'no', f"{c['loss_rel']:.1e}", f"{c['grad_rel']:.1e}",
+                         f"{c['nchw_grad_rel']:.1e}", c['worst']])
+    return md(['setting', 'step', 'passed', 'channels-last loss error', 'channels-last gradient error',
+               'NCHW gradient error', 'largest difference'], 'lllrrrl', rows)
+
+
+@renderer('cache_runs')
+def cache_runs(files) -> str:
+    """Whole cached runs (cache_run.py): cache size, build and training rates, peak memory."""
+    rows = [[f"stage {r['stage']}, {r['image_size']} px, {r['images']} images, {r['epochs']} epoch{'s' * (r['epochs'] > 1)}",
+             f"{r['cache_gib']:.2f} GiB", f"{r['build_images_per_s']:.1f} img/s", f"{r['train_images_per_s']:.1f} img/s",
+             f"{r['first_epoch_images_per_s']:.1f} img/s",
+             f"{r['peak_rss_gib']:.2f} GiB: {r['peak_anon_gib']:.2f} anonymous + {r['peak_file_gib']:.2f} cache pages"]
+            for r in files]
+    return md(['run', 'cache size', 'build', 'training from the cache', 'first epoch, build included',
+               'peak resident memory'], 'lrrrrl', rows)
+
+
+def _text_tables(text: str) -> list[list[list[str]]]:
+    """The Markdown tables in a command's output, as rows of cells (the header first, no rule line)."""
+    tables, current = [], []
+    for line in text.splitlines() + ['']:
+        if line.startswith('|'):
+            if not set(line) <= set('|-: '):
+                current.append([c.strip() for c in line.strip().strip('|').split('|')])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+@renderer('output_table')
+def output_table(files, columns: str | None = None) -> str:
+    """The Markdown table a command printed, kept in its results file (columns=i,j,...: those columns)."""
+    (text,) = files
+    (table,) = _text_tables(text)
+    keep = [int(i) for i in _listed(columns)] if columns else list(range(len(table[0])))
+    rows = [[r[i] for i in keep] for r in table]
+    return md(rows[0], 'r' * len(keep), rows[1:])
+
+
+@renderer('loop_vs_step')
+def loop_vs_step(files) -> str:
+    """steps_per_call.py's output: the bare step against the whole loop, images/s."""
+    (text,) = files
+    bare = float(re.search(r'bare step \(no input, no loop\): ([\d.]+) images/s', text)[1])
+    (table,) = _text_tables(text)
+    rows = [['bare step', f'{bare:g}', '1.00x']]
+    rows += [[f'whole loop, {r[0]} step{"s" * (r[0] != "1")} per call', r[1], r[3]] for r in table[1:]]
+    return md(['', 'images/s', 'vs the bare step'], 'lrr', rows)
+
+
+@renderer('generic_teacher')
+def generic_teacher(files) -> str:
+    """generic_teacher.py's output: the stage-1 step with native and generic (ATen graph) teachers."""
+    (text,) = files
+    rounds: dict[str, dict[str, tuple[str, str]]] = {}
+    for n, kind, rate, ms in re.findall(r'round (\d+) +(native|generic): ([\d.]+) img/s \((\d+) ms/step\)', text):
+        rounds.setdefault(n, {})[kind] = (rate, ms)
+    rows = [[f'round {n}', f"{r['native'][1]} ms ({r['native'][0]} img/s)", f"{r['generic'][1]} ms ({r['generic'][0]} img/s)",
+             f"{int(r['generic'][1]) / int(r['native'][1]):.2f}x"] for n, r in rounds.items()]
+    best = {k: min(int(r[k][1]) for r in rounds.values()) for k in ('native', 'generic')}
+    rows.append(['best of the rounds', f"{best['native']} ms", f"{best['generic']} ms", f"{best['generic'] / best['native']:.2f}x"])
+    return md(['stage-1 step, two resnet18 teachers', 'native Flax port', 'generic (ATen graph)', 'generic / native'], 'lrrr', rows)
+
+
+@renderer('projection')
+def projection(files) -> str:
+    """projection.py: FLOPs per image, the achieved rate, and the projected ImageNet run per step."""
+    (result,) = files
+    p = result['projection']
+    rows = []
+    for step, r in p['rows'].items():
+        rows.append([step, f"{result['flops_reference_128px'][step]['flops_per_image'] / 1e9:.2f}",
+                     f"{result['flops_imagenet_224px'][step]['flops_per_image'] / 1e9:.1f}",
+                     f"{r['achieved_tflops_per_chip']:.1f} TFLOP/s", f"{r['images_per_s_per_chip']:.0f}",
+                     str(r['epochs'] or ''), f"{r['hours']:.2f}" if r['epochs'] else '',
+                     f"{r['jpeg_mb_per_s_per_host'] / 1000:.1f} GB/s", f"{r['decoded_mb_per_s_per_host'] / 1000:.1f} GB/s",
+                     f"{r['allreduce_mb_per_step']:.0f} MB"])
+    return md(['step', 'GFLOPs per image, 128 px benchmark', 'GFLOPs per image, ImageNet 224 px', 'achieved',
+               'projected img/s per chip', 'epochs', f"hours on {p['chips']} chips", 'JPEG in per host',
+               'decoded pixels per host', 'gradient all-reduce per step'], 'l' + 'r' * 9, rows)
+
+
+@renderer('streaming_memory')
+def streaming_memory(files) -> str:
+    """streaming.py memory: peak and final anonymous memory per input path and set size."""
+    (result,) = files
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for r in result['rows']:
+        runs.setdefault((r['path'], r['images']), []).append(r)
+    mean = lambda rs: sum(r['peak_rss_anon_mib'] for r in rs) / len(rs)
+    smallest = {path: mean(rs) for (path, n), rs in runs.items() if n == min(k[1] for k in runs if k[0] == path)}
+    rows = [['streamed from records' if path == 'stream' else 'in memory', f'{n:,}',
+             ' / '.join(f"{r['peak_rss_anon_mib']:.0f}" for r in rs), f'{mean(rs) / smallest[path]:.3f}x',
+             ' / '.join(f"{r['end_rss_anon_mib']:.0f}" for r in rs)] for (path, n), rs in runs.items()]
+    return md(['input', 'images', 'peak anonymous memory, MiB (each run)', 'mean vs the smallest set', 'at the end, MiB'],
+              'lrrrr', rows)
+
+
+@renderer('folder_records')
+def folder_records(files) -> str:
+    """folder_records.py: decoding an image folder into records, per image size."""
+    rows = [[f"{r['image_size'][0]}x{r['image_size'][1]}", f"{r['images_per_s']:.0f}", f"{r['seconds']:.1f} s",
+             f"{r['peak_host_mib']} MiB ({r['host_mib_before_load']} MiB)", f"{r['pixels_mib']} MiB", f"{r['reuse_seconds']:.2f} s"]
+            for r in files]
+    return md(['image size', 'images/s', f"{files[0]['images']} images", 'peak host memory (before the load)',
+               'pixels written', 'reuse'], 'lrrrrr', rows)
 
 
 # ----------------------------------------------------------------------------- CLI
