@@ -23,7 +23,7 @@ in a comment on the line just above it:
 
 The last keeps a gap visible: the table's figures come from a results file, but by hand.
 
-Checked docs: `DOCS` below (docs generated whole by another tool, such as docs/CONFIG.md, are not).
+Checked docs: README.md and docs/*.md, but for those another tool writes whole (`GENERATED`: docs/CONFIG.md).
 
 To add a table: write `def name(files, **options) -> str` below, decorated with `@renderer('name')`;
 it receives the loaded files in the marker's order (JSON parsed, any other file as text) and the
@@ -44,7 +44,15 @@ from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 COMMAND = 'python -m kamal_jax.benchmarks.tables'
-DOCS = ('docs/BENCHMARKS.md', 'docs/PERFORMANCE.md')
+GENERATED = ('docs/CONFIG.md',)  # written whole by its own tool (kamal_jax.config_schema), checked by its own test
+
+
+def checked_docs() -> list[str]:
+    """The docs whose tables are checked: README.md and every docs/*.md not generated whole."""
+    pages = sorted(f'docs/{n}' for n in os.listdir(os.path.join(ROOT, 'docs')) if n.endswith('.md'))
+    return ['README.md'] + [p for p in pages if p not in GENERATED]
+
+
 START = re.compile(r'^<!-- table: ' + re.escape(COMMAND) + r' (?P<args>.+?) -->$')
 END = '<!-- end table -->'
 OPT_OUT = re.compile(r'^<!-- (not results|no results file|not generated yet): \S.* -->$')
@@ -169,19 +177,20 @@ def problems(text: str, doc: str) -> list[str]:
                   f'(see `{COMMAND} --help`)' for n in unmarked(text)]
 
 
-def check(docs=DOCS) -> list[str]:
-    """Every problem in `docs` (paths relative to the repository root); empty when all agree."""
+def check(docs=None) -> list[str]:
+    """Every problem in `docs` (paths relative to the repository root; all checked docs by default);
+    empty when all agree."""
     out = []
-    for doc in docs:
+    for doc in docs or checked_docs():
         with open(os.path.join(ROOT, doc), encoding='utf-8') as f:
             out += problems(f.read(), doc)
     return out
 
 
-def write(docs=DOCS) -> list[str]:
-    """Rewrites the marked tables of `docs` in place; returns the docs that changed."""
+def write(docs=None) -> list[str]:
+    """Rewrites the marked tables of `docs` (all checked docs by default) in place; returns those that changed."""
     changed = []
-    for doc in docs:
+    for doc in docs or checked_docs():
         path = os.path.join(ROOT, doc)
         with open(path, encoding='utf-8') as f:
             text = f.read()
@@ -782,7 +791,7 @@ def main(argv=None) -> int:
     p.add_argument('words', nargs='*', help='KIND FILE ... key=value ... (one table), or the docs to write or check')
     a = p.parse_args(argv)
     if a.write or a.check:
-        docs = a.words or DOCS
+        docs = a.words or None
         if a.write:
             for doc in write(docs):
                 print(f'rewrote {doc}')
