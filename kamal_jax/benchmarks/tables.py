@@ -427,17 +427,20 @@ def _run_label(run: str) -> str:
 
 
 @renderer('screen')
-def screen(files, rules: str | None = None, absolute: str = 'no', summary: str = 'yes', partial: str = 'no') -> str:
+def screen(files, rules: str | None = None, absolute: str = 'no', summary: str = 'yes', partial: str = 'no',
+           digits: str = '1') -> str:
     """Per run and task of the combination screen: the teachers' accuracy (%), the oracle and each rule,
     in points against the best teacher (absolute=yes: accuracy, %); then each rule's mean and worst
     over the tasks (summary=no leaves them out). rules=a;b;...: those rules, in that order. partial=yes:
-    also the oracle that counts partial teachers (one ranks the image's class first among its own)."""
+    also the oracle that counts partial teachers (one ranks the image's class first among its own).
+    digits=2: the points per task to two decimals."""
+    d = int(digits)
     entries = _screen_tasks(files)
     names = _listed(rules, ';') or list(entries[0][2]['rules'])
-    shown = (lambda e, r: pct(e['rules'][r])) if absolute == 'yes' else (lambda e, r: points(e['rules_minus_best_teacher'][r]))
-    oracle = (lambda e: pct(e['oracle'])) if absolute == 'yes' else (lambda e: points(e['oracle'] - e['best_teacher']))
+    shown = (lambda e, r: pct(e['rules'][r], d)) if absolute == 'yes' else (lambda e, r: points(e['rules_minus_best_teacher'][r], d))
+    oracle = (lambda e: pct(e['oracle'], d)) if absolute == 'yes' else (lambda e: points(e['oracle'] - e['best_teacher'], d))
     rows = [[f'{_run_label(run)}, {task}', ' / '.join(pct(a) for a in e['teachers'].values()), oracle(e),
-             *([points(e['oracle_with_partial'] - e['best_teacher'])] if partial == 'yes' else []),
+             *([points(e['oracle_with_partial'] - e['best_teacher'], d)] if partial == 'yes' else []),
              *[shown(e, r) for r in names]] for run, task, e in entries]
     if summary == 'yes':
         delta = {r: [e['rules_minus_best_teacher'][r] for _, _, e in entries] for r in names}
@@ -489,6 +492,53 @@ def screen_rules(files, rules: str | None = None, right: str = '') -> str:
                                                   for _, tasks in runs]])
     head = ['rule', *[f"{_run_label(run)} ({' / '.join(tasks)})" for run, tasks in runs]]
     return md(head, 'l' * len(head), rows)
+
+
+@renderer('nets')
+def nets(files, rows: str, names: str = '') -> str:
+    """Chosen nets of several results files, one line each: rows=I:NET;I:NET+NET;I:NET/FIELD;...
+    (I: the file's place among the marker's files; NET: a net of its summary, or a key of its
+    `accuracy_percent`; A+B: one net per task, such as the components; /FIELD: that accuracy field of
+    the net instead of 'accuracy'); names=A,B,...: what to call each file (where it ran). Accuracy (%)
+    per task, and where the net ran."""
+    where = names.split(',') if names else [f'file {i}' for i in range(len(files))]
+    out, tasks = [], []
+    for spec in rows.split(';'):
+        index, nets_ = spec.split(':', 1)
+        f = files[int(index)]
+        acc: dict[str, str] = {}
+        for net in nets_.split('+'):
+            name, _, field = net.partition('/')
+            if 'accuracy_percent' in f:
+                acc.update({t: str(v) for t, v in f['accuracy_percent'][name].items()})
+            else:
+                acc.update({t: pct(v) for t, v in _summary(f)['models'][name][field or 'accuracy'].items()})
+        tasks += [t for t in acc if t not in tasks]
+        out.append((nets_, where[int(index)], acc))
+    return md(['net', 'where', *tasks], 'll' + 'r' * len(tasks),
+              [[n, p, *[a.get(t, '') for t in tasks]] for n, p, a in out])
+
+
+@renderer('components')
+def components(files) -> str:
+    """Stage 1's component nets of several runs per benchmark and task: the best teacher, how often the
+    selected teacher was right, and each run's component with its training images x stage-1 epochs."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for f in files:
+        s = _summary(f)
+        budget = f"{s['data']['train']} x {f['config']['stage1']['epochs']}"
+        for m in s['models'].values():
+            if m['role'] != 'component':
+                continue
+            task = m['tasks'][0]
+            g = groups.setdefault((s['data']['name'], task), {'runs': []})
+            g.setdefault('best', max(t['accuracy'][task] for t in s['models'].values()
+                                     if t['role'] == 'teacher' and task in t['accuracy']))
+            if m.get('selection'):
+                g.setdefault('right', m['selection']['selected_teacher_accuracy'])
+            g['runs'].append(f"{pct(m['accuracy'][task])} ({budget})")
+    rows = [[f'{data} {task}', pct(g['best']), pct(g.get('right')), ', '.join(g['runs'])] for (data, task), g in groups.items()]
+    return md(['benchmark / task', 'best teacher', 'selected teacher right', 'components (images x epochs)'], 'lrrl', rows)
 
 
 # ----------------------------------------------------------------------------- other results files
