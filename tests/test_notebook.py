@@ -2,8 +2,9 @@
 carry the outputs of a real run with no path of the machine it ran on.
 
 quickstart.ipynb runs the tiny quickstart; own_teachers.ipynb runs on stand-ins for a user's files
-that `write_stand_ins` writes (random-weight checkpoints and a folder of small images, no labels).
-Its saved copy is refreshed with `python tests/test_notebook.py`.
+that `write_stand_ins` writes (random-weight checkpoints and a folder of small images, no labels),
+and its Colab-only cell, which downloads, runs with Colab and the downloads faked. Its saved copy
+is refreshed with `python tests/test_notebook.py`.
 """
 import glob
 import json
@@ -114,6 +115,57 @@ def test_own_teachers_notebook_installs_as_the_quickstart_and_downloads_only_on_
     fetching = [c for c in cells if re.search(r'https?://|download', c)]
     assert fetching and all("ON_COLAB = 'google.colab' in sys.modules" in c and '\nif ON_COLAB:' in c
                             for c in fetching)
+
+
+def test_the_colab_cell_fetches_once_and_writes_the_folders_the_run_reads(tmp_path, monkeypatch):
+    """own_teachers.ipynb's Colab-only cell, run here with Colab, its downloads and torchvision's
+    CIFAR-10 faked: the two published checkpoints land in FILES once; the tasks' classes only are
+    written, the training images without labels, the test images in one sub-folder per class."""
+    import types
+
+    import numpy as np
+    from PIL import Image
+    cells = [c.source for c in nbformat.read(OWN_TEACHERS, as_version=4).cells if c.cell_type == 'code']
+    settings = next(c for c in cells if 'TEACHERS = {' in c)
+    colab = next(c for c in cells if 'ON_COLAB = ' in c)
+    fetched = []
+
+    def download(url, path):
+        fetched.append(url)
+        open(path, 'wb').write(b'weights')
+
+    class Cifar10:
+        def __init__(self, root, train, download):
+            assert download and root.startswith(str(tmp_path / 'files'))
+            n = 40 if train else 30
+            self.data = np.random.default_rng(n).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+            self.targets = [i % 10 for i in range(n)]
+
+    fakes = {'google.colab': types.ModuleType('google.colab'),
+             'torchvision': types.SimpleNamespace(datasets=types.SimpleNamespace(CIFAR10=Cifar10))}
+    for name, module in fakes.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setenv('KAMAL_NOTEBOOK_FILES', str(tmp_path / 'files'))
+    namespace = {'os': os, 'sys': sys, 'torch': types.SimpleNamespace(hub=types.SimpleNamespace(
+        download_url_to_file=download))}
+    exec(settings, namespace)
+    exec(colab, namespace)
+    exec(colab, namespace)  # again: nothing is fetched or written twice
+    files = tmp_path / 'files'
+    assert fetched == [namespace['PUBLIC']['teacher_a.th'], namespace['PUBLIC']['teacher_b.pt']]
+    assert all(url.startswith('https://github.com/') for url in fetched)
+    assert {'teacher_a.th', 'teacher_b.pt', 'images', 'labelled'} <= set(os.listdir(files))
+    assert not [p for p in os.listdir(files) if p.endswith('.partial')]
+    wanted = {i for start, stop in namespace['TASKS'].values() for i in range(start, stop)}
+    assert sorted(os.listdir(files / 'images')) == [f'{i:05d}.png' for i in range(40) if i % 10 in wanted]
+    classes = namespace['CLASSES']
+    assert sorted(os.listdir(files / 'labelled')) == sorted(classes[i] for i in wanted)
+    test = Cifar10(str(files), False, True)
+    for i in range(30):
+        path = files / 'labelled' / classes[i % 10] / f'{i:05d}.png'
+        assert path.is_file() == (i % 10 in wanted)
+        if path.is_file():
+            np.testing.assert_array_equal(np.asarray(Image.open(path)), test.data[i])
 
 
 @pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(NOTEBOOKS, '*.ipynb'))), ids=os.path.basename)
