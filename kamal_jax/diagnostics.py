@@ -13,7 +13,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ['probabilities', 'entropy', 'task_diagnostics', 'KEYS']
+__all__ = ['probabilities', 'entropy', 'task_diagnostics', 'line', 'KEYS']
 
 KEYS = ('agreement', 'agreement_with_combined', 'teacher_disagreement', 'selected_fraction', 'mean_entropy')
 
@@ -58,3 +58,13 @@ def task_diagnostics(student: np.ndarray, teachers: Mapping[str, np.ndarray]) ->
         'mean_entropy': {'student': float(np.mean(entropy(student))),
                          **{n: float(np.mean(ent[i])) for i, n in enumerate(names)}},
     }
+
+
+def line(diagnostics: Mapping[str, dict]) -> str:
+    """The log's one line for a student scored without labels: per task, how often its answer is the
+    least ambiguous teacher's, and how often the teachers disagree among themselves."""
+    if not diagnostics:
+        return 'not scored (no labelled held-out images, and no teacher of its tasks)'
+    return '; '.join(f"{task} agrees with the least ambiguous teacher on {100 * d['agreement_with_combined']:.1f}% "
+                     f"of {d['images']} held-out images (teachers disagree on {100 * d['teacher_disagreement']:.1f}%)"
+                     for task, d in diagnostics.items()) + ' (no labels: label-free diagnostics in summary.md)'

@@ -231,7 +231,7 @@ def _teacher_entries(run: Run) -> tuple[dict, dict]:
         entries[name] = summary_lib.model_entry('teacher', net.arch, count_params(run.frozen[name]['params']),
                                                 tasks, acc, flops=eval_lib.forward_flops(
                                                     net, run.frozen[name], run.held_out.images.shape[1:]))
-        log.info('teacher %s (%s): %s', name, net.arch, fmt(acc))
+        log.info('teacher %s (%s): %s', name, net.arch, fmt(acc) or 'not scored (no labelled held-out images)')
     return entries, logits
 
 
@@ -355,7 +355,8 @@ def run_recipes(run: Run, names, *, main: str | None = None,
             export_net(run.layout.export(name, is_main), outcome.net,
                        outcome.variables, run.plan, image_size)
         key = 'target' if is_main else f'baseline_{name}'
-        log.info('%s: %s', 'target' if is_main else f'baseline {name}', fmt(outcome.entries[key]['accuracy']))
+        if outcome.entries[key]['accuracy']:  # without labels, the diagnostics' line follows (on_result)
+            log.info('%s: %s', 'target' if is_main else f'baseline {name}', fmt(outcome.entries[key]['accuracy']))
         entries.update(outcome.entries)
         wall.update(outcome.wall)
         if on_result is not None:
@@ -407,6 +408,9 @@ def _run(config: Any, workdir: str, overwrite: bool) -> dict:
         key = 'target' if name == main else f'baseline_{name}'
         if key in outcome.entries:
             outcome.entries[key]['diagnostics'] = diagnose(r, outcome.net, outcome.variables, teacher_logits)
+            if not outcome.entries[key]['accuracy']:
+                log.info('%s: %s', 'target' if name == main else f'baseline {name}',
+                         diagnostics.line(outcome.entries[key]['diagnostics']))
         kept_entries, kept_wall = summary_lib.keep_finished(previous, outcome.entries, outcome.wall)
         entries.update(kept_entries)
         wall.update(kept_wall)

@@ -32,15 +32,16 @@ def build(tasks: Mapping[str, Task], target_tasks, models: Mapping[str, dict],
 def markdown(summary: Mapping[str, Any]) -> str:
     """Teachers vs components vs baselines vs target: per-task accuracy (%), parameters, FLOPs,
     and which teacher each component learned from."""
-    tasks = list(summary['tasks'])
-    header = '| model | role | arch | params | MFLOPs/image | ' + ' | '.join(tasks) + ' |'
+    # A task no model was scored on (no labelled held-out images) gets no empty column.
+    tasks = [t for t in summary['tasks'] if any(t in m['accuracy'] for m in summary['models'].values())]
+    header = '| model | role | arch | params | MFLOPs/image |' + ''.join(f' {t} |' for t in tasks)
     rows = [header, '|' + '---|' * 3 + '---:|' * (2 + len(tasks))]
     entries = sorted(summary['models'].items(), key=lambda kv: ROLE_ORDER.get(kv[1]['role'], 9))
     for name, m in entries:
         cells = [f'{100 * m["accuracy"][t]:.1f}' if t in m['accuracy'] else '' for t in tasks]
         flops = f'{m["flops"] / 1e6:,.1f}' if m.get('flops') else ''
-        rows.append(f'| {name} | {m["role"]} | {m["arch"]} | {m["params"]:,} | {flops} | '
-                    + ' | '.join(cells) + ' |')
+        rows.append(f'| {name} | {m["role"]} | {m["arch"]} | {m["params"]:,} | {flops} |'
+                    + ''.join(f' {c} |' for c in cells))
     lines = ['\n'.join(rows)]
     selection = selection_markdown(summary)
     if selection:

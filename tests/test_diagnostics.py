@@ -29,3 +29,11 @@ def test_identical_teachers_agree_fully_and_ties_go_to_the_first():
 
 def test_probabilities_of_one_sigmoid_logit():
     np.testing.assert_allclose(dg.probabilities(np.array([[0.0], [np.log(3.0)]])), [[.5, .5], [.25, .75]])
+
+
+def test_the_log_line_says_agreement_and_disagreement_per_task():
+    d = {'images': 8, 'agreement_with_combined': 0.875, 'teacher_disagreement': 0.25}
+    text = dg.line({'a': d, 'b': dict(d, agreement_with_combined=0.5)})
+    assert text.startswith('a agrees with the least ambiguous teacher on 87.5% of 8 held-out images '
+                           '(teachers disagree on 25.0%); b agrees with the least ambiguous teacher on 50.0%')
+    assert 'no teacher' in dg.line({})

@@ -4,6 +4,7 @@ an unpacked kamal_cifar10 archive giving the TFDS path's batches and trained par
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -59,7 +60,9 @@ def config(base, classes=photos.CLASSES, **data):
 def unlabelled_run(files):
     base, _ = files
     workdir = str(base / 'run')
-    return workdir, pipeline.run(config(base), workdir)
+    c = config(base)
+    c.eval_every = 4  # asked for, but there is nothing to score without labels
+    return workdir, pipeline.run(c, workdir)
 
 
 @pytest.fixture(scope='module')
@@ -114,10 +117,17 @@ def test_without_labels_the_summary_holds_diagnostics_numpy_reproduces(files, un
     assert d['selected_fraction'] == {'t1': 1.0, 't2': 0.0}  # ties go to the first
     h = lambda p: float(np.mean(-np.sum(p * np.log(p), -1)))
     assert d['mean_entropy'] == pytest.approx({'student': h(student), 't1': h(teacher), 't2': h(teacher)}, rel=1e-4)
-    assert 'Label-free diagnostics' in open(os.path.join(workdir, 'summary.md')).read()
+    summary_md = open(os.path.join(workdir, 'summary.md')).read()
+    assert 'Label-free diagnostics' in summary_md
+    assert '| model | role | arch | params | MFLOPs/image |\n' in summary_md  # no empty accuracy columns
     assert 'Label-free diagnostics' in open(os.path.join(workdir, 'report', 'index.html')).read()
     scalars = [json.loads(line) for line in open(os.path.join(workdir, 'tb', 'diagnostics', 'metrics.jsonl'))]
     assert any(s.get('diagnostics/target/shape/agreement/t1') == pytest.approx(agree) for s in scalars)
+    # The log says what was measured instead of printing empty accuracies.
+    log_text = open(os.path.join(workdir, 'log.txt')).read()
+    assert 'teacher t1 (cifar_resnet8): not scored (no labelled held-out images)' in log_text
+    assert f"target: shape agrees with the least ambiguous teacher on {100 * agree:.1f}% of {len(held)} " in log_text
+    assert 'held-out accuracy' not in log_text and not re.search(r'(?m): $', log_text)
 
 
 def test_a_labelled_folder_gives_accuracies_beside_the_diagnostics_and_the_records_are_reused(files, labelled_run):

@@ -64,8 +64,10 @@ class Run:
         subset, batch_size = self.held_out_subset, self.config.eval_batch_size
         scored, total = len(subset.images), len(self.held_out.images)
         label = 'held-out accuracy' if scored == total else f'held-out accuracy ({scored} of {total} images)'
+        # Without labels there is nothing to score during training; the run ends with diagnostics.
+        evaluate = (lambda v: eval_lib.evaluate(net, v, subset, tasks, batch_size)) if subset.labels else None
         return Monitoring(logdir, config.to_dict(),
-                          evaluate=lambda v: eval_lib.evaluate(net, v, subset, tasks, batch_size),
+                          evaluate=evaluate,
                           eval_every=config.eval_every,
                           profile_steps=config.profile_steps, eval_label=label)
 
