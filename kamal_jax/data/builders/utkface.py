@@ -72,7 +72,7 @@ class KamalUtkface(KamalBuilder):
     name = 'kamal_utkface'
     VERSION = tfds.core.Version('1.0.0')
     RELEASE_NOTES = {'1.0.0': 'Initial release: duplicate-aware 80/20 split, seed 20240101.'}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = 'Place utkface.tar.gz (see shared/datasets/README.md) in manual_dir.'
+    MANUAL_DOWNLOAD_INSTRUCTIONS = 'Place utkface.tar.gz (docs/DATA.md, "The benchmark archives", says what it holds) in manual_dir.'
     ARCHIVE = 'utkface.tar.gz'
     PREFIX = 'utkface'
     EXPECTED_COUNTS = {'total': 23705}
