@@ -171,3 +171,25 @@ def test_hyper_parameters_are_chosen_on_the_validation_share_and_the_default_nee
         kept = combiners.choose_on_validation(combiner, context['train'], context['test'], entry['train_labels'],
                                               validation, min_gain=min_gain)
         assert kept['hyper']['tilt'] == tilt
+
+
+def test_view_product_counts_an_answer_by_how_it_holds_across_views_and_teachers():
+    """Teacher A is sure of a wrong class on the plain view only (its views say the truth mildly);
+    B leans slightly to the truth everywhere. The plain product follows A; over the views, A's
+    plain view is outvoted by its own views."""
+    n, k, views = 40, 4, 4
+    truth = np.arange(n) % k
+    a_plain = np.zeros((n, k), np.float32)
+    a_plain[np.arange(n), (truth + 1) % k] = 6.0
+    a_views = np.zeros((views, n, k), np.float32)
+    a_views[:, np.arange(n), truth] = 3.0
+    b_plain = np.zeros((n, k), np.float32)
+    b_plain[np.arange(n), truth] = 1.0
+    b_views = np.repeat(b_plain[None], views, 0)
+    context = selection.Context((a_plain, b_plain), view_logits=(a_views, b_views))
+    rules = combiners.rules(temperature=4.0)
+    assert np.mean(np.argmax(rules['product'](context, context), -1) == truth) == 0.0
+    assert np.mean(np.argmax(rules['view_product'](context, context), -1) == truth) == 1.0
+    # It is the product of the view-averaged logits: a softmax of their mean over teachers.
+    mean = (np.concatenate([a_plain[None], a_views]).mean(0) + b_plain) / 2
+    np.testing.assert_allclose(rules['view_product'](context, context), combiners._softmax(mean, 4.0), atol=1e-6)

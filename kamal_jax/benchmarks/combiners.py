@@ -22,7 +22,8 @@ temperature), `least_entropy` and `entropy_percentile` (the library's selectors,
 teacher's prediction), `view_agreement` (the teacher least ambiguous on average over the plain
 image and `--views` augmented views; measured, then dropped from the library), `view_average`
 (each teacher's prediction averaged over the plain image and `--views` augmented views, then over
-teachers), `calibrated_average` (each teacher's temperature fitted on the training images so that
+teachers), `view_product` (`product` over every teacher and every view: each teacher's logits
+averaged over the views, then the product), `calibrated_average` (each teacher's temperature fitted on the training images so that
 its mean top probability equals the teachers' mean, then averaged: removes a teacher's systematic
 over-confidence), `product` (the 'product' recipe's
 target: softmax of the mean logits, the normalised geometric mean of the probabilities),
@@ -33,7 +34,8 @@ other teachers cover some of the task's classes among their own (their full clas
 from the run's `zoo.teachers.NAME.classes`), `product + partial` and `average + partial`: the same
 targets with those teachers taking part on the classes they cover (`losses.pooled_target`), as
 equals or (`, weighted`) each weighted per image by its own probability that the image is one of
-those classes. Then every combiner of `selection.COMBINERS` that fits (the label models): fitted on
+those classes, and `view_product + partial` (`product + partial` over the task's teachers' views;
+partial teachers on the plain image). Then every combiner of `selection.COMBINERS` that fits (the label models): fitted on
 all training images without labels at each point of its grid, the point chosen by accuracy on a
 seed-fixed `--validation` share of the training images (their labels are read there only; a point
 replaces the grid's default only when it gets `--min_gain` more of them right), scored on the
@@ -93,6 +95,20 @@ def _view_averaged(held_out: selection.Context) -> list[np.ndarray]:
             for p, v in zip(held_out.teacher_logits, held_out.view_logits)]
 
 
+def view_mean_logits(held_out: selection.Context) -> tuple[np.ndarray, ...]:
+    """Per teacher, its logits averaged over the plain view and the augmented ones: a product over
+    them is the normalised geometric mean of its probabilities over the views."""
+    return tuple(np.concatenate([np.asarray(p)[None], np.asarray(v)]).mean(0)
+                 for p, v in zip(held_out.teacher_logits, held_out.view_logits))
+
+
+def view_product(held_out: selection.Context, temperature: float) -> np.ndarray:
+    """`product` over every teacher and every view: an answer counts where it holds across
+    augmentations as well as across teachers (with a logits cache of K views, a recipe could
+    read it for free)."""
+    return np.asarray(selection.COMBINERS['product'](selection.Context(view_mean_logits(held_out)), temperature))
+
+
 def view_agreement(held_out: selection.Context) -> np.ndarray:
     """Per sample, the prediction of the teacher whose softmax averaged over the plain view and the
     augmented ones has the least entropy: confident *and* stable under augmentation. A selector of
@@ -139,6 +155,7 @@ def rules(temperature: float) -> dict:
         'entropy_percentile': lambda tr, ho: _picked(selection.get('entropy_percentile'), tr, ho),
         'view_agreement': lambda tr, ho: view_agreement(ho),
         'view_average': lambda tr, ho: np.mean(_view_averaged(ho), 0),
+        'view_product': lambda tr, ho: view_product(ho, temperature),
         'calibrated_average': calibrated,
         'product': lambda tr, ho: np.asarray(selection.COMBINERS['product'](ho, temperature)),
         'agreement_weighted_product': lambda tr, ho: agreement_weighted_product(tr, ho, temperature),
@@ -324,6 +341,10 @@ def score_task(entry: dict, temperature: float, validation_share: float, min_gai
                 pooled = losses.pooled_target(context['test'].teacher_logits, logits, [p.classes for p in partial],
                                               partial_weights=w, kind=kind, temperature=temperature)
                 scores[f'{kind} + partial{suffix}'] = accuracy_of(pooled)
+        # The two that gained most on the screens together: the task's teachers over their views.
+        pooled = losses.pooled_target(view_mean_logits(context['test']), logits, [p.classes for p in partial],
+                                      kind='product', temperature=temperature)
+        scores['view_product + partial'] = accuracy_of(pooled)
         for l, p in zip(logits, partial):  # right where it covers the class and ranks it first
             oracle_with_partial = oracle_with_partial | (np.asarray(p.classes)[np.argmax(l, -1)][valid] == target[valid])
     return {'teachers': accuracy, 'best_teacher': best, 'oracle': float(right.any(0).mean()),
