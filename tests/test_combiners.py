@@ -193,3 +193,13 @@ def test_view_product_counts_an_answer_by_how_it_holds_across_views_and_teachers
     # It is the product of the view-averaged logits: a softmax of their mean over teachers.
     mean = (np.concatenate([a_plain[None], a_views]).mean(0) + b_plain) / 2
     np.testing.assert_allclose(rules['view_product'](context, context), combiners._softmax(mean, 4.0), atol=1e-6)
+
+
+def test_without_partial_teachers_each_partial_rule_scores_as_its_rule_alone():
+    entry = _entry(np.random.default_rng(7))
+    with_partial = combiners.score_task(entry, 4.0, 0.2)
+    alone = combiners.score_task(dict(entry, partial=[], train_partial={}, test_partial={}), 4.0, 0.2)
+    assert set(with_partial['rules']) == set(alone['rules'])
+    for name, rule in combiners.pooled_alone(4.0).items():
+        assert alone['rules'][name] == alone['rules'][rule]
+    assert any(with_partial['rules'][n] != with_partial['rules'][r] for n, r in combiners.pooled_alone(4.0).items())

@@ -35,7 +35,8 @@ from the run's `zoo.teachers.NAME.classes`), `product + partial` and `average + 
 targets with those teachers taking part on the classes they cover (`losses.pooled_target`), as
 equals or (`, weighted`) each weighted per image by its own probability that the image is one of
 those classes, and `view_product + partial` (`product + partial` over the task's teachers' views;
-partial teachers on the plain image). Then every combiner of `selection.COMBINERS` that fits (the label models): fitted on
+partial teachers on the plain image); a task without partial teachers scores each of these as its
+rule alone. Then every combiner of `selection.COMBINERS` that fits (the label models): fitted on
 all training images without labels at each point of its grid, the point chosen by accuracy on a
 seed-fixed `--validation` share of the training images (their labels are read there only; a point
 replaces the grid's default only when it gets `--min_gain` more of them right), scored on the
@@ -305,6 +306,14 @@ def choose_on_validation(combiner: selection.Combiner, train: selection.Context,
             'grid': [(h, a, np.argmax(np.asarray(combiner(test, 1.0, p)), -1)) for a, h, p in scored]}
 
 
+def pooled_alone(temperature: float) -> dict[str, str]:
+    """Each rule with partial teachers -> the rule it is without them."""
+    average = f'average (T={temperature:g})'
+    return {'product + partial': 'product', 'product + partial, weighted': 'product',
+            'average + partial': average, 'average + partial, weighted': average,
+            'view_product + partial': 'view_product'}
+
+
 def score_task(entry: dict, temperature: float, validation_share: float, min_gain: int = 0) -> dict:
     """One task: teachers' accuracies, the oracle's, each rule's, on the evaluation images."""
     context = contexts(entry)
@@ -347,6 +356,10 @@ def score_task(entry: dict, temperature: float, validation_share: float, min_gai
         scores['view_product + partial'] = accuracy_of(pooled)
         for l, p in zip(logits, partial):  # right where it covers the class and ranks it first
             oracle_with_partial = oracle_with_partial | (np.asarray(p.classes)[np.argmax(l, -1)][valid] == target[valid])
+    else:  # no partial teacher: each '+ partial' rule is its rule alone, so every zoo scores every rule
+        for name, alone in pooled_alone(temperature).items():
+            if alone in scores:
+                scores[name] = scores[alone]
     return {'teachers': accuracy, 'best_teacher': best, 'oracle': float(right.any(0).mean()),
             'partial_teachers': {n: [entry['classes'][i] for i in c] for n, _, c in entry['partial']},
             'oracle_with_partial': float(oracle_with_partial.mean()),
