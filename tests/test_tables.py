@@ -65,3 +65,12 @@ def test_an_unclosed_marker_is_named():
 def test_points_round_a_zero_to_plus_zero_and_seeds_read_as_ranges():
     assert tables.points(-2e-17) == '+0.0' and tables.points(-0.0004) == '+0.0' and tables.points(-0.0006) == '-0.1'
     assert [tables.seeds_text(s) for s in ([0, 1, 2, 3, 4], [1], [0, 2], [0, 1])] == ['0-4', '1', '0,2', '0,1']
+
+
+def test_a_screen_table_keeps_only_the_runs_it_names():
+    quickstart = 'docs/results/combiners_label_models_quickstart.json'
+    whole = tables.render(['screen_summary', quickstart, 'against=product'])
+    one = tables.render(['screen_summary', quickstart, 'against=product', 'runs=seed3'])
+    rows = tables.render(['screen', quickstart, 'rules=product', 'summary=no', 'runs=seed3;seed4']).splitlines()[2:]
+    assert one != whole and [r.split(' |')[0] for r in rows] == ['| 3, digits_0to4', '| 3, digits_5to9',
+                                                                  '| 4, digits_0to4', '| 4, digits_5to9']

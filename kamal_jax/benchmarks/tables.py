@@ -415,9 +415,12 @@ def by_seed(files, recipes: str | None = None) -> str:
 
 # ----------------------------------------------------------------------------- the combination screen (combiners.py)
 
-def _screen_tasks(files) -> list[tuple[str, str, dict]]:
-    """(run, task, entry) for every task of every run of the screen's results files, in order."""
-    return [(run, task, e) for f in files for run, tasks in f['runs'].items() for task, e in tasks.items()]
+def _screen_tasks(files, runs: str | None = None) -> list[tuple[str, str, dict]]:
+    """(run, task, entry) for every task of every run of the screen's results files, in order;
+    runs=a;b: only the runs whose name holds one of those words."""
+    picked = _listed(runs, ';')
+    return [(run, task, e) for f in files for run, tasks in f['runs'].items() for task, e in tasks.items()
+            if picked is None or any(w in run for w in picked)]
 
 
 def _run_label(run: str) -> str:
@@ -428,14 +431,14 @@ def _run_label(run: str) -> str:
 
 @renderer('screen')
 def screen(files, rules: str | None = None, absolute: str = 'no', summary: str = 'yes', partial: str = 'no',
-           digits: str = '1') -> str:
+           digits: str = '1', runs: str | None = None) -> str:
     """Per run and task of the combination screen: the teachers' accuracy (%), the oracle and each rule,
     in points against the best teacher (absolute=yes: accuracy, %); then each rule's mean and worst
     over the tasks (summary=no leaves them out). rules=a;b;...: those rules, in that order. partial=yes:
     also the oracle that counts partial teachers (one ranks the image's class first among its own).
-    digits=2: the points per task to two decimals."""
+    digits=2: the points per task to two decimals. runs=a;b: only the runs whose name holds one of those."""
     d = int(digits)
-    entries = _screen_tasks(files)
+    entries = _screen_tasks(files, runs)
     names = _listed(rules, ';') or list(entries[0][2]['rules'])
     shown = (lambda e, r: pct(e['rules'][r], d)) if absolute == 'yes' else (lambda e, r: points(e['rules_minus_best_teacher'][r], d))
     oracle = (lambda e: pct(e['oracle'], d)) if absolute == 'yes' else (lambda e: points(e['oracle'] - e['best_teacher'], d))
@@ -452,11 +455,11 @@ def screen(files, rules: str | None = None, absolute: str = 'no', summary: str =
 
 
 @renderer('screen_summary')
-def screen_summary(files, rules: str | None = None, against: str = '') -> str:
+def screen_summary(files, rules: str | None = None, against: str = '', runs: str | None = None) -> str:
     """Per rule, over every task of the screen: the mean and the worst task in points against the best
     teacher; against=RULE: also the mean and worst against that rule, and how many tasks fall more than
-    0.5 points below it."""
-    entries = _screen_tasks(files)
+    0.5 points below it. runs=a;b: only the runs whose name holds one of those words."""
+    entries = _screen_tasks(files, runs)
     names = _listed(rules, ';') or list(entries[0][2]['rules'])
     rows = []
     for r in names:
