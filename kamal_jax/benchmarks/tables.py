@@ -426,7 +426,7 @@ def _screen_tasks(files, runs: str | None = None) -> list[tuple[str, str, dict]]
 def _run_label(run: str) -> str:
     """'quickstart seed 3' / 'docs/results/screen_inputs/quickstart_seed3.npz' -> '3'; 'runs/m_x' -> 'm_x'."""
     m = re.search(r'seed ?(\d+)(\.npz)?$', run)
-    return m[1] if m else os.path.basename(run.rstrip('/'))
+    return m[1] if m else os.path.basename(run.rstrip('/')).removesuffix('.npz')
 
 
 @renderer('screen')
