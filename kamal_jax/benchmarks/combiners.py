@@ -222,22 +222,16 @@ _ARRAYS = ('train', 'test', 'train_views', 'test_views', 'train_partial', 'test_
 
 def save_inputs(inputs: dict, path: str, command: str) -> None:
     """A compressed npz: logits as float16, class indices as int16, the rest as JSON under 'meta'
-    (with the `command` that wrote it). Read back with `load_inputs`. Evaluation images outside a
-    task's classes are never scored (nothing is fitted on them either), so their rows are left out:
-    the file shrinks by that share of its test logits and every score stays the same."""
+    (with the `command` that wrote it). Read back with `load_inputs`."""
     arrays, meta = {}, {'temperature': inputs['temperature'], 'views': inputs['views'], 'command': command,
                         'tasks': {}}
     for task, entry in inputs['tasks'].items():
         meta['tasks'][task] = {k: entry[k] for k in ('classes', 'teachers', 'partial')}
-        scored = np.asarray(entry['test_labels']) >= 0
         for part in _ARRAYS:
             for name, a in entry.get(part, {}).items():
-                a = np.asarray(a, np.float16)
-                if part.startswith('test'):
-                    a = a[:, scored] if part == 'test_views' else a[scored]
-                arrays[f'{task}/{part}/{name}'] = a
-        arrays[f'{task}/train_labels'] = np.asarray(entry['train_labels'], np.int16)
-        arrays[f'{task}/test_labels'] = np.asarray(entry['test_labels'], np.int16)[scored]
+                arrays[f'{task}/{part}/{name}'] = np.asarray(a, np.float16)
+        for part in ('train_labels', 'test_labels'):
+            arrays[f'{task}/{part}'] = np.asarray(entry[part], np.int16)
     np.savez_compressed(path, meta=np.asarray(json.dumps(meta)), **arrays)
 
 
