@@ -48,6 +48,17 @@ def test_views_without_augmentation_and_set_by_the_user():
     assert decide(augmented=False, views=3).views == 1  # every view would be the same image
 
 
+def test_auto_draws_no_more_views_than_epochs():
+    # Two epochs see two views of each image; a third and fourth would cost teachers' passes for nothing.
+    d = decide('on', epochs=2)
+    assert d.cached and d.views == 2 and d.cache_bytes == 2 * 50000 * 40 * 2
+    assert decide('on', epochs=1).views == 1
+    assert decide('on', epochs=2, views=3).views == 3  # the user's views stand
+    # As many views as epochs saves nothing, so auto runs the teachers live there.
+    d = decide(epochs=2)
+    assert not d.cached and d.gain == pytest.approx(1.0)
+
+
 def test_a_cache_over_its_limit_runs_live_or_refuses_when_forced():
     d = decide(bytes_per_view=3 * GIB)
     assert not d.cached and 'limit' in d.why
