@@ -263,7 +263,7 @@ BASELINE_STAGE = Section(
     {**{k: dataclasses.replace(v, default=INHERIT, nullable=True) for k, v in STAGE2.fields.items()},
      'epochs': _leaf('int', INHERIT, 'epochs of the one-stage recipes (unset: T x stage1.epochs + '
                      'stage2.epochs for T target tasks)', low=1, nullable=True),
-     'logits_cache': _leaf('str', 'off', "the teachers' logits computed once per pre-drawn view instead of at "
+     'logits_cache': _leaf('str', 'auto', "the teachers' logits computed once per pre-drawn view instead of at "
                            "every step, for recipes that learn a combined target: 'on', 'off' or 'auto' (where it "
                            "saves enough compute; kamal_jax.train.cache_policy)", choices=('auto', 'on', 'off')),
      'student_loop': STUDENT_LOOP},
@@ -320,7 +320,9 @@ MIGRATIONS = {
     'data.holdout_fraction': Added(0.1),
     'stage1.teacher_cache': Added(False),
     'stage2.component_cache': Added(False),
-    'baseline_stage.logits_cache': Added('off'),  # before the cache, the teachers ran at every step
+    # Before the cache, and while 'off' was its default, the teachers ran at every step: a run stored so
+    # resumes so when the config leaves the field at its default.
+    'baseline_stage.logits_cache': Added('off'),
     **{f'{s}.{k}': Added(v) for s in ('stage1', 'stage2') for k, v in
        (('cache_dtype', 'float16'), ('cache_limit_gb', 8.0))},
     # The defaults that code outside this module used to apply, where the schema's differ.

@@ -196,6 +196,26 @@ def test_a_workdir_stored_before_recipes_resumes_as_the_paper(tmp_path):
         workdir_lib.prepare(str(tmp_path / 'run'), pipeline.resolve(user, str(tmp_path / 'run')).to_dict())
 
 
+def test_a_run_stored_while_the_logits_cache_was_off_by_default_resumes_live(tmp_path):
+    """`baseline_stage.logits_cache` became 'auto' by default: a run stored with 'off' (written out
+    while that was the default) resumes with the teachers live; a new workdir takes 'auto'."""
+    user = toy.quickstart_config()
+    resolved = config_schema.resolve(user)
+    assert resolved.baseline_stage.logits_cache == 'auto' and 'baseline_stage.logits_cache' in resolved.defaulted
+    stored = resolved.to_dict()
+    stored['baseline_stage']['logits_cache'] = 'off'
+    os.makedirs(tmp_path / 'run')
+    (tmp_path / 'run' / 'config.json').write_text(json.dumps(stored))
+    again = pipeline.resolve(user, str(tmp_path / 'run'))
+    assert again.baseline_stage.logits_cache == 'off'
+    assert workdir_lib.prepare(str(tmp_path / 'run'), again.to_dict()) is True  # the same run: it resumes
+    assert pipeline.resolve(user, str(tmp_path / 'fresh')).baseline_stage.logits_cache == 'auto'
+    assert 'baseline_stage' not in user
+    user.baseline_stage = dict(logits_cache='on')  # set by the user: a different run, refused in one sentence
+    with pytest.raises(workdir_lib.WorkdirError, match="logits_cache was 'off', now 'on'"):
+        workdir_lib.prepare(str(tmp_path / 'run'), pipeline.resolve(user, str(tmp_path / 'run')).to_dict())
+
+
 def test_migrated_and_one_stage_fields():
     old = toy.quickstart_config()
     old.stage1.mode = 'average'
