@@ -590,6 +590,50 @@ def logits_cache(files) -> str:
     return md(['seed', f'off: {tasks}', 'auto (cached, 4 views)', 'auto - off', 'target wall s, off / auto'], 'lllll', rows)
 
 
+@renderer('student_loop_benchmarks')
+def student_loop_benchmarks(files) -> str:
+    """student_loop against product per benchmark and task, the same zoo for both (accuracy %, test
+    split; the file holds them in %), and the mean over every task."""
+    (result,) = files
+    rows, gaps = [], []
+    for b in result['benchmarks']:
+        for task, p in b['product'].items():
+            loop = b['student_loop'][task]
+            gaps.append(loop - p)
+            rows.append([b['benchmark'], task, f"{b['best_teacher'][task]:.1f}", f'{p:.1f}', f'{loop:.1f}',
+                         points((loop - p) / 100)])
+    rows.append(['mean', f'{len(gaps)} tasks', '', '', '', points(sum(gaps) / len(gaps) / 100, 2)])
+    return md(['benchmark', 'task', 'best teacher', 'product', 'student_loop', 'student_loop - product'],
+              'llrrrr', rows)
+
+
+@renderer('logits_cache_runs')
+def logits_cache_runs(files, part: str = 'accuracy') -> str:
+    """The default recipe with the teachers' logits cached (`auto`) and live (`off`) on one benchmark.
+    part=accuracy: test accuracy (%) per task of each run, the difference and the whole run's wall
+    seconds and images/s; part=rates: each run's images/s (training images x epochs over the seconds
+    from its first line to its last step, the cache's build included) and its ratio to the student's
+    own supervised run and to the live run."""
+    (result,) = files
+    runs = result['runs']
+    if part == 'accuracy':
+        off, auto = runs['off'], runs['auto']
+        tasks = list(off['accuracy'])
+        rows = [[name, *[f"{r['accuracy'][t]:.2f}" for t in tasks], f"{r['train_seconds']:.0f}",
+                 f"{r['images_per_second']:.1f}"] for name, r in (('off (live)', off), ('auto (cached)', auto))]
+        rows.append(['auto - off', *[points((auto['accuracy'][t] - off['accuracy'][t]) / 100, 2) for t in tasks],
+                     '', f"{auto['images_per_second'] / off['images_per_second']:.2f}x"])
+        return md(['run', *tasks, 'train s', 'images/s'], 'l' + 'r' * (len(tasks) + 2), rows)
+    if part == 'rates':
+        sup, live = runs['supervised']['images_per_second'], runs['off']['images_per_second']
+        rows = [[name, f"{r['images_per_second']:.1f}", f"{r['images_per_second'] / sup:.2f}x",
+                 f"{r['images_per_second'] / live:.2f}x"]
+                for name, r in (('supervised (the student alone)', runs['supervised']),
+                                ('product, auto (cached)', runs['auto']), ('product, off (live)', runs['off']))]
+        return md(['run', 'images/s', '/ supervised', '/ live'], 'lrrr', rows)
+    raise ValueError(f"part must be 'accuracy' or 'rates', got {part!r}")
+
+
 @renderer('accuracy_percent')
 def accuracy_percent(files) -> str:
     """A results file's `accuracy_percent` (figures read from a log, kept at the log's precision): one

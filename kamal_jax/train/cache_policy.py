@@ -80,7 +80,7 @@ def decide(setting: str, *, teacher_flops: float, student_flops: float, epochs: 
     if setting not in SETTINGS:
         raise ValueError(f'the logits cache setting must be one of {SETTINGS}, got {setting!r}.')
     if setting == 'off':
-        return Decision(False, 0, setting, 'set off; the teachers run at every step')
+        return Decision(False, 0, setting, 'the teachers run at every step')
     if needs_live:
         if setting == 'on':
             raise ValueError(f'the logits cache is set on, but {needs_live}.')
