@@ -81,7 +81,7 @@ def _run(tmp_path, workdir, *, cache, views=0, cache_dtype='float32'):
     config = toy.run_config(
         data=dict(mean=toy.MEAN, std=toy.STD, crop_padding=1, flip=True, views=views),
         stage2=toy.stage_config(epochs=1, checkpoint_every=100, cache_dtype=cache_dtype),
-        baseline_stage=dict(epochs=3, temperature=2.0, logits_cache=cache), eval_batch_size=8, log_every=1,
+        baseline_stage=dict(epochs=4, temperature=2.0, logits_cache=cache), eval_batch_size=8, log_every=1,
         target_tasks=('a', 'b'), recipe='product')
     rng = np.random.default_rng(0)
     train = ArraySplit(toy.images(12), {'label': rng.integers(0, 9, 12)}, {'label': CLASSES}, 'toy', 'train')
@@ -95,7 +95,7 @@ def _run(tmp_path, workdir, *, cache, views=0, cache_dtype='float32'):
 
 def test_a_cached_run_trains_like_live_teachers_on_the_same_views(tmp_path, caplog):
     caplog.set_level('INFO', logger='kamal_jax')
-    cached, cached_student = _run(tmp_path, tmp_path / 'cached', cache='on')  # 4 views drawn for the cache
+    cached, cached_student = _run(tmp_path, tmp_path / 'cached', cache='on')  # 4 views drawn for the cache (4 epochs)
     assert 'teacher logits cache: on, 4 views per image (on)' in caplog.text
     assert (tmp_path / 'cached' / 'cache' / 'target' / 'manifest.json').is_file()
     live, live_student = _run(tmp_path, tmp_path / 'live', cache='off', views=4)  # the same 4 views, teachers live
