@@ -611,9 +611,9 @@ def student_loop_benchmarks(files) -> str:
 def logits_cache_runs(files, part: str = 'accuracy') -> str:
     """The default recipe with the teachers' logits cached (`auto`) and live (`off`) on one benchmark.
     part=accuracy: test accuracy (%) per task of each run, the difference and the whole run's wall
-    seconds and images/s; part=rates: each run's images/s (training images x epochs over the seconds
-    from its first line to its last step, the cache's build included) and its ratio to the student's
-    own supervised run and to the live run."""
+    seconds and images/s; part=rates: each run's images/s (the file's `images_per_second`: images seen
+    over the seconds from its first line to its last step, the cache's build included) and its ratio
+    to the student's own supervised run and to the live run."""
     (result,) = files
     runs = result['runs']
     if part == 'accuracy':

@@ -49,7 +49,7 @@ class Decision:
         return f"teacher logits cache: {state} ({self.setting}): {self.why}"
 
 
-def views_for(*, augmented: bool, views: int, epochs: int = AUTO_VIEWS) -> int:
+def views_for(*, augmented: bool, views: int, epochs: int) -> int:
     """K: see the module docstring."""
     if not augmented:
         return 1
